@@ -1,0 +1,133 @@
+"""Guest memory as files at guest-physical addresses (tmpfs, hugetlbfs or plain files).
+
+The sender opens the guest's files read-only; the receiver creates its own
+destination files. Both resolve guest-physical ranges to (file, offset) through
+the same `MemoryLayout`, so a range that leaves the layout is caught in one place.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from livemig.common.ranges import MemoryRange, RangeTable, find_overlap
+
+READ_BLOCK = 8 << 20
+
+
+class LayoutError(ValueError):
+    """A region set that cannot describe guest memory (overlap, misalignment, ...)."""
+
+
+@dataclass(slots=True)
+class RegionFile:
+    """One guest memory region backed by an open file descriptor."""
+
+    gpa: int
+    length: int
+    path: str
+    fd: int = field(default=-1)
+
+    @property
+    def range(self) -> MemoryRange:
+        return MemoryRange(self.gpa, self.length)
+
+
+class MemoryLayout:
+    """Regions sorted by gpa, with lookups from a guest range to its file and offset."""
+
+    def __init__(self, regions: Sequence[RegionFile], page_size: int) -> None:
+        ordered = sorted(regions, key=lambda r: r.gpa)
+        check_layout([r.range for r in ordered], page_size)
+        self.regions: list[RegionFile] = ordered
+        self.page_size = page_size
+        self._starts = [r.gpa for r in ordered]
+
+    @property
+    def table(self) -> RangeTable:
+        return RangeTable(tuple(r.range for r in self.regions))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(r.length for r in self.regions)
+
+    def locate(self, gpa: int, length: int) -> tuple[RegionFile, int] | None:
+        """The region wholly containing [gpa, gpa+length) and the file offset, or None."""
+        index = bisect.bisect_right(self._starts, gpa) - 1
+        if index < 0 or length < 0:
+            return None
+        region = self.regions[index]
+        offset = gpa - region.gpa
+        if offset + length > region.length:
+            return None
+        return region, offset
+
+    def read_into(self, gpa: int, buffer: memoryview) -> None:
+        """Fill buffer with guest memory starting at gpa (must lie inside one region)."""
+        located = self.locate(gpa, len(buffer))
+        if located is None:
+            raise LayoutError(f"range at gpa {gpa:#x} (+{len(buffer)}) is outside guest memory")
+        region, offset = located
+        done = 0
+        while done < len(buffer):
+            got = os.preadv(region.fd, [buffer[done:]], offset + done)
+            if got <= 0:
+                raise OSError(f"short read from {region.path} at offset {offset + done}")
+            done += got
+
+    def iter_blocks(self, block_size: int = READ_BLOCK) -> Iterator[memoryview]:
+        """All guest memory in gpa order, block by block (for digests)."""
+        buffer = memoryview(bytearray(block_size))
+        for region in self.regions:
+            for start in range(0, region.length, block_size):
+                piece = buffer[: min(block_size, region.length - start)]
+                self.read_into(region.gpa + start, piece)
+                yield piece
+
+    def close(self) -> None:
+        for region in self.regions:
+            if region.fd >= 0:
+                os.close(region.fd)
+                region.fd = -1
+
+
+def check_layout(ranges: Sequence[MemoryRange], page_size: int) -> None:
+    """Reject layouts no guest can have; the messages go to API clients verbatim."""
+    if not ranges:
+        raise LayoutError("no guest memory regions given")
+    for memory_range in ranges:
+        if memory_range.length <= 0:
+            raise LayoutError(f"region at gpa {memory_range.gpa:#x} is empty")
+        if memory_range.gpa % page_size:
+            raise LayoutError(f"region gpa {memory_range.gpa:#x} is not aligned to the page size {page_size}")
+        if memory_range.length % page_size:
+            raise LayoutError(
+                f"region at gpa {memory_range.gpa:#x} has size {memory_range.length}, "
+                f"not a multiple of the page size {page_size}"
+            )
+        if memory_range.end > (1 << 64):
+            raise LayoutError(f"region at gpa {memory_range.gpa:#x} ends beyond the 64-bit address space")
+    overlap = find_overlap(ranges)
+    if overlap is not None:
+        first, second = overlap
+        raise LayoutError(
+            f"regions overlap: [{first.gpa:#x}, {first.end:#x}) and [{second.gpa:#x}, {second.end:#x})"
+        )
+
+
+def open_source_layout(regions: Sequence[tuple[int, str]], page_size: int) -> MemoryLayout:
+    """Open the guest's memory files read-only. Raises FileNotFoundError or LayoutError."""
+    files: list[RegionFile] = []
+    try:
+        for gpa, path in regions:
+            if not path:
+                raise LayoutError(f"region at gpa {gpa:#x} has no path")
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            files.append(RegionFile(gpa=gpa, length=os.fstat(fd).st_size, path=path, fd=fd))
+        return MemoryLayout(files, page_size)
+    except BaseException:
+        for region in files:
+            os.close(region.fd)
+        raise

@@ -1,0 +1,223 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class MigrationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MIGRATION_STATE_UNSPECIFIED: _ClassVar[MigrationState]
+    PENDING: _ClassVar[MigrationState]
+    RUNNING: _ClassVar[MigrationState]
+    COMPLETED: _ClassVar[MigrationState]
+    FAILED: _ClassVar[MigrationState]
+    CANCELLED: _ClassVar[MigrationState]
+MIGRATION_STATE_UNSPECIFIED: MigrationState
+PENDING: MigrationState
+RUNNING: MigrationState
+COMPLETED: MigrationState
+FAILED: MigrationState
+CANCELLED: MigrationState
+
+class MemoryRange(_message.Message):
+    __slots__ = ("gpa", "length")
+    GPA_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    gpa: int
+    length: int
+    def __init__(self, gpa: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class MemoryRangeTable(_message.Message):
+    __slots__ = ("ranges",)
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    ranges: _containers.RepeatedCompositeFieldContainer[MemoryRange]
+    def __init__(self, ranges: _Optional[_Iterable[_Union[MemoryRange, _Mapping]]] = ...) -> None: ...
+
+class GuestMemoryRegion(_message.Message):
+    __slots__ = ("gpa", "path")
+    GPA_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    gpa: int
+    path: str
+    def __init__(self, gpa: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+
+class StartMigrationRequest(_message.Message):
+    __slots__ = ("destination", "regions", "connections", "skip_zero_pages", "page_size", "verify", "max_batch_bytes")
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    SKIP_ZERO_PAGES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    destination: str
+    regions: _containers.RepeatedCompositeFieldContainer[GuestMemoryRegion]
+    connections: int
+    skip_zero_pages: bool
+    page_size: int
+    verify: bool
+    max_batch_bytes: int
+    def __init__(self, destination: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[GuestMemoryRegion, _Mapping]]] = ..., connections: _Optional[int] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., verify: _Optional[bool] = ..., max_batch_bytes: _Optional[int] = ...) -> None: ...
+
+class StartMigrationResponse(_message.Message):
+    __slots__ = ("migration_id",)
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    def __init__(self, migration_id: _Optional[str] = ...) -> None: ...
+
+class MigrationRequest(_message.Message):
+    __slots__ = ("migration_id",)
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    def __init__(self, migration_id: _Optional[str] = ...) -> None: ...
+
+class ListMigrationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListMigrationsResponse(_message.Message):
+    __slots__ = ("migrations",)
+    MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    migrations: _containers.RepeatedCompositeFieldContainer[MigrationStatus]
+    def __init__(self, migrations: _Optional[_Iterable[_Union[MigrationStatus, _Mapping]]] = ...) -> None: ...
+
+class MigrationStats(_message.Message):
+    __slots__ = ("total_bytes", "scanned_bytes", "zero_bytes", "zero_pages", "normal_pages", "transmitted_bytes", "wire_bytes", "throughput_bytes_per_second", "duration_ms", "verified", "batches", "processed_bytes", "transfer_ms", "connections")
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SCANNED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ZERO_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ZERO_PAGES_FIELD_NUMBER: _ClassVar[int]
+    NORMAL_PAGES_FIELD_NUMBER: _ClassVar[int]
+    TRANSMITTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WIRE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    PROCESSED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_MS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    total_bytes: int
+    scanned_bytes: int
+    zero_bytes: int
+    zero_pages: int
+    normal_pages: int
+    transmitted_bytes: int
+    wire_bytes: int
+    throughput_bytes_per_second: float
+    duration_ms: int
+    verified: bool
+    batches: int
+    processed_bytes: int
+    transfer_ms: int
+    connections: int
+    def __init__(self, total_bytes: _Optional[int] = ..., scanned_bytes: _Optional[int] = ..., zero_bytes: _Optional[int] = ..., zero_pages: _Optional[int] = ..., normal_pages: _Optional[int] = ..., transmitted_bytes: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., throughput_bytes_per_second: _Optional[float] = ..., duration_ms: _Optional[int] = ..., verified: _Optional[bool] = ..., batches: _Optional[int] = ..., processed_bytes: _Optional[int] = ..., transfer_ms: _Optional[int] = ..., connections: _Optional[int] = ...) -> None: ...
+
+class DestinationRegion(_message.Message):
+    __slots__ = ("gpa", "length", "path")
+    GPA_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    gpa: int
+    length: int
+    path: str
+    def __init__(self, gpa: _Optional[int] = ..., length: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+
+class MigrationStatus(_message.Message):
+    __slots__ = ("migration_id", "state", "error", "stats", "destination_regions", "destination", "skip_zero_pages", "page_size")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    SKIP_ZERO_PAGES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    state: MigrationState
+    error: str
+    stats: MigrationStats
+    destination_regions: _containers.RepeatedCompositeFieldContainer[DestinationRegion]
+    destination: str
+    skip_zero_pages: bool
+    page_size: int
+    def __init__(self, migration_id: _Optional[str] = ..., state: _Optional[_Union[MigrationState, str]] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[MigrationStats, _Mapping]] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., destination: _Optional[str] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class PrepareMigrationRequest(_message.Message):
+    __slots__ = ("layout", "page_size", "migration_id")
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    layout: MemoryRangeTable
+    page_size: int
+    migration_id: str
+    def __init__(self, layout: _Optional[_Union[MemoryRangeTable, _Mapping]] = ..., page_size: _Optional[int] = ..., migration_id: _Optional[str] = ...) -> None: ...
+
+class PrepareMigrationResponse(_message.Message):
+    __slots__ = ("session_token", "destination_regions", "max_batch_bytes")
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    session_token: str
+    destination_regions: _containers.RepeatedCompositeFieldContainer[DestinationRegion]
+    max_batch_bytes: int
+    def __init__(self, session_token: _Optional[str] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., max_batch_bytes: _Optional[int] = ...) -> None: ...
+
+class PageBatch(_message.Message):
+    __slots__ = ("session_token", "batch_id", "ranges", "zero_ranges", "data")
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    ZERO_RANGES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    session_token: str
+    batch_id: int
+    ranges: _containers.RepeatedCompositeFieldContainer[MemoryRange]
+    zero_ranges: _containers.RepeatedCompositeFieldContainer[MemoryRange]
+    data: bytes
+    def __init__(self, session_token: _Optional[str] = ..., batch_id: _Optional[int] = ..., ranges: _Optional[_Iterable[_Union[MemoryRange, _Mapping]]] = ..., zero_ranges: _Optional[_Iterable[_Union[MemoryRange, _Mapping]]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PageBatchAck(_message.Message):
+    __slots__ = ("batch_id", "bytes_written")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    bytes_written: int
+    def __init__(self, batch_id: _Optional[int] = ..., bytes_written: _Optional[int] = ...) -> None: ...
+
+class CompleteMigrationRequest(_message.Message):
+    __slots__ = ("session_token", "transmitted_bytes", "batches", "digest")
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TRANSMITTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    session_token: str
+    transmitted_bytes: int
+    batches: int
+    digest: bytes
+    def __init__(self, session_token: _Optional[str] = ..., transmitted_bytes: _Optional[int] = ..., batches: _Optional[int] = ..., digest: _Optional[bytes] = ...) -> None: ...
+
+class CompleteMigrationResponse(_message.Message):
+    __slots__ = ("verified", "written_bytes", "allocated_bytes")
+    VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    verified: bool
+    written_bytes: int
+    allocated_bytes: int
+    def __init__(self, verified: _Optional[bool] = ..., written_bytes: _Optional[int] = ..., allocated_bytes: _Optional[int] = ...) -> None: ...
+
+class AbortMigrationRequest(_message.Message):
+    __slots__ = ("session_token", "reason")
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    session_token: str
+    reason: str
+    def __init__(self, session_token: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AbortMigrationResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,0 +1,105 @@
+"""Guest-physical range arithmetic, after Cloud Hypervisor's vm-migration crate.
+
+Ranges are half-open byte spans [gpa, gpa + length). A `RangeTable` is kept
+sorted, disjoint and merged, so two tables describing the same bytes compare equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+DEFAULT_PAGE_SIZE = 4096
+MIN_PAGE_SIZE = 512
+MAX_PAGE_SIZE = 1 << 30
+U64_MAX = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class MemoryRange:
+    gpa: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.length
+
+    def contains(self, other: MemoryRange) -> bool:
+        return self.gpa <= other.gpa and other.end <= self.end
+
+
+def effective_page_size(page_size: int) -> int:
+    """Apply the API default (0 means 4096) and reject sizes a guest cannot have."""
+    size = page_size or DEFAULT_PAGE_SIZE
+    if size < MIN_PAGE_SIZE or size > MAX_PAGE_SIZE or size & (size - 1):
+        raise ValueError(
+            f"page size {size} is not a power of two between {MIN_PAGE_SIZE} and {MAX_PAGE_SIZE}"
+        )
+    return size
+
+
+def align_down(value: int, alignment: int) -> int:
+    return value - value % alignment
+
+
+def align_up(value: int, alignment: int) -> int:
+    return -(-value // alignment) * alignment
+
+
+def merge_ranges(ranges: Iterable[MemoryRange]) -> list[MemoryRange]:
+    """Sort, drop empty ranges and merge overlapping or touching ones."""
+    merged: list[MemoryRange] = []
+    for current in sorted(r for r in ranges if r.length > 0):
+        if merged and current.gpa <= merged[-1].end:
+            last = merged[-1]
+            merged[-1] = MemoryRange(last.gpa, max(last.end, current.end) - last.gpa)
+        else:
+            merged.append(current)
+    return merged
+
+
+def find_overlap(ranges: Iterable[MemoryRange]) -> tuple[MemoryRange, MemoryRange] | None:
+    """Return the first pair of overlapping ranges (by gpa), or None if all are disjoint."""
+    ordered = sorted(r for r in ranges if r.length > 0)
+    for before, after in zip(ordered, ordered[1:], strict=False):
+        if after.gpa < before.end:
+            return before, after
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RangeTable:
+    """A sorted, disjoint, merged set of ranges (Cloud Hypervisor's MemoryRangeTable)."""
+
+    ranges: tuple[MemoryRange, ...]
+
+    @classmethod
+    def of(cls, ranges: Iterable[MemoryRange]) -> RangeTable:
+        return cls(tuple(merge_ranges(ranges)))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(r.length for r in self.ranges)
+
+    def __iter__(self) -> Iterator[MemoryRange]:
+        return iter(self.ranges)
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def partition(self, chunk_size: int) -> Iterator[RangeTable]:
+        """Cut the table into chunks of at most chunk_size bytes, in gpa order.
+
+        Chunk boundaries fall on multiples of chunk_size counted from the start of
+        each range, so with a page-multiple chunk_size and page-aligned ranges every
+        chunk is page aligned. A chunk never spans two ranges: keeping one range
+        per chunk lets a worker read it with one positioned read.
+        """
+        if chunk_size <= 0:
+            raise ValueError("chunk size must be positive")
+        for memory_range in self.ranges:
+            offset = 0
+            while offset < memory_range.length:
+                length = min(chunk_size, memory_range.length - offset)
+                yield RangeTable((MemoryRange(memory_range.gpa + offset, length),))
+                offset += length

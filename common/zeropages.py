@@ -1,0 +1,101 @@
+"""Split a span of guest memory into non-zero and all-zero parts, page by page.
+
+The unit of the decision is the guest page. A span that does not start or end on
+a page boundary has partial pages at its edges; each is its own unit and is
+skipped only if all of its bytes are zero. (The seed PR reported the GPA of the
+first data page wrongly after an unaligned head: offsets here are always derived
+from unit boundaries, never accumulated.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from livemig.common.ranges import MemoryRange, align_up
+
+
+@dataclass(frozen=True, slots=True)
+class ZeroScan:
+    """Outcome of scanning one span. Ranges are sorted, disjoint and merged."""
+
+    data_ranges: list[MemoryRange]
+    zero_ranges: list[MemoryRange]
+    zero_pages: int
+    normal_pages: int
+
+    @property
+    def zero_bytes(self) -> int:
+        return sum(r.length for r in self.zero_ranges)
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(r.length for r in self.data_ranges)
+
+
+def unit_bounds(gpa: int, length: int, page_size: int) -> np.ndarray:
+    """Offsets (relative to gpa) of unit boundaries: 0, page boundaries inside, length."""
+    first_boundary = min(align_up(gpa, page_size) - gpa, length)
+    inner = np.arange(first_boundary, length, page_size, dtype=np.int64)
+    bounds = np.concatenate(([0], inner, [length])).astype(np.int64)
+    # Drop the duplicate 0 when gpa is page aligned, and a duplicate end.
+    return np.unique(bounds)
+
+
+def _nonzero_flags(gpa: int, data: np.ndarray, units: int, page_size: int) -> np.ndarray:
+    """One flag per unit: True when any byte of the unit is non-zero."""
+    flags = np.empty(units, dtype=bool)
+    head = min((-gpa) % page_size, len(data))
+    first_full = 1 if head else 0
+    if head:
+        flags[0] = bool(data[:head].any())
+    full_count = (len(data) - head) // page_size
+    if full_count:
+        body = data[head : head + full_count * page_size]
+        if page_size % 8 == 0:
+            if body.ctypes.data % 8:
+                body = body.copy()  # unaligned head: realign so pages can be read as words
+            pages = body.view(np.uint64).reshape(full_count, page_size // 8)
+        else:
+            pages = body.reshape(full_count, page_size)
+        flags[first_full : first_full + full_count] = np.bitwise_or.reduce(pages, axis=1) != 0
+    if first_full + full_count < units:
+        flags[-1] = bool(data[head + full_count * page_size :].any())
+    return flags
+
+
+def _runs(gpa: int, bounds: np.ndarray, flags: np.ndarray, want: bool) -> list[MemoryRange]:
+    """Merged ranges covering the units whose flag equals `want`."""
+    selected = flags == want
+    if not selected.any():
+        return []
+    padded = np.concatenate(([False], selected, [False]))
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    starts, stops = edges[0::2], edges[1::2]
+    return [
+        MemoryRange(gpa + int(bounds[s]), int(bounds[e] - bounds[s]))
+        for s, e in zip(starts, stops, strict=True)
+    ]
+
+
+def scan_zero_pages(gpa: int, buffer: bytes | bytearray | memoryview, page_size: int) -> ZeroScan:
+    """Classify the span [gpa, gpa + len(buffer)) whose bytes are `buffer`."""
+    data = np.frombuffer(buffer, dtype=np.uint8)
+    length = len(data)
+    if length == 0:
+        return ZeroScan([], [], 0, 0)
+    bounds = unit_bounds(gpa, length, page_size)
+    flags = _nonzero_flags(gpa, data, len(bounds) - 1, page_size)
+    normal = int(np.count_nonzero(flags))
+    return ZeroScan(
+        data_ranges=_runs(gpa, bounds, flags, True),
+        zero_ranges=_runs(gpa, bounds, flags, False),
+        zero_pages=len(flags) - normal,
+        normal_pages=normal,
+    )
+
+
+def count_pages(gpa: int, length: int, page_size: int) -> int:
+    """Number of page units (partial edge pages included) in a span."""
+    return len(unit_bounds(gpa, length, page_size)) - 1 if length else 0
