@@ -1,0 +1,1 @@
+"""The `livemig` command line: services, the migration client, demo and benchmark."""

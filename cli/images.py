@@ -1,0 +1,59 @@
+"""Synthetic guest memory images for the demo, benchmarks and tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+BLOCK_BYTES = 8 << 20
+
+
+def make_image(path: Path, size: int, touched_ratio: float, page_size: int = 4096, seed: int = 0) -> int:
+    """Write a guest memory file where `touched_ratio` of the pages (chosen at random) hold data.
+
+    Touched pages hold random bytes and end in a non-zero marker, so each is non-zero
+    for certain. Blocks with no touched page are left as holes. Returns the number of
+    touched pages.
+    """
+    if size % page_size:
+        raise ValueError("image size must be a multiple of the page size")
+    rng = np.random.default_rng(seed)
+    pages = size // page_size
+    touched = rng.random(pages) < touched_ratio
+    pages_per_block = BLOCK_BYTES // page_size
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        for first in range(0, pages, pages_per_block):
+            flags = touched[first : first + pages_per_block]
+            if not flags.any():
+                continue
+            block = np.zeros((len(flags), page_size), dtype=np.uint8)
+            count = int(flags.sum())
+            block[flags] = rng.integers(0, 256, size=(count, page_size), dtype=np.uint8)
+            block[flags, -1] = 0xA5
+            os.pwrite(fd, block.tobytes(), first * page_size)
+    finally:
+        os.close(fd)
+    return int(touched.sum())
+
+
+def files_equal(first: Path, second: Path, block: int = BLOCK_BYTES) -> bool:
+    """Byte-for-byte comparison (sizes included)."""
+    if first.stat().st_size != second.stat().st_size:
+        return False
+    with first.open("rb") as a, second.open("rb") as b:
+        while True:
+            left, right = a.read(block), b.read(block)
+            if left != right:
+                return False
+            if not left:
+                return True
+
+
+def tmpfs_dir() -> Path:
+    """A folder on tmpfs when the machine has one (/dev/shm), like real guest memory."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(os.environ.get("TMPDIR", "/tmp"))

@@ -1,0 +1,149 @@
+"""`livemig`: run the services, migrate, demo, benchmark.
+
+Every option can also come from the environment: LIVEMIG_<COMMAND>_<OPTION>,
+e.g. LIVEMIG_RECEIVER_MEMORY_DIR.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+import grpc
+
+from livemig.common.proto import livemig_pb2 as pb
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def _serve(role: str, host, listen: str, metrics_port: int | None, on_stop=None) -> None:
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=listen.rpartition(":")[0].strip("[]") or "0.0.0.0")
+    port = host.start(listen)
+    bind_host = listen.rpartition(":")[0]
+    click.echo(f"livemig {role} listening on {bind_host}:{port}", err=False)
+    sys.stdout.flush()
+    host.serve_until_signalled(on_stop)
+
+
+@click.group(context_settings={"auto_envvar_prefix": "LIVEMIG", "help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+def cli(log_level: str) -> None:
+    """Memory-transfer plane of VM live migration, with zero-page skipping."""
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stdout)
+
+
+@cli.command()
+@click.option("--listen", default="0.0.0.0:7868", show_default=True, help="HOST:PORT for the Receiver API.")
+@click.option("--memory-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where destination memory files are created (tmpfs or hugetlbfs for real guests).")
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+@click.option("--max-batch-bytes", type=int, default=4 << 20, show_default=True,
+              help="Largest page payload one batch may carry.")
+def receiver(listen: str, memory_dir: Path, metrics_port: int | None, max_batch_bytes: int) -> None:
+    """Run the receiver service (destination host)."""
+    from livemig.receiver.server import build_receiver
+
+    host, _registry = build_receiver(memory_dir, max_batch_bytes)
+    _serve("receiver", host, listen, metrics_port)
+
+
+@cli.command()
+@click.option("--listen", default="0.0.0.0:7867", show_default=True, help="HOST:PORT for the Sender API.")
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+def sender(listen: str, metrics_port: int | None) -> None:
+    """Run the sender service (source host)."""
+    from livemig.sender.server import build_sender, cancel_all
+
+    host, registry = build_sender()
+    _serve("sender", host, listen, metrics_port, on_stop=lambda: cancel_all(registry))
+
+
+@cli.command("send-migration")
+@click.option("--sender", "sender_address", required=True, help="HOST:PORT of the sender service.")
+@click.option("--destination", required=True, help="HOST:PORT of the receiver service.")
+@click.option("--memory", "memory", multiple=True, required=True,
+              help="FILE[@GPA] backing guest memory; repeat for several regions.")
+@click.option("--connections", type=int, default=1, show_default=True)
+@click.option("--skip-zero-pages", is_flag=True, help="Do not send all-zero pages.")
+@click.option("--page-size", type=int, default=4096, show_default=True)
+@click.option("--max-batch-bytes", type=int, default=0, help="Payload per batch (0: sender default).")
+@click.option("--verify", is_flag=True, help="Compare a digest of the destination with the source.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as one JSON object.")
+def send_migration(sender_address: str, destination: str, memory: tuple[str, ...], connections: int,
+                   skip_zero_pages: bool, page_size: int, max_batch_bytes: int, verify: bool,
+                   as_json: bool) -> None:
+    """Migrate guest memory and follow it to the end; exits 0 only when COMPLETED."""
+    from livemig.cli import client, report
+
+    try:
+        args = [client.parse_memory_arg(m) for m in memory]
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--memory") from error
+    sizes = [os.stat(a.path).st_size if os.path.exists(a.path) else 0 for a in args]
+    request = pb.StartMigrationRequest(
+        destination=destination,
+        regions=client.place_regions(args, sizes),
+        connections=connections,
+        skip_zero_pages=skip_zero_pages,
+        page_size=page_size,
+        verify=verify,
+        max_batch_bytes=max_batch_bytes,
+    )
+    try:
+        with report.progress(enabled=not as_json and sys.stdout.isatty()) as on_update:
+            status = client.run_migration(sender_address, request, on_update)
+    except grpc.RpcError as error:
+        click.echo(f"error: {error.code().name}: {error.details()}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(client.status_to_json(status))
+    else:
+        report.print_status(status)
+    sys.exit(0 if status.state == pb.COMPLETED else 1)
+
+
+@cli.command()
+@click.option("--size-mib", type=int, default=256, show_default=True, help="Guest memory size.")
+@click.option("--touched", type=float, default=0.5, show_default=True, help="Share of pages holding data.")
+@click.option("--connections", type=int, default=2, show_default=True)
+def demo(size_mib: int, touched: float, connections: int) -> None:
+    """Migrate a generated guest image with and without zero-page skipping, verified."""
+    from livemig.cli.demo import run_demo
+
+    sys.exit(run_demo(size_mib << 20, touched, connections))
+
+
+@cli.command()
+@click.option("--size-mib", type=int, default=1024, show_default=True, help="Guest memory size per image.")
+@click.option("--connections", "connection_counts", default="1,2", show_default=True)
+@click.option("--touched", "touched_ratios", default="0,0.5,1", show_default=True)
+@click.option("--batch-mib", type=int, default=4, show_default=True)
+@click.option("--repeat", type=int, default=1, show_default=True, help="Runs per case; the best is kept.")
+@click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
+def bench(size_mib: int, connection_counts: str, touched_ratios: str, batch_mib: int, repeat: int,
+          markdown: bool) -> None:
+    """Reproduce the seed's table: zero share x skip x connections, plus the bare gRPC ceiling."""
+    from livemig.cli.bench import run_bench
+
+    run_bench(
+        size=size_mib << 20,
+        connections=[int(c) for c in connection_counts.split(",")],
+        touched=[float(t) for t in touched_ratios.split(",")],
+        batch_bytes=batch_mib << 20,
+        repeat=repeat,
+        markdown=markdown,
+    )
+
+
+def main() -> None:
+    cli(prog_name="livemig")
+
+
+if __name__ == "__main__":
+    main()

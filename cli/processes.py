@@ -1,0 +1,95 @@
+"""Start livemig services as real child processes and learn their bound ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+READY = re.compile(r"livemig (\w+) listening on (\S+):(\d+)")
+
+
+class ServiceProcess:
+    """A `livemig receiver` or `livemig sender` process on loopback."""
+
+    def __init__(self, role: str, args: Sequence[str], log_path: Path | None = None, timeout: float = 30.0) -> None:
+        command = [sys.executable, "-m", "livemig.cli.main", role, "--listen", "127.0.0.1:0", *args]
+        self.role = role
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self._log = log_path.open("w") if log_path else None
+        self._ready = threading.Event()
+        self.port = 0
+        threading.Thread(target=self._pump, daemon=True).start()
+        if not self._ready.wait(timeout) or not self.port:
+            self.stop()
+            raise RuntimeError(f"livemig {role} did not start:\n" + "".join(self.lines[-30:]))
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if self._log:
+                self._log.write(line)
+                self._log.flush()
+            match = READY.search(line)
+            if match and not self.port:
+                self.port = int(match.group(3))
+                self._ready.set()
+        self._ready.set()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log:
+            time.sleep(0.05)
+            self._log.close()
+            self._log = None
+        return self.process.returncode
+
+    def __enter__(self) -> ServiceProcess:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """VmHWM of a process (peak resident set)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass

@@ -1,0 +1,100 @@
+"""gRPC plumbing both services share: message limits, server set-up, graceful stop.
+
+Policy stays out of here: this module knows channels and servers, not migrations.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from livemig.common.wire import HEADER_ALLOWANCE
+
+log = logging.getLogger("livemig.transport")
+
+DEFAULT_MAX_BATCH_BYTES = 4 << 20
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def message_limit(max_batch_bytes: int) -> int:
+    """gRPC message size bound for batches of max_batch_bytes payload (both ends use it)."""
+    return max_batch_bytes + HEADER_ALLOWANCE
+
+
+def channel_options(max_batch_bytes: int, connection_index: int | None = None) -> list[tuple[str, object]]:
+    """Options for a channel; a distinct connection_index forces a TCP connection of its own.
+
+    gRPC shares one subchannel between channels with equal arguments, which
+    would fold N "connections" into one socket.
+    """
+    limit = message_limit(max_batch_bytes)
+    options: list[tuple[str, object]] = [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    if connection_index is not None:
+        options.append(("grpc.use_local_subchannel_pool", 1))
+        options.append(("livemig.connection_index", connection_index))
+    return options
+
+
+class ServiceHost:
+    """A gRPC server with health checking, reflection and a SIGTERM drain."""
+
+    def __init__(self, service_names: list[str], max_workers: int, max_message_bytes: int) -> None:
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names = service_names
+        reflection.enable_server_reflection(
+            [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self.server,
+        )
+        self.port = 0
+
+    def start(self, listen: str) -> int:
+        self.port = self.server.add_insecure_port(listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        self.server.start()
+        for name in ["", *self.service_names]:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Report NOT_SERVING first so balancers stop sending, then drain."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+    def serve_until_signalled(self, on_stop: Callable[[], None] | None = None) -> None:
+        stop_requested = threading.Event()
+
+        def request_stop(signum: int, _frame: object) -> None:
+            log.info("signal %d: draining", signum)
+            stop_requested.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        stop_requested.wait()
+        if on_stop is not None:
+            on_stop()
+        self.stop()

@@ -1,0 +1,220 @@
+"""A migration session on the receiver: destination memory, validation, writes.
+
+Destination memory lives in files the receiver creates under its own memory
+directory (never a path the sender names), sparse and zero on creation. A batch
+is validated completely before its first byte is written, so a refused batch
+changes nothing. Pages no batch names are never read or written, which keeps the
+destination's allocated bytes close to the non-zero bytes sent.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import shutil
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from livemig.common.digest import memory_digest
+from livemig.common.guest_memory import LayoutError, MemoryLayout, RegionFile
+from livemig.common.ranges import U64_MAX, MemoryRange, find_overlap
+from livemig.common.wire import DecodedBatch
+from livemig.receiver.errors import Reason, ReceiverError
+
+_ZERO_BLOCK = bytes(1 << 20)
+
+
+class SessionState(enum.Enum):
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+class Session:
+    """Destination memory of one migration and what has been written into it."""
+
+    def __init__(
+        self,
+        session_id: str,
+        token: str,
+        migration_id: str,
+        directory: Path,
+        layout: MemoryLayout,
+        max_batch_bytes: int,
+    ) -> None:
+        self.session_id = session_id
+        self.token = token
+        self.migration_id = migration_id
+        self.directory = directory
+        self.layout = layout
+        self.max_batch_bytes = max_batch_bytes
+        self.state = SessionState.ACTIVE
+        self.written_bytes = 0
+        self.batches = 0
+        # Writers in flight hold the files open: abort and complete wait for them
+        # before closing, so a closed (and reused) descriptor is never written.
+        self._lock = threading.Condition()
+        self._writers = 0
+        # One flag per page: has a batch written data there? A later zero range must
+        # zero those pages, and only those (untouched pages are zero already).
+        self._received = [np.zeros(r.length // layout.page_size, dtype=bool) for r in layout.regions]
+
+    @classmethod
+    def create(
+        cls,
+        session_id: str,
+        token: str,
+        migration_id: str,
+        directory: Path,
+        layout_ranges: Sequence[MemoryRange],
+        page_size: int,
+        max_batch_bytes: int,
+    ) -> Session:
+        """Make the destination files. Raises ReceiverError(BAD_LAYOUT or STORAGE)."""
+        try:
+            MemoryLayout([RegionFile(r.gpa, r.length, "") for r in layout_ranges], page_size)
+        except LayoutError as error:
+            raise ReceiverError(Reason.BAD_LAYOUT, str(error)) from error
+        regions: list[RegionFile] = []
+        try:
+            directory.mkdir(mode=0o700)
+            for index, memory_range in enumerate(sorted(layout_ranges)):
+                path = directory / f"region-{index}-gpa-{memory_range.gpa:#x}.mem"
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                regions.append(RegionFile(memory_range.gpa, memory_range.length, str(path), fd))
+                os.ftruncate(fd, memory_range.length)  # sparse: reads as zero, allocates nothing
+        except OSError as error:
+            for region in regions:
+                os.close(region.fd)
+            shutil.rmtree(directory, ignore_errors=True)
+            raise ReceiverError(Reason.STORAGE, f"cannot create destination memory: {error}") from error
+        layout = MemoryLayout(regions, page_size)
+        return cls(session_id, token, migration_id, directory, layout, max_batch_bytes)
+
+    def _located(self, memory_range: MemoryRange) -> tuple[int, RegionFile, int]:
+        if memory_range.length == 0:
+            raise ReceiverError(Reason.MALFORMED, f"empty range at gpa {memory_range.gpa:#x}")
+        if memory_range.gpa > U64_MAX or memory_range.end - 1 > U64_MAX:
+            raise ReceiverError(Reason.OUT_OF_RANGE, f"range at gpa {memory_range.gpa:#x} overflows 64 bits")
+        located = self.layout.locate(memory_range.gpa, memory_range.length)
+        if located is None:
+            raise ReceiverError(
+                Reason.OUT_OF_RANGE,
+                f"range [{memory_range.gpa:#x}, {memory_range.end:#x}) is outside the destination memory",
+            )
+        region, offset = located
+        return self.layout.regions.index(region), region, offset
+
+    def _check_active(self) -> None:
+        if self.state is not SessionState.ACTIVE:
+            raise ReceiverError(Reason.NOT_ACTIVE, f"session is {self.state.value}; no more pages accepted")
+
+    def apply(self, batch: DecodedBatch) -> int:
+        """Validate the whole batch, then write it. Returns payload bytes written."""
+        self._check_active()
+        data = batch.data
+        if len(data) > self.max_batch_bytes:
+            raise ReceiverError(
+                Reason.OVERSIZED, f"batch payload {len(data)} bytes exceeds the limit {self.max_batch_bytes}"
+            )
+        ranges = batch.ranges
+        zero_ranges = batch.zero_ranges
+        declared = sum(r.length for r in ranges)
+        if declared != len(data):
+            raise ReceiverError(
+                Reason.LENGTH_MISMATCH, f"ranges describe {declared} bytes but the payload has {len(data)}"
+            )
+        targets = [self._located(r) for r in ranges]
+        zero_targets = [self._located(r) for r in zero_ranges]
+        overlap = find_overlap([*ranges, *zero_ranges])
+        if overlap is not None:
+            first, second = overlap
+            raise ReceiverError(Reason.OVERLAP, f"ranges overlap at gpa {second.gpa:#x} (after {first.gpa:#x})")
+        with self._lock:
+            self._check_active()  # an abort may have raced this batch
+            self._writers += 1
+        try:
+            page_size = self.layout.page_size
+            position = 0
+            for (index, region, offset), memory_range in zip(targets, ranges, strict=True):
+                _write_all(region.fd, data[position : position + memory_range.length], offset)
+                position += memory_range.length
+                first_page, end_page = offset // page_size, -(-(offset + memory_range.length) // page_size)
+                self._received[index][first_page:end_page] = True
+            for (index, region, offset), memory_range in zip(zero_targets, zero_ranges, strict=True):
+                self._zero_received(index, region, offset, memory_range)
+        finally:
+            with self._lock:
+                self._writers -= 1
+                self.written_bytes += len(data)
+                self.batches += 1
+                self._lock.notify_all()
+        return len(data)
+
+    def _quiesce(self) -> None:
+        """Wait (holding the lock) until no batch is being written."""
+        self._lock.wait_for(lambda: self._writers == 0)
+
+    def _zero_received(self, index: int, region: RegionFile, offset: int, memory_range: MemoryRange) -> None:
+        """Zero the parts of a range that earlier batches wrote; leave the rest untouched."""
+        page_size = self.layout.page_size
+        first_page = offset // page_size
+        last_page = -(-(offset + memory_range.length) // page_size)
+        received = self._received[index][first_page:last_page]
+        for page in np.flatnonzero(received):
+            start = max(offset, (first_page + int(page)) * page_size)
+            stop = min(offset + memory_range.length, (first_page + int(page) + 1) * page_size)
+            _write_all(region.fd, memoryview(_ZERO_BLOCK)[: stop - start], start)
+
+    def complete(self, transmitted_bytes: int, batches: int, digest: bytes) -> tuple[bool, int]:
+        """Check the sender's totals (and digest); returns (verified, allocated bytes)."""
+        with self._lock:
+            self._check_active()
+            self._quiesce()
+            if self.written_bytes != transmitted_bytes or self.batches != batches:
+                raise ReceiverError(
+                    Reason.TOTALS_MISMATCH,
+                    f"sender reports {transmitted_bytes} bytes in {batches} batches, "
+                    f"receiver wrote {self.written_bytes} bytes in {self.batches} batches",
+                )
+            verified = False
+            if digest:
+                local = memory_digest(self.layout)
+                if local != digest:
+                    raise ReceiverError(
+                        Reason.DIGEST_MISMATCH,
+                        f"destination memory digest {local.hex()} differs from the source's {digest.hex()}",
+                    )
+                verified = True
+            for region in self.layout.regions:
+                os.fsync(region.fd)  # a no-op on tmpfs; durability on disk-backed memory
+            self.state = SessionState.COMPLETED
+            allocated = self.allocated_bytes()
+            self.layout.close()
+            return verified, allocated
+
+    def abort(self) -> None:
+        """Drop the destination memory; a completed session's memory is kept."""
+        with self._lock:
+            self._check_active()
+            self.state = SessionState.ABORTED
+            self._quiesce()
+            self.layout.close()
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def allocated_bytes(self) -> int:
+        return sum(os.stat(r.path).st_blocks * 512 for r in self.layout.regions)
+
+    @property
+    def destination_regions(self) -> list[RegionFile]:
+        return self.layout.regions
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
+
