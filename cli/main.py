@@ -40,11 +40,16 @@ def cli(log_level: str) -> None:
 
 @cli.command()
 @click.option("--listen", default="0.0.0.0:7868", show_default=True, help="HOST:PORT for the Receiver API.")
-@click.option("--memory-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Where destination memory files are created (tmpfs or hugetlbfs for real guests).")
+@click.option(
+    "--memory-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where destination memory files are created (tmpfs or hugetlbfs for real guests).",
+)
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
-@click.option("--max-batch-bytes", type=int, default=4 << 20, show_default=True,
-              help="Largest page payload one batch may carry.")
+@click.option(
+    "--max-batch-bytes", type=int, default=4 << 20, show_default=True, help="Largest page payload one batch may carry."
+)
 def receiver(listen: str, memory_dir: Path, metrics_port: int | None, max_batch_bytes: int) -> None:
     """Run the receiver service (destination host)."""
     from livemig.receiver.server import build_receiver
@@ -67,17 +72,30 @@ def sender(listen: str, metrics_port: int | None) -> None:
 @cli.command("send-migration")
 @click.option("--sender", "sender_address", required=True, help="HOST:PORT of the sender service.")
 @click.option("--destination", required=True, help="HOST:PORT of the receiver service.")
-@click.option("--memory", "memory", multiple=True, required=True,
-              help="FILE[@GPA] backing guest memory; repeat for several regions.")
+@click.option(
+    "--memory",
+    "memory",
+    multiple=True,
+    required=True,
+    help="FILE[@GPA] backing guest memory; repeat for several regions.",
+)
 @click.option("--connections", type=int, default=1, show_default=True)
 @click.option("--skip-zero-pages", is_flag=True, help="Do not send all-zero pages.")
 @click.option("--page-size", type=int, default=4096, show_default=True)
 @click.option("--max-batch-bytes", type=int, default=0, help="Payload per batch (0: sender default).")
 @click.option("--verify", is_flag=True, help="Compare a digest of the destination with the source.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as one JSON object.")
-def send_migration(sender_address: str, destination: str, memory: tuple[str, ...], connections: int,
-                   skip_zero_pages: bool, page_size: int, max_batch_bytes: int, verify: bool,
-                   as_json: bool) -> None:
+def send_migration(
+    sender_address: str,
+    destination: str,
+    memory: tuple[str, ...],
+    connections: int,
+    skip_zero_pages: bool,
+    page_size: int,
+    max_batch_bytes: int,
+    verify: bool,
+    as_json: bool,
+) -> None:
     """Migrate guest memory and follow it to the end; exits 0 only when COMPLETED."""
     from livemig.cli import client, report
 
@@ -126,8 +144,9 @@ def demo(size_mib: int, touched: float, connections: int) -> None:
 @click.option("--batch-mib", type=int, default=4, show_default=True)
 @click.option("--repeat", type=int, default=1, show_default=True, help="Runs per case; the best is kept.")
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
-def bench(size_mib: int, connection_counts: str, touched_ratios: str, batch_mib: int, repeat: int,
-          markdown: bool) -> None:
+def bench(
+    size_mib: int, connection_counts: str, touched_ratios: str, batch_mib: int, repeat: int, markdown: bool
+) -> None:
     """Reproduce the seed's table: zero share x skip x connections, plus the bare gRPC ceiling."""
     from livemig.cli.bench import run_bench
 

@@ -112,9 +112,7 @@ def check_layout(ranges: Sequence[MemoryRange], page_size: int) -> None:
     overlap = find_overlap(ranges)
     if overlap is not None:
         first, second = overlap
-        raise LayoutError(
-            f"regions overlap: [{first.gpa:#x}, {first.end:#x}) and [{second.gpa:#x}, {second.end:#x})"
-        )
+        raise LayoutError(f"regions overlap: [{first.gpa:#x}, {first.end:#x}) and [{second.gpa:#x}, {second.end:#x})")
 
 
 def open_source_layout(regions: Sequence[tuple[int, str]], page_size: int) -> MemoryLayout:

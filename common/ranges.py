@@ -6,6 +6,7 @@ sorted, disjoint and merged, so two tables describing the same bytes compare equ
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -32,9 +33,7 @@ def effective_page_size(page_size: int) -> int:
     """Apply the API default (0 means 4096) and reject sizes a guest cannot have."""
     size = page_size or DEFAULT_PAGE_SIZE
     if size < MIN_PAGE_SIZE or size > MAX_PAGE_SIZE or size & (size - 1):
-        raise ValueError(
-            f"page size {size} is not a power of two between {MIN_PAGE_SIZE} and {MAX_PAGE_SIZE}"
-        )
+        raise ValueError(f"page size {size} is not a power of two between {MIN_PAGE_SIZE} and {MAX_PAGE_SIZE}")
     return size
 
 
@@ -61,7 +60,7 @@ def merge_ranges(ranges: Iterable[MemoryRange]) -> list[MemoryRange]:
 def find_overlap(ranges: Iterable[MemoryRange]) -> tuple[MemoryRange, MemoryRange] | None:
     """Return the first pair of overlapping ranges (by gpa), or None if all are disjoint."""
     ordered = sorted(r for r in ranges if r.length > 0)
-    for before, after in zip(ordered, ordered[1:], strict=False):
+    for before, after in itertools.pairwise(ordered):
         if after.gpa < before.end:
             return before, after
     return None

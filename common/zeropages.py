@@ -73,10 +73,7 @@ def _runs(gpa: int, bounds: np.ndarray, flags: np.ndarray, want: bool) -> list[M
     padded = np.concatenate(([False], selected, [False]))
     edges = np.flatnonzero(padded[1:] != padded[:-1])
     starts, stops = edges[0::2], edges[1::2]
-    return [
-        MemoryRange(gpa + int(bounds[s]), int(bounds[e] - bounds[s]))
-        for s, e in zip(starts, stops, strict=True)
-    ]
+    return [MemoryRange(gpa + int(bounds[s]), int(bounds[e] - bounds[s])) for s, e in zip(starts, stops, strict=True)]
 
 
 def scan_zero_pages(gpa: int, buffer: bytes | bytearray | memoryview, page_size: int) -> ZeroScan:

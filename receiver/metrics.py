@@ -6,9 +6,7 @@ from prometheus_client import Counter, Gauge
 
 WRITTEN_BYTES = Counter("livemig_receiver_written_bytes", "Page payload bytes written into destination memory")
 BATCHES = Counter("livemig_receiver_batches", "Page batches accepted and written")
-REJECTED_BATCHES = Counter(
-    "livemig_receiver_rejected_batches", "Page batches refused, by reason", ["reason"]
-)
+REJECTED_BATCHES = Counter("livemig_receiver_rejected_batches", "Page batches refused, by reason", ["reason"])
 SESSIONS = Counter("livemig_receiver_sessions", "Sessions by outcome", ["outcome"])
 ACTIVE_SESSIONS = Gauge("livemig_receiver_active_sessions", "Sessions accepting pages")
 ALLOCATED_BYTES = Gauge(

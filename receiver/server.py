@@ -45,7 +45,9 @@ def add_receiver_service(service: ReceiverService, server: grpc.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
-def build_receiver(memory_dir: Path, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> tuple[ServiceHost, SessionRegistry]:
+def build_receiver(
+    memory_dir: Path, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+) -> tuple[ServiceHost, SessionRegistry]:
     memory_dir.mkdir(parents=True, exist_ok=True)
     registry = SessionRegistry(memory_dir, max_batch_bytes)
     host = ServiceHost([SERVICE_NAME], max_workers=MAX_STREAMS + 16, max_message_bytes=message_limit(max_batch_bytes))

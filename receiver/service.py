@@ -52,7 +52,10 @@ class ReceiverService(pb_grpc.ReceiverServicer):
         metrics.ACTIVE_SESSIONS.set(self.registry.active_count())
         log.info(
             "prepared session %s for migration %s: %d bytes in %d regions",
-            session.session_id, session.migration_id, session.layout.total_bytes, len(layout),
+            session.session_id,
+            session.migration_id,
+            session.layout.total_bytes,
+            len(layout),
         )
         return pb.PrepareMigrationResponse(
             session_token=session.token,
@@ -96,7 +99,11 @@ class ReceiverService(pb_grpc.ReceiverServicer):
         metrics.ALLOCATED_BYTES.set(allocated)
         log.info(
             "session %s (migration %s) completed: %d bytes written, %d allocated, verified=%s",
-            session.session_id, session.migration_id, session.written_bytes, allocated, verified,
+            session.session_id,
+            session.migration_id,
+            session.written_bytes,
+            allocated,
+            verified,
         )
         return pb.CompleteMigrationResponse(
             verified=verified, written_bytes=session.written_bytes, allocated_bytes=allocated

@@ -38,9 +38,7 @@ def generate(out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in GENERATED:
             text = (Path(tmp) / "livemig" / "v1" / name).read_text()
-            text = text.replace(
-                "from livemig.v1 import livemig_pb2", "from livemig.common.proto import livemig_pb2"
-            )
+            text = text.replace("from livemig.v1 import livemig_pb2", "from livemig.common.proto import livemig_pb2")
             (out_dir / name).write_text(text)
 
 

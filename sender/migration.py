@@ -151,7 +151,10 @@ class Migration:
         chunk_bytes = align_down(batch_bytes, page_size) if batch_bytes >= page_size else batch_bytes
         log.info(
             "migration %s: session prepared on %s, %d connections, chunks of %d bytes",
-            self.migration_id, self.request.destination, self.request.connections, chunk_bytes,
+            self.migration_id,
+            self.request.destination,
+            self.request.connections,
+            chunk_bytes,
         )
         return response.session_token, chunk_bytes
 

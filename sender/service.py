@@ -98,8 +98,13 @@ class SenderService(pb_grpc.SenderServicer):
         self.registry.add(migration)
         log.info(
             "migration %s: %d bytes in %d regions to %s (connections=%d skip_zero_pages=%s verify=%s)",
-            migration.migration_id, layout.total_bytes, len(layout.regions), migration_request.destination,
-            migration_request.connections, migration_request.skip_zero_pages, migration_request.verify,
+            migration.migration_id,
+            layout.total_bytes,
+            len(layout.regions),
+            migration_request.destination,
+            migration_request.connections,
+            migration_request.skip_zero_pages,
+            migration_request.verify,
         )
         migration.start(on_final=lambda _m: None)
         return pb.StartMigrationResponse(migration_id=migration.migration_id)
