@@ -1,0 +1,57 @@
+"""Helpers for tests that drive real livemig processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from livemig.cli.client import run_migration
+from livemig.cli.images import files_equal
+from livemig.common.proto import livemig_pb2 as pb
+from livemig.common.proto import livemig_pb2_grpc as pb_grpc
+
+
+def migrate(
+    sender_address: str, receiver_address: str, regions: list[tuple[int, Path]], **options
+) -> pb.MigrationStatus:
+    request = pb.StartMigrationRequest(
+        destination=receiver_address,
+        regions=[pb.GuestMemoryRegion(gpa=gpa, path=str(path)) for gpa, path in regions],
+        **options,
+    )
+    return run_migration(sender_address, request)
+
+
+def assert_destination_equals_source(status: pb.MigrationStatus, regions: list[tuple[int, Path]]) -> None:
+    by_gpa = {region.gpa: Path(region.path) for region in status.destination_regions}
+    assert sorted(by_gpa) == sorted(gpa for gpa, _ in regions)
+    for gpa, source in regions:
+        assert files_equal(source, by_gpa[gpa]), f"destination region at {gpa:#x} differs from {source}"
+
+
+def assert_stats_invariants(status: pb.MigrationStatus, skip_zero_pages: bool) -> None:
+    stats = status.stats
+    assert stats.transmitted_bytes + stats.zero_bytes == stats.total_bytes
+    assert stats.processed_bytes == stats.total_bytes
+    assert stats.scanned_bytes == (stats.total_bytes if skip_zero_pages else 0)
+    if not skip_zero_pages:
+        assert stats.zero_bytes == 0 and stats.zero_pages == 0
+    assert stats.wire_bytes >= stats.transmitted_bytes
+    if stats.transmitted_bytes:
+        assert stats.batches > 0
+        assert stats.throughput_bytes_per_second > 0
+        # Throughput is wire bytes over transfer time, never inflated by skipped bytes.
+        transfer_seconds = stats.transfer_ms / 1000
+        if transfer_seconds > 0.05:
+            assert stats.throughput_bytes_per_second <= 1.5 * stats.wire_bytes / transfer_seconds
+
+
+def receiver_stub(address: str) -> tuple[grpc.Channel, pb_grpc.ReceiverStub]:
+    channel = grpc.insecure_channel(address)
+    return channel, pb_grpc.ReceiverStub(channel)
+
+
+def sender_stub(address: str) -> tuple[grpc.Channel, pb_grpc.SenderStub]:
+    channel = grpc.insecure_channel(address)
+    return channel, pb_grpc.SenderStub(channel)
