@@ -257,9 +257,8 @@ def test_start_migration_rejects_bad_requests(sender, receiver, shm_dir, mutate,
     )
     mutate(request, image)
     channel, stub = sender_stub(sender.address)
-    with channel:
-        with pytest.raises(grpc.RpcError) as raised:
-            stub.StartMigration(request, timeout=10)
+    with channel, pytest.raises(grpc.RpcError) as raised:
+        stub.StartMigration(request, timeout=10)
     assert raised.value.code() == code
     assert words in raised.value.details()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,7 +25,7 @@ def covered(ranges: list[MemoryRange]) -> set[int]:
 def test_merge_keeps_exactly_the_covered_bytes_sorted_disjoint_and_merged(ranges):
     merged = merge_ranges(ranges)
     assert covered(merged) == covered(ranges)
-    for before, after in zip(merged, merged[1:], strict=False):
+    for before, after in itertools.pairwise(merged):
         assert before.end < after.gpa  # disjoint and not touching: merged
     assert all(r.length > 0 for r in merged)
 
