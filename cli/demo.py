@@ -27,9 +27,7 @@ def run_demo(size: int, touched: float, connections: int) -> int:
     try:
         image = workdir / "guest-memory.img"
         touched_pages = make_image(image, size, touched, seed=42)
-        console.print(
-            f"guest memory: {human_bytes(size)} at {image} ({touched_pages} of {size // 4096} pages touched)"
-        )
+        console.print(f"guest memory: {human_bytes(size)} at {image} ({touched_pages} of {size // 4096} pages touched)")
         with (
             ServiceProcess("receiver", ["--memory-dir", str(workdir / "destination")], workdir / "receiver.log") as rx,
             ServiceProcess("sender", [], workdir / "sender.log") as tx,
@@ -54,7 +52,9 @@ def run_demo(size: int, touched: float, connections: int) -> int:
         console.print(_table(results, connections))
         failures = [s for _skip, s, identical in results if not identical]
         for status in failures:
-            console.print(f"[red]migration {status.migration_id} {pb.MigrationState.Name(status.state)}: {status.error}")
+            console.print(
+                f"[red]migration {status.migration_id} {pb.MigrationState.Name(status.state)}: {status.error}"
+            )
         if not failures:
             console.print("[green]both migrations COMPLETED; destination identical to source byte for byte")
         return 1 if failures else 0

@@ -1,0 +1,190 @@
+"""`livemig bench`: the seed's table on this machine, with the bare gRPC ceiling beside it.
+
+Every case runs between the same two service processes; cases are compared
+side by side in one run because this machine is noisy. Figures, never pass/fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from livemig.cli import ceiling
+from livemig.cli.client import run_migration
+from livemig.cli.images import make_image, tmpfs_dir
+from livemig.cli.processes import ServiceProcess, peak_rss_bytes, reset_peak_rss
+from livemig.cli.report import human_bytes
+from livemig.common.proto import livemig_pb2 as pb
+
+MIB = 1 << 20
+
+
+@dataclass
+class Case:
+    touched: float
+    connections: int
+    skip: bool
+    duration_ms: int
+    transmitted: int
+    wire: int
+    throughput: float
+    payload_throughput: float
+    sender_rss: int
+    receiver_rss: int
+    allocated: int
+    ok: bool
+
+
+def _run_case(
+    tx: ServiceProcess, rx: ServiceProcess, image: Path, touched: float, connections: int, skip: bool, batch_bytes: int
+) -> Case:
+    reset_peak_rss(tx.pid)
+    reset_peak_rss(rx.pid)
+    status = run_migration(
+        tx.address,
+        pb.StartMigrationRequest(
+            destination=rx.address,
+            regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
+            connections=connections,
+            skip_zero_pages=skip,
+            max_batch_bytes=batch_bytes,
+        ),
+    )
+    stats = status.stats
+    allocated = sum(os.stat(r.path).st_blocks * 512 for r in status.destination_regions)
+    for region in status.destination_regions:
+        shutil.rmtree(Path(region.path).parent, ignore_errors=True)
+    seconds = max(stats.duration_ms, 1) / 1000
+    return Case(
+        touched=touched,
+        connections=connections,
+        skip=skip,
+        duration_ms=stats.duration_ms,
+        transmitted=stats.transmitted_bytes,
+        wire=stats.wire_bytes,
+        throughput=stats.throughput_bytes_per_second,
+        payload_throughput=stats.transmitted_bytes / seconds,
+        sender_rss=peak_rss_bytes(tx.pid),
+        receiver_rss=peak_rss_bytes(rx.pid),
+        allocated=allocated,
+        ok=status.state == pb.COMPLETED,
+    )
+
+
+def _ceiling(size: int, batch_bytes: int, connections: list[int]) -> dict[int, float]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "livemig.cli.ceiling", "serve", str(batch_bytes)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        address = line.strip().rsplit(" ", 1)[-1]
+        return {n: ceiling.measure(address, size, batch_bytes, n) for n in connections}
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def run_bench(
+    size: int, connections: list[int], touched: list[float], batch_bytes: int, repeat: int, markdown: bool
+) -> None:
+    console = Console(width=200)
+    workdir = Path(tempfile.mkdtemp(prefix="livemig-bench-", dir=tmpfs_dir()))
+    cases: list[Case] = []
+    try:
+        with (
+            ServiceProcess(
+                "receiver", ["--memory-dir", str(workdir / "destination"), "--max-batch-bytes", str(batch_bytes)]
+            ) as rx,
+            ServiceProcess("sender", []) as tx,
+        ):
+            ceilings = _ceiling(size, batch_bytes, connections)
+            for ratio in touched:
+                image = workdir / "guest.img"
+                make_image(image, size, ratio, seed=7)
+                for count in connections:
+                    for skip in (False, True):
+                        runs = [_run_case(tx, rx, image, ratio, count, skip, batch_bytes) for _ in range(repeat)]
+                        cases.append(min(runs, key=lambda c: c.duration_ms))
+                image.unlink()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    _print(console, cases, ceilings, size, batch_bytes, markdown)
+
+
+def _print(
+    console: Console, cases: list[Case], ceilings: dict[int, float], size: int, batch_bytes: int, markdown: bool
+) -> None:
+    headers = [
+        "setup",
+        "time",
+        "% of no skip",
+        "transmitted",
+        "wire throughput",
+        "payload throughput",
+        "% of gRPC ceiling",
+        "sender peak RSS",
+        "receiver peak RSS",
+        "dest. allocated",
+        "ok",
+    ]
+    rows = []
+    baseline: dict[tuple[float, int], int] = {}
+    for case in cases:
+        key = (case.touched, case.connections)
+        if not case.skip:
+            baseline[key] = max(case.duration_ms, 1)
+        rows.append(
+            [
+                f"{human_bytes(size)}, {case.touched:.0%} touched, {'with' if case.skip else 'no'} skip, "
+                f"{case.connections} conn",
+                f"{case.duration_ms} ms",
+                f"{100 * case.duration_ms / baseline[key]:.0f}%",
+                human_bytes(case.transmitted),
+                f"{human_bytes(case.throughput)}/s",
+                f"{human_bytes(case.payload_throughput)}/s",
+                f"{100 * case.payload_throughput / ceilings[case.connections]:.0f}%" if case.transmitted else "-",
+                human_bytes(case.sender_rss),
+                human_bytes(case.receiver_rss),
+                human_bytes(case.allocated),
+                "yes" if case.ok else "NO",
+            ]
+        )
+    for count, value in ceilings.items():
+        rows.append(
+            [
+                f"bare gRPC ceiling, {human_bytes(batch_bytes)} messages, {count} conn",
+                "",
+                "",
+                "",
+                f"{human_bytes(value)}/s",
+                f"{human_bytes(value)}/s",
+                "100%",
+                "",
+                "",
+                "",
+                "",
+            ]
+        )
+    if markdown:
+        console.print("| " + " | ".join(headers) + " |", soft_wrap=True)
+        console.print("|" + "---|" * len(headers), soft_wrap=True)
+        for row in rows:
+            console.print("| " + " | ".join(row) + " |", soft_wrap=True)
+        return
+    table = Table(title=f"livemig bench: {human_bytes(size)} guest, {human_bytes(batch_bytes)} batches")
+    for header in headers:
+        table.add_column(header, justify="left" if header == "setup" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
