@@ -144,8 +144,20 @@ def demo(size_mib: int, touched: float, connections: int) -> None:
 @click.option("--batch-mib", type=int, default=4, show_default=True)
 @click.option("--repeat", type=int, default=1, show_default=True, help="Runs per case; the best is kept.")
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
+@click.option(
+    "--memory-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Receiver's destination folder (default: a tmpfs folder).",
+)
 def bench(
-    size_mib: int, connection_counts: str, touched_ratios: str, batch_mib: int, repeat: int, markdown: bool
+    size_mib: int,
+    connection_counts: str,
+    touched_ratios: str,
+    batch_mib: int,
+    repeat: int,
+    markdown: bool,
+    memory_dir: Path | None,
 ) -> None:
     """Reproduce the seed's table: zero share x skip x connections, plus the bare gRPC ceiling."""
     from livemig.cli.bench import run_bench
@@ -157,6 +169,7 @@ def bench(
         batch_bytes=batch_mib << 20,
         repeat=repeat,
         markdown=markdown,
+        destination_dir=memory_dir,
     )
 
 

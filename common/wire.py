@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from livemig.common.proto import livemig_pb2 as pb
@@ -60,19 +61,37 @@ def to_pb_ranges(ranges: Sequence[MemoryRange]) -> list[pb.MemoryRange]:
     return [pb.MemoryRange(gpa=r.gpa, length=r.length) for r in ranges]
 
 
+RANGE_DTYPE = np.dtype("<u8")
+PACKED_RANGE_BYTES = 16
+
+
+def pack_ranges(ranges: np.ndarray | Sequence[MemoryRange]) -> bytes:
+    """(gpa, length) pairs as little-endian u64, as PageBatch.ranges carries them."""
+    if not isinstance(ranges, np.ndarray):
+        ranges = np.array([(r.gpa, r.length) for r in ranges], dtype=np.uint64).reshape(-1, 2)
+    return np.ascontiguousarray(ranges, dtype=RANGE_DTYPE).tobytes()
+
+
+def unpack_ranges(packed: bytes) -> np.ndarray:
+    """k x 2 uint64 array of (gpa, length). Raises BatchDecodeError on a torn table."""
+    if len(packed) % PACKED_RANGE_BYTES:
+        raise BatchDecodeError(f"range table of {len(packed)} bytes is not a whole number of 16-byte ranges")
+    return np.frombuffer(packed, dtype=RANGE_DTYPE).reshape(-1, 2).astype(np.uint64)
+
+
 def encode_batch(
     session_token: str,
     batch_id: int,
-    ranges: Sequence[MemoryRange],
+    ranges: np.ndarray | Sequence[MemoryRange],
     payload: Sequence[bytes | bytearray | memoryview],
-    zero_ranges: Sequence[MemoryRange] = (),
+    zero_ranges: np.ndarray | Sequence[MemoryRange] = (),
 ) -> bytes:
     """Serialize a PageBatch whose data is the concatenation of `payload`, copying it once."""
     header = pb.PageBatch(
         session_token=session_token,
         batch_id=batch_id,
-        ranges=to_pb_ranges(ranges),
-        zero_ranges=to_pb_ranges(zero_ranges),
+        ranges=pack_ranges(ranges),
+        zero_ranges=pack_ranges(zero_ranges),
     ).SerializeToString()
     data_length = sum(len(part) for part in payload)
     return b"".join((_DATA_TAG, encode_varint(data_length), *payload, header))
@@ -82,14 +101,12 @@ def encode_batch(
 class DecodedBatch:
     header: pb.PageBatch  # every field but data
     data: memoryview
+    ranges: np.ndarray  # k x 2 uint64 (gpa, length)
+    zero_ranges: np.ndarray
 
-    @property
-    def ranges(self) -> list[MemoryRange]:
-        return [MemoryRange(r.gpa, r.length) for r in self.header.ranges]
 
-    @property
-    def zero_ranges(self) -> list[MemoryRange]:
-        return [MemoryRange(r.gpa, r.length) for r in self.header.zero_ranges]
+def _decoded(header: pb.PageBatch, data: memoryview) -> DecodedBatch:
+    return DecodedBatch(header, data, unpack_ranges(header.ranges), unpack_ranges(header.zero_ranges))
 
 
 def decode_batch(raw: bytes) -> DecodedBatch:
@@ -101,10 +118,10 @@ def decode_batch(raw: bytes) -> DecodedBatch:
             if end <= len(raw):
                 header = pb.PageBatch.FromString(memoryview(raw)[end:])
                 if not header.data:  # protobuf: a later data field would win
-                    return DecodedBatch(header, memoryview(raw)[start:end])
+                    return _decoded(header, memoryview(raw)[start:end])
         message = pb.PageBatch.FromString(raw)
     except DecodeError as error:
         raise BatchDecodeError(f"malformed PageBatch: {error}") from error
     data = memoryview(message.data)
     message.ClearField("data")
-    return DecodedBatch(message, data)
+    return _decoded(message, data)

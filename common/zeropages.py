@@ -13,34 +13,57 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from livemig.common.ranges import MemoryRange, align_up
+from livemig.common.ranges import MemoryRange
 
 
 @dataclass(frozen=True, slots=True)
 class ZeroScan:
-    """Outcome of scanning one span. Ranges are sorted, disjoint and merged."""
+    """Outcome of scanning one span.
 
-    data_ranges: list[MemoryRange]
-    zero_ranges: list[MemoryRange]
+    `data` and `zero` are range arrays (k x 2 uint64: gpa, length), sorted,
+    disjoint and merged; they go onto the wire as they are (common/wire.py).
+    """
+
+    data: np.ndarray
+    zero: np.ndarray
     zero_pages: int
     normal_pages: int
 
     @property
+    def data_ranges(self) -> list[MemoryRange]:
+        return ranges_from_array(self.data)
+
+    @property
+    def zero_ranges(self) -> list[MemoryRange]:
+        return ranges_from_array(self.zero)
+
+    @property
     def zero_bytes(self) -> int:
-        return sum(r.length for r in self.zero_ranges)
+        return int(self.zero[:, 1].sum())
 
     @property
     def data_bytes(self) -> int:
-        return sum(r.length for r in self.data_ranges)
+        return int(self.data[:, 1].sum())
+
+
+EMPTY_RANGES = np.zeros((0, 2), dtype=np.uint64)
+
+
+def ranges_from_array(array: np.ndarray) -> list[MemoryRange]:
+    return [MemoryRange(gpa, length) for gpa, length in array.tolist()]
+
+
+def ranges_to_array(ranges: list[MemoryRange]) -> np.ndarray:
+    if not ranges:
+        return EMPTY_RANGES
+    return np.array([(r.gpa, r.length) for r in ranges], dtype=np.uint64)
 
 
 def unit_bounds(gpa: int, length: int, page_size: int) -> np.ndarray:
     """Offsets (relative to gpa) of unit boundaries: 0, page boundaries inside, length."""
-    first_boundary = min(align_up(gpa, page_size) - gpa, length)
+    first_boundary = (-gpa) % page_size or page_size
     inner = np.arange(first_boundary, length, page_size, dtype=np.int64)
-    bounds = np.concatenate(([0], inner, [length])).astype(np.int64)
-    # Drop the duplicate 0 when gpa is page aligned, and a duplicate end.
-    return np.unique(bounds)
+    return np.concatenate(([0], inner, [length])).astype(np.int64)
 
 
 def _nonzero_flags(gpa: int, data: np.ndarray, units: int, page_size: int) -> np.ndarray:
@@ -65,15 +88,16 @@ def _nonzero_flags(gpa: int, data: np.ndarray, units: int, page_size: int) -> np
     return flags
 
 
-def _runs(gpa: int, bounds: np.ndarray, flags: np.ndarray, want: bool) -> list[MemoryRange]:
-    """Merged ranges covering the units whose flag equals `want`."""
+def _runs(gpa: int, bounds: np.ndarray, flags: np.ndarray, want: bool) -> np.ndarray:
+    """Merged ranges (k x 2 uint64) covering the units whose flag equals `want`."""
     selected = flags == want
     if not selected.any():
-        return []
+        return EMPTY_RANGES
     padded = np.concatenate(([False], selected, [False]))
     edges = np.flatnonzero(padded[1:] != padded[:-1])
-    starts, stops = edges[0::2], edges[1::2]
-    return [MemoryRange(gpa + int(bounds[s]), int(bounds[e] - bounds[s])) for s, e in zip(starts, stops, strict=True)]
+    starts = bounds[edges[0::2]].astype(np.uint64)
+    stops = bounds[edges[1::2]].astype(np.uint64)
+    return np.column_stack((starts + np.uint64(gpa), stops - starts))
 
 
 def scan_zero_pages(gpa: int, buffer: bytes | bytearray | memoryview, page_size: int) -> ZeroScan:
@@ -81,13 +105,13 @@ def scan_zero_pages(gpa: int, buffer: bytes | bytearray | memoryview, page_size:
     data = np.frombuffer(buffer, dtype=np.uint8)
     length = len(data)
     if length == 0:
-        return ZeroScan([], [], 0, 0)
+        return ZeroScan(EMPTY_RANGES, EMPTY_RANGES, 0, 0)
     bounds = unit_bounds(gpa, length, page_size)
     flags = _nonzero_flags(gpa, data, len(bounds) - 1, page_size)
     normal = int(np.count_nonzero(flags))
     return ZeroScan(
-        data_ranges=_runs(gpa, bounds, flags, True),
-        zero_ranges=_runs(gpa, bounds, flags, False),
+        data=_runs(gpa, bounds, flags, True),
+        zero=_runs(gpa, bounds, flags, False),
         zero_pages=len(flags) - normal,
         normal_pages=normal,
     )

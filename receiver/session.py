@@ -20,7 +20,7 @@ import numpy as np
 
 from livemig.common.digest import memory_digest
 from livemig.common.guest_memory import LayoutError, MemoryLayout, RegionFile
-from livemig.common.ranges import U64_MAX, MemoryRange, find_overlap
+from livemig.common.ranges import MemoryRange
 from livemig.common.wire import DecodedBatch
 from livemig.receiver.errors import Reason, ReceiverError
 
@@ -61,6 +61,8 @@ class Session:
         # One flag per page: has a batch written data there? A later zero range must
         # zero those pages, and only those (untouched pages are zero already).
         self._received = [np.zeros(r.length // layout.page_size, dtype=bool) for r in layout.regions]
+        self._region_starts = np.array([r.gpa for r in layout.regions], dtype=np.uint64)
+        self._region_ends = np.array([r.gpa + r.length for r in layout.regions], dtype=np.uint64)
 
     @classmethod
     def create(
@@ -94,19 +96,29 @@ class Session:
         layout = MemoryLayout(regions, page_size)
         return cls(session_id, token, migration_id, directory, layout, max_batch_bytes)
 
-    def _located(self, memory_range: MemoryRange) -> tuple[int, RegionFile, int]:
-        if memory_range.length == 0:
-            raise ReceiverError(Reason.MALFORMED, f"empty range at gpa {memory_range.gpa:#x}")
-        if memory_range.gpa > U64_MAX or memory_range.end - 1 > U64_MAX:
-            raise ReceiverError(Reason.OUT_OF_RANGE, f"range at gpa {memory_range.gpa:#x} overflows 64 bits")
-        located = self.layout.locate(memory_range.gpa, memory_range.length)
-        if located is None:
+    def _locate(self, ranges: np.ndarray, what: str) -> tuple[list[int], list[int]]:
+        """Region index and file offset of every range; refuses any byte outside the layout."""
+        if not len(ranges):
+            return [], []
+        gpas, lengths = ranges[:, 0], ranges[:, 1]
+        if not lengths.all():
+            raise ReceiverError(Reason.MALFORMED, f"empty range in {what}")
+        ends = gpas + lengths  # uint64: wraps past 2**64, caught next
+        if (ends < gpas).any():
+            raise ReceiverError(Reason.OUT_OF_RANGE, f"a range in {what} runs past the 64-bit address space")
+        index = np.searchsorted(self._region_starts, gpas, side="right").astype(np.int64) - 1
+        inside = index >= 0
+        clipped = np.maximum(index, 0)
+        inside &= ends <= self._region_ends[clipped]
+        if not inside.all():
+            bad = int(np.flatnonzero(~inside)[0])
             raise ReceiverError(
                 Reason.OUT_OF_RANGE,
-                f"range [{memory_range.gpa:#x}, {memory_range.end:#x}) is outside the destination memory",
+                f"range [{int(gpas[bad]):#x}, {int(gpas[bad]) + int(lengths[bad]):#x}) in {what} "
+                "is outside the destination memory",
             )
-        region, offset = located
-        return self.layout.regions.index(region), region, offset
+        offsets = gpas - self._region_starts[clipped]
+        return clipped.tolist(), offsets.tolist()
 
     def _check_active(self) -> None:
         if self.state is not SessionState.ACTIVE:
@@ -120,32 +132,28 @@ class Session:
             raise ReceiverError(
                 Reason.OVERSIZED, f"batch payload {len(data)} bytes exceeds the limit {self.max_batch_bytes}"
             )
-        ranges = batch.ranges
-        zero_ranges = batch.zero_ranges
-        declared = sum(r.length for r in ranges)
-        if declared != len(data):
+        ranges, zero_ranges = batch.ranges, batch.zero_ranges
+        lengths = ranges[:, 1]
+        # Bound each length before summing, so a hostile table cannot wrap the sum.
+        if (lengths > len(data)).any() or int(lengths.sum()) != len(data):
+            declared = sum(int(x) for x in lengths.tolist())
             raise ReceiverError(
                 Reason.LENGTH_MISMATCH, f"ranges describe {declared} bytes but the payload has {len(data)}"
             )
-        targets = [self._located(r) for r in ranges]
-        zero_targets = [self._located(r) for r in zero_ranges]
-        overlap = find_overlap([*ranges, *zero_ranges])
-        if overlap is not None:
-            first, second = overlap
-            raise ReceiverError(Reason.OVERLAP, f"ranges overlap at gpa {second.gpa:#x} (after {first.gpa:#x})")
+        regions, offsets = self._locate(ranges, "ranges")
+        zero_regions, zero_offsets = self._locate(zero_ranges, "zero_ranges")
+        everything = np.concatenate((ranges, zero_ranges))
+        if len(everything) > 1:
+            ordered = everything[np.argsort(everything[:, 0], kind="stable")]
+            if (ordered[1:, 0] < ordered[:-1, 0] + ordered[:-1, 1]).any():
+                raise ReceiverError(Reason.OVERLAP, "ranges in the batch overlap")
         with self._lock:
             self._check_active()  # an abort may have raced this batch
             self._writers += 1
         try:
-            page_size = self.layout.page_size
-            position = 0
-            for (index, region, offset), memory_range in zip(targets, ranges, strict=True):
-                _write_all(region.fd, data[position : position + memory_range.length], offset)
-                position += memory_range.length
-                first_page, end_page = offset // page_size, -(-(offset + memory_range.length) // page_size)
-                self._received[index][first_page:end_page] = True
-            for (index, region, offset), memory_range in zip(zero_targets, zero_ranges, strict=True):
-                self._zero_received(index, region, offset, memory_range)
+            self._write(data, regions, offsets, lengths.tolist())
+            for index, offset, length in zip(zero_regions, zero_offsets, zero_ranges[:, 1].tolist(), strict=True):
+                self._zero_received(index, offset, length)
         finally:
             with self._lock:
                 self._writers -= 1
@@ -154,20 +162,31 @@ class Session:
                 self._lock.notify_all()
         return len(data)
 
+    def _write(self, data: memoryview, regions: list[int], offsets: list[int], lengths: list[int]) -> None:
+        page_size = self.layout.page_size
+        files = self.layout.regions
+        position = 0
+        for index, offset, length in zip(regions, offsets, lengths, strict=True):
+            _write_all(files[index].fd, data[position : position + length], offset)
+            position += length
+            self._received[index][offset // page_size : -(-(offset + length) // page_size)] = True
+
     def _quiesce(self) -> None:
         """Wait (holding the lock) until no batch is being written."""
         self._lock.wait_for(lambda: self._writers == 0)
 
-    def _zero_received(self, index: int, region: RegionFile, offset: int, memory_range: MemoryRange) -> None:
+    def _zero_received(self, index: int, offset: int, length: int) -> None:
         """Zero the parts of a range that earlier batches wrote; leave the rest untouched."""
         page_size = self.layout.page_size
+        region = self.layout.regions[index]
         first_page = offset // page_size
-        last_page = -(-(offset + memory_range.length) // page_size)
-        received = self._received[index][first_page:last_page]
-        for page in np.flatnonzero(received):
-            start = max(offset, (first_page + int(page)) * page_size)
-            stop = min(offset + memory_range.length, (first_page + int(page) + 1) * page_size)
-            _write_all(region.fd, memoryview(_ZERO_BLOCK)[: stop - start], start)
+        received = self._received[index][first_page : -(-(offset + length) // page_size)]
+        padded = np.concatenate(([False], received, [False]))
+        edges = np.flatnonzero(padded[1:] != padded[:-1]).tolist()
+        for run_start, run_stop in zip(edges[0::2], edges[1::2], strict=True):
+            start = max(offset, (first_page + run_start) * page_size)
+            stop = min(offset + length, (first_page + run_stop) * page_size)
+            _write_zeros(region.fd, start, stop - start)
 
     def complete(self, transmitted_bytes: int, batches: int, digest: bytes) -> tuple[bool, int]:
         """Check the sender's totals (and digest); returns (verified, allocated bytes)."""
@@ -217,3 +236,9 @@ def _write_all(fd: int, data: memoryview, offset: int) -> None:
     done = 0
     while done < len(data):
         done += os.pwrite(fd, data[done:], offset + done)
+
+
+def _write_zeros(fd: int, offset: int, length: int) -> None:
+    zeros = memoryview(_ZERO_BLOCK)
+    for start in range(offset, offset + length, len(zeros)):
+        _write_all(fd, zeros[: min(len(zeros), offset + length - start)], start)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
 from livemig.common.guest_memory import MemoryLayout
 from livemig.common.proto import livemig_pb2 as pb
@@ -133,21 +134,21 @@ class ConnectionWorker:
         plan.layout.read_into(chunk.gpa, buffer)
         if plan.skip_zero_pages:
             scan = scan_zero_pages(chunk.gpa, buffer, plan.page_size)
-            data_ranges = scan.data_ranges
+            data_ranges = scan.data
             scanned, zero_bytes = chunk.length, scan.zero_bytes
             zero_pages, normal_pages = scan.zero_pages, scan.normal_pages
         else:
-            data_ranges = [chunk]
+            data_ranges = np.array([[chunk.gpa, chunk.length]], dtype=np.uint64)
             scanned, zero_bytes, zero_pages = 0, 0, 0
             normal_pages = count_pages(chunk.gpa, chunk.length, plan.page_size)
-        if not data_ranges:
+        if not len(data_ranges):
             self.stats.add_sent(ChunkOutcome(chunk.length, scanned, zero_bytes, zero_pages, 0, 0, 0, 0))
             self.stats.add_processed(chunk.length)
             return None
-        payload = [buffer[r.gpa - chunk.gpa : r.end - chunk.gpa] for r in data_ranges]
+        payload = [buffer[gpa - chunk.gpa : gpa - chunk.gpa + length] for gpa, length in data_ranges.tolist()]
         batch_id = next(self.batch_ids)
         frame = encode_batch(plan.session_token, batch_id, data_ranges, payload)
-        transmitted = sum(r.length for r in data_ranges)
+        transmitted = chunk.length - zero_bytes
         with self._lock:
             self._in_flight[batch_id] = chunk.length
         outcome = ChunkOutcome(

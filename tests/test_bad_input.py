@@ -94,6 +94,8 @@ def test_valid_batch_is_written_and_acknowledged(receiver, session):
         (None, [MemoryRange(0, 4), MemoryRange(4096, 8)], [b"abcd"], grpc.StatusCode.INVALID_ARGUMENT),
         (None, [MemoryRange(0, 8), MemoryRange(4, 8)], [b"x" * 16], grpc.StatusCode.INVALID_ARGUMENT),
         (None, [MemoryRange(0, 0)], [], grpc.StatusCode.INVALID_ARGUMENT),
+        # Lengths whose sum wraps 2**64 to the payload size.
+        (None, [MemoryRange(0, (1 << 64) - 4), MemoryRange(1 << 30, 8)], [b"abcd"], grpc.StatusCode.INVALID_ARGUMENT),
     ],
 )
 def test_bad_batch_is_refused_and_writes_nothing(receiver, session, token, ranges, payload, code):

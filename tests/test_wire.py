@@ -8,7 +8,15 @@ from hypothesis import strategies as st
 
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
-from livemig.common.wire import BatchDecodeError, decode_batch, decode_varint, encode_batch, encode_varint
+from livemig.common.wire import (
+    BatchDecodeError,
+    decode_batch,
+    decode_varint,
+    encode_batch,
+    encode_varint,
+    pack_ranges,
+)
+from livemig.common.zeropages import ranges_from_array
 
 range_lists = st.lists(st.builds(MemoryRange, st.integers(0, 1 << 63), st.integers(0, 1 << 20)), max_size=5)
 
@@ -24,20 +32,20 @@ def test_fast_encoding_parses_as_protobuf(token, batch_id, ranges, parts):
     raw = encode_batch(token, batch_id, ranges, parts, zero_ranges=ranges[:1])
     message = pb.PageBatch.FromString(raw)
     assert message.session_token == token and message.batch_id == batch_id
-    assert [(r.gpa, r.length) for r in message.ranges] == [(r.gpa, r.length) for r in ranges]
+    assert message.ranges == pack_ranges(ranges)
     assert message.data == b"".join(parts)
     decoded = decode_batch(raw)
     assert bytes(decoded.data) == b"".join(parts)
-    assert decoded.ranges == ranges and decoded.zero_ranges == ranges[:1]
+    assert ranges_from_array(decoded.ranges) == ranges
+    assert ranges_from_array(decoded.zero_ranges) == ranges[:1]
 
 
 @given(st.text(max_size=40), range_lists, st.binary(max_size=300))
 def test_protobuf_encoding_decodes(token, ranges, data):
-    message = pb.PageBatch(
-        session_token=token, batch_id=9, ranges=[pb.MemoryRange(gpa=r.gpa, length=r.length) for r in ranges], data=data
-    )
+    message = pb.PageBatch(session_token=token, batch_id=9, ranges=pack_ranges(ranges), data=data)
     decoded = decode_batch(message.SerializeToString())
-    assert bytes(decoded.data) == data and decoded.ranges == ranges and decoded.header.batch_id == 9
+    assert bytes(decoded.data) == data and decoded.header.batch_id == 9
+    assert ranges_from_array(decoded.ranges) == ranges
     assert not decoded.header.data
 
 
@@ -51,7 +59,21 @@ def test_fast_path_payload_is_not_copied():
     assert decode_batch(raw).data.obj is raw
 
 
-@pytest.mark.parametrize("raw", [b"\x7a\xff\xff\xff", b"\x7a\x05ab", b"\x0a\x10abc", b"\xff\xff\xff\xff\xff"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x7a\xff\xff\xff",
+        b"\x7a\x05ab",
+        b"\x0a\x10abc",
+        b"\xff\xff\xff\xff\xff",
+        pb.PageBatch(ranges=b"x" * 17).SerializeToString(),  # torn range table
+    ],
+)
 def test_malformed_bytes_raise_batch_decode_error(raw):
     with pytest.raises(BatchDecodeError):
         decode_batch(raw)
+
+
+def test_packed_ranges_are_little_endian_u64_pairs():
+    packed = pack_ranges([MemoryRange(0x1000, 0x2000)])
+    assert packed == (0x1000).to_bytes(8, "little") + (0x2000).to_bytes(8, "little")

@@ -175,10 +175,10 @@ class PageBatch(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     session_token: str
     batch_id: int
-    ranges: _containers.RepeatedCompositeFieldContainer[MemoryRange]
-    zero_ranges: _containers.RepeatedCompositeFieldContainer[MemoryRange]
+    ranges: bytes
+    zero_ranges: bytes
     data: bytes
-    def __init__(self, session_token: _Optional[str] = ..., batch_id: _Optional[int] = ..., ranges: _Optional[_Iterable[_Union[MemoryRange, _Mapping]]] = ..., zero_ranges: _Optional[_Iterable[_Union[MemoryRange, _Mapping]]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, session_token: _Optional[str] = ..., batch_id: _Optional[int] = ..., ranges: _Optional[bytes] = ..., zero_ranges: _Optional[bytes] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PageBatchAck(_message.Message):
     __slots__ = ("batch_id", "bytes_written")
