@@ -8,6 +8,7 @@ the same `MemoryLayout`, so a range that leaves the layout is caught in one plac
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,34 @@ class MemoryLayout:
         if offset + length > region.length:
             return None
         return region, offset
+
+    def data_segments(self, gpa: int, length: int) -> list[tuple[int, int]]:
+        """Parts of [gpa, gpa+length) the backing file may hold data in, as (gpa, length).
+
+        Holes in a sparse file (guest memory never touched, on tmpfs, hugetlbfs or
+        disk) read as zero, so a zero-page scan can skip them without reading.
+        Filesystems without hole tracking report everything as data.
+        """
+        located = self.locate(gpa, length)
+        if located is None:
+            raise LayoutError(f"range at gpa {gpa:#x} (+{length}) is outside guest memory")
+        region, offset = located
+        end = offset + length
+        segments: list[tuple[int, int]] = []
+        position = offset
+        while position < end:
+            try:
+                data_start = os.lseek(region.fd, position, os.SEEK_DATA)
+            except OSError as error:
+                if error.errno == errno.ENXIO:  # only a hole from here to the end of the file
+                    break
+                raise
+            if data_start >= end:
+                break
+            data_end = min(os.lseek(region.fd, data_start, os.SEEK_HOLE), end)
+            segments.append((region.gpa + data_start, data_end - data_start))
+            position = data_end
+        return segments
 
     def read_into(self, gpa: int, buffer: memoryview) -> None:
         """Fill buffer with guest memory starting at gpa (must lie inside one region)."""

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from livemig.common.ranges import MemoryRange
+from livemig.common.guest_memory import MemoryLayout
+from livemig.common.ranges import MemoryRange, align_down, align_up
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,3 +121,42 @@ def scan_zero_pages(gpa: int, buffer: bytes | bytearray | memoryview, page_size:
 def count_pages(gpa: int, length: int, page_size: int) -> int:
     """Number of page units (partial edge pages included) in a span."""
     return len(unit_bounds(gpa, length, page_size)) - 1 if length else 0
+
+
+def scan_guest_range(layout: MemoryLayout, gpa: int, buffer: memoryview, page_size: int) -> ZeroScan:
+    """Read and scan [gpa, gpa+len(buffer)) of guest memory into buffer.
+
+    File holes are zero without being read (SEEK_DATA); only the page units that
+    overlap data are read into their place in `buffer` and scanned. Bytes of
+    `buffer` over holes are left as they were: no data range points there.
+    """
+    length = len(buffer)
+    end = gpa + length
+    widened: list[MemoryRange] = []
+    for start, size in layout.data_segments(gpa, length):
+        unit_start = max(gpa, align_down(start, page_size))
+        unit_end = min(end, align_up(start + size, page_size))
+        if widened and unit_start <= widened[-1].end:
+            unit_start = widened[-1].gpa
+            widened.pop()
+        widened.append(MemoryRange(unit_start, unit_end - unit_start))
+    data_parts, normal_pages = [], 0
+    for segment in widened:
+        piece = buffer[segment.gpa - gpa : segment.end - gpa]
+        layout.read_into(segment.gpa, piece)
+        scan = scan_zero_pages(segment.gpa, piece, page_size)
+        data_parts.append(scan.data)
+        normal_pages += scan.normal_pages
+    data = np.concatenate(data_parts) if data_parts else EMPTY_RANGES
+    zero = _complement(gpa, length, data)
+    return ZeroScan(data, zero, count_pages(gpa, length, page_size) - normal_pages, normal_pages)
+
+
+def _complement(gpa: int, length: int, data: np.ndarray) -> np.ndarray:
+    """Ranges of [gpa, gpa+length) not covered by the sorted, disjoint `data`."""
+    if not len(data):
+        return np.array([[gpa, length]], dtype=np.uint64) if length else EMPTY_RANGES
+    starts = np.concatenate(([np.uint64(gpa)], data[:, 0] + data[:, 1]))
+    stops = np.concatenate((data[:, 0], [np.uint64(gpa + length)]))
+    keep = stops > starts
+    return np.column_stack((starts[keep], stops[keep] - starts[keep]))

@@ -21,7 +21,7 @@ from livemig.common.guest_memory import MemoryLayout
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import GRPC_MESSAGE_PREFIX, encode_batch
-from livemig.common.zeropages import count_pages, scan_zero_pages
+from livemig.common.zeropages import count_pages, scan_guest_range
 from livemig.sender.stats import ChunkOutcome, MigrationStats
 
 log = logging.getLogger("livemig.sender")
@@ -131,13 +131,13 @@ class ConnectionWorker:
         """Read and scan one chunk; returns its batch, or None when nothing needs sending."""
         plan = self.plan
         buffer = self._buffer[: chunk.length]
-        plan.layout.read_into(chunk.gpa, buffer)
         if plan.skip_zero_pages:
-            scan = scan_zero_pages(chunk.gpa, buffer, plan.page_size)
+            scan = scan_guest_range(plan.layout, chunk.gpa, buffer, plan.page_size)
             data_ranges = scan.data
             scanned, zero_bytes = chunk.length, scan.zero_bytes
             zero_pages, normal_pages = scan.zero_pages, scan.normal_pages
         else:
+            plan.layout.read_into(chunk.gpa, buffer)
             data_ranges = np.array([[chunk.gpa, chunk.length]], dtype=np.uint64)
             scanned, zero_bytes, zero_pages = 0, 0, 0
             normal_pages = count_pages(chunk.gpa, chunk.length, plan.page_size)

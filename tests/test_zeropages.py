@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from livemig.common.guest_memory import open_source_layout
 from livemig.common.ranges import MemoryRange, merge_ranges
-from livemig.common.zeropages import count_pages, scan_zero_pages
+from livemig.common.zeropages import count_pages, scan_guest_range, scan_zero_pages
 
 
 def test_seed_worked_example_unaligned_head():
@@ -82,3 +85,43 @@ def test_all_zero_and_all_data():
     assert scan_zero_pages(0, bytes(1 << 20), 4096).data_ranges == []
     full = scan_zero_pages(0, b"\xff" * (1 << 20), 4096)
     assert full.data_ranges == [MemoryRange(0, 1 << 20)] and full.normal_pages == 256
+
+
+@st.composite
+def sparse_files(draw):
+    page_size = draw(st.sampled_from([512, 4096, 16384]))
+    size = draw(st.integers(1, 40)) * 16384
+    writes = draw(
+        st.lists(st.tuples(st.integers(0, size - 1), st.integers(1, 20000), st.sampled_from([0, 1, 255])), max_size=8)
+    )
+    span_start = draw(st.integers(0, size // page_size - 1)) * page_size
+    span_length = draw(st.integers(1, size - span_start))
+    return page_size, size, writes, span_start, span_length
+
+
+@settings(max_examples=80)
+@given(sparse_files())
+def test_scan_guest_range_skips_holes_but_agrees_with_a_full_scan(tmp_path_factory, case):
+    """Holes are skipped unread; written zeros are still zero pages; the verdict is the same."""
+    page_size, size, writes, span_start, span_length = case
+    path = tmp_path_factory.mktemp("sparse", numbered=True) / "guest.img"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.ftruncate(fd, size)
+    for offset, length, value in writes:
+        os.pwrite(fd, bytes([value]) * min(length, size - offset), offset)
+    os.close(fd)
+    gpa = 1 << 32
+    layout = open_source_layout([(gpa, str(path))], page_size)
+    try:
+        content = path.read_bytes()[span_start : span_start + span_length]
+        expected = scan_zero_pages(gpa + span_start, content, page_size)
+        buffer = memoryview(bytearray(span_length))
+        got = scan_guest_range(layout, gpa + span_start, buffer, page_size)
+    finally:
+        layout.close()
+    assert got.data_ranges == expected.data_ranges
+    assert got.zero_ranges == expected.zero_ranges
+    assert (got.zero_pages, got.normal_pages) == (expected.zero_pages, expected.normal_pages)
+    for r in got.data_ranges:
+        start = r.gpa - gpa - span_start
+        assert bytes(buffer[start : start + r.length]) == content[start : start + r.length]
