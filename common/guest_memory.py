@@ -65,33 +65,27 @@ class MemoryLayout:
             return None
         return region, offset
 
-    def data_segments(self, gpa: int, length: int) -> list[tuple[int, int]]:
-        """Parts of [gpa, gpa+length) the backing file may hold data in, as (gpa, length).
+    def data_start(self, gpa: int, length: int) -> int:
+        """First gpa in [gpa, gpa+length) where the backing file may hold data.
 
-        Holes in a sparse file (guest memory never touched, on tmpfs, hugetlbfs or
-        disk) read as zero, so a zero-page scan can skip them without reading.
-        Filesystems without hole tracking report everything as data.
+        Returns gpa+length when the whole span is a hole. Holes in a sparse file
+        (guest memory never touched, on tmpfs, hugetlbfs or disk) read as zero, so
+        a zero-page scan skips them unread. Only SEEK_DATA is used: it answers at
+        once when data starts at the offset, while SEEK_HOLE walks to the end of
+        a fully allocated file on every call. Filesystems without hole tracking
+        report everything as data.
         """
         located = self.locate(gpa, length)
         if located is None:
             raise LayoutError(f"range at gpa {gpa:#x} (+{length}) is outside guest memory")
         region, offset = located
-        end = offset + length
-        segments: list[tuple[int, int]] = []
-        position = offset
-        while position < end:
-            try:
-                data_start = os.lseek(region.fd, position, os.SEEK_DATA)
-            except OSError as error:
-                if error.errno == errno.ENXIO:  # only a hole from here to the end of the file
-                    break
-                raise
-            if data_start >= end:
-                break
-            data_end = min(os.lseek(region.fd, data_start, os.SEEK_HOLE), end)
-            segments.append((region.gpa + data_start, data_end - data_start))
-            position = data_end
-        return segments
+        try:
+            data_offset = os.lseek(region.fd, offset, os.SEEK_DATA)
+        except OSError as error:
+            if error.errno == errno.ENXIO:  # only a hole from here to the end of the file
+                return gpa + length
+            raise
+        return min(region.gpa + data_offset, gpa + length)
 
     def read_into(self, gpa: int, buffer: memoryview) -> None:
         """Fill buffer with guest memory starting at gpa (must lie inside one region)."""

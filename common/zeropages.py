@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from livemig.common.guest_memory import MemoryLayout
-from livemig.common.ranges import MemoryRange, align_down, align_up
+from livemig.common.ranges import MemoryRange, align_down
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,28 +126,20 @@ def count_pages(gpa: int, length: int, page_size: int) -> int:
 def scan_guest_range(layout: MemoryLayout, gpa: int, buffer: memoryview, page_size: int) -> ZeroScan:
     """Read and scan [gpa, gpa+len(buffer)) of guest memory into buffer.
 
-    File holes are zero without being read (SEEK_DATA); only the page units that
-    overlap data are read into their place in `buffer` and scanned. Bytes of
-    `buffer` over holes are left as they were: no data range points there.
+    A file hole at the start of the span is zero without being read (SEEK_DATA);
+    the rest, from the page unit where data may start, is read into its place in
+    `buffer` and scanned. Bytes of `buffer` over the hole are left as they were:
+    no data range points there.
     """
     length = len(buffer)
-    end = gpa + length
-    widened: list[MemoryRange] = []
-    for start, size in layout.data_segments(gpa, length):
-        unit_start = max(gpa, align_down(start, page_size))
-        unit_end = min(end, align_up(start + size, page_size))
-        if widened and unit_start <= widened[-1].end:
-            unit_start = widened[-1].gpa
-            widened.pop()
-        widened.append(MemoryRange(unit_start, unit_end - unit_start))
-    data_parts, normal_pages = [], 0
-    for segment in widened:
-        piece = buffer[segment.gpa - gpa : segment.end - gpa]
-        layout.read_into(segment.gpa, piece)
-        scan = scan_zero_pages(segment.gpa, piece, page_size)
-        data_parts.append(scan.data)
-        normal_pages += scan.normal_pages
-    data = np.concatenate(data_parts) if data_parts else EMPTY_RANGES
+    data_start = max(gpa, align_down(layout.data_start(gpa, length), page_size))
+    data = EMPTY_RANGES
+    normal_pages = 0
+    if data_start < gpa + length:
+        piece = buffer[data_start - gpa :]
+        layout.read_into(data_start, piece)
+        scan = scan_zero_pages(data_start, piece, page_size)
+        data, normal_pages = scan.data, scan.normal_pages
     zero = _complement(gpa, length, data)
     return ZeroScan(data, zero, count_pages(gpa, length, page_size) - normal_pages, normal_pages)
 
