@@ -20,7 +20,7 @@ from rich.table import Table
 from livemig.cli import ceiling
 from livemig.cli.client import run_migration
 from livemig.cli.images import make_image, tmpfs_dir
-from livemig.cli.processes import ServiceProcess, peak_rss_bytes, reset_peak_rss
+from livemig.cli.processes import ServiceProcess, cpu_seconds, peak_rss_bytes, reset_peak_rss
 from livemig.cli.report import human_bytes
 from livemig.common.proto import livemig_pb2 as pb
 
@@ -39,6 +39,8 @@ class Case:
     payload_throughput: float
     sender_rss: int
     receiver_rss: int
+    sender_cpu: float
+    receiver_cpu: float
     allocated: int
     ok: bool
 
@@ -48,6 +50,7 @@ def _run_case(
 ) -> Case:
     reset_peak_rss(tx.pid)
     reset_peak_rss(rx.pid)
+    cpu_before = cpu_seconds(tx.pid), cpu_seconds(rx.pid)
     status = run_migration(
         tx.address,
         pb.StartMigrationRequest(
@@ -74,6 +77,8 @@ def _run_case(
         payload_throughput=stats.transmitted_bytes / seconds,
         sender_rss=peak_rss_bytes(tx.pid),
         receiver_rss=peak_rss_bytes(rx.pid),
+        sender_cpu=cpu_seconds(tx.pid) - cpu_before[0],
+        receiver_cpu=cpu_seconds(rx.pid) - cpu_before[1],
         allocated=allocated,
         ok=status.state == pb.COMPLETED,
     )
@@ -145,6 +150,8 @@ def _print(
         "wire throughput",
         "payload throughput",
         "% of gRPC ceiling",
+        "sender CPU",
+        "receiver CPU",
         "sender peak RSS",
         "receiver peak RSS",
         "dest. allocated",
@@ -166,6 +173,8 @@ def _print(
                 f"{human_bytes(case.throughput)}/s",
                 f"{human_bytes(case.payload_throughput)}/s",
                 f"{100 * case.payload_throughput / ceilings[case.connections]:.0f}%" if case.transmitted else "-",
+                f"{case.sender_cpu:.2f} s",
+                f"{case.receiver_cpu:.2f} s",
                 human_bytes(case.sender_rss),
                 human_bytes(case.receiver_rss),
                 human_bytes(case.allocated),
@@ -182,10 +191,7 @@ def _print(
                 f"{human_bytes(value)}/s",
                 f"{human_bytes(value)}/s",
                 "100%",
-                "",
-                "",
-                "",
-                "",
+                *[""] * (len(headers) - 7),
             ]
         )
     if markdown:

@@ -20,13 +20,15 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def _serve(role: str, host, listen: str, metrics_port: int | None, on_stop=None) -> None:
+    bind_host = listen.rpartition(":")[0]
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, addr=listen.rpartition(":")[0].strip("[]") or "0.0.0.0")
+        metrics_server, _thread = start_http_server(metrics_port, addr=bind_host.strip("[]") or "0.0.0.0")
+        click.echo(f"livemig {role} metrics on {bind_host}:{metrics_server.server_port}")
     port = host.start(listen)
-    bind_host = listen.rpartition(":")[0]
-    click.echo(f"livemig {role} listening on {bind_host}:{port}", err=False)
+    # The ready line: scripts and tests wait for it (and learn the port when it was 0).
+    click.echo(f"livemig {role} listening on {bind_host}:{port}")
     sys.stdout.flush()
     host.serve_until_signalled(on_stop)
 

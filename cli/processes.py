@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 READY = re.compile(r"livemig (\w+) listening on (\S+):(\d+)")
+METRICS = re.compile(r"livemig (\w+) metrics on (\S+):(\d+)")
 
 
 class ServiceProcess:
@@ -33,6 +34,7 @@ class ServiceProcess:
         self._log = log_path.open("w") if log_path else None
         self._ready = threading.Event()
         self.port = 0
+        self.metrics_port = 0
         threading.Thread(target=self._pump, daemon=True).start()
         if not self._ready.wait(timeout) or not self.port:
             self.stop()
@@ -45,6 +47,9 @@ class ServiceProcess:
             if self._log:
                 self._log.write(line)
                 self._log.flush()
+            metrics = METRICS.search(line)
+            if metrics:
+                self.metrics_port = int(metrics.group(3))
             match = READY.search(line)
             if match and not self.port:
                 self.port = int(match.group(3))
@@ -92,3 +97,9 @@ def reset_peak_rss(pid: int) -> None:
     """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
     with contextlib.suppress(OSError):
         Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
