@@ -163,13 +163,27 @@ class Session:
         return len(data)
 
     def _write(self, data: memoryview, regions: list[int], offsets: list[int], lengths: list[int]) -> None:
-        page_size = self.layout.page_size
         files = self.layout.regions
         position = 0
         for index, offset, length in zip(regions, offsets, lengths, strict=True):
             _write_all(files[index].fd, data[position : position + length], offset)
             position += length
-            self._received[index][offset // page_size : -(-(offset + length) // page_size)] = True
+        self._mark_received(np.array(regions), np.array(offsets, dtype=np.int64), np.array(lengths, dtype=np.int64))
+
+    def _mark_received(self, regions: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        """Flag every page a range touched, with one vectorised pass per region."""
+        page_size = self.layout.page_size
+        for index in np.unique(regions).tolist():
+            mine = regions == index
+            first = offsets[mine] // page_size
+            end = -(-(offsets[mine] + lengths[mine]) // page_size)
+            low, high = int(first.min()), int(end.max())
+            # A difference array over the batch's span: +1 where a range's pages
+            # start, -1 past its last page; pages with a positive prefix sum were written.
+            steps = np.zeros(high - low + 1, dtype=np.int32)
+            np.add.at(steps, first - low, 1)
+            np.add.at(steps, end - low, -1)
+            self._received[index][low:high] |= np.cumsum(steps[:-1]) > 0
 
     def _quiesce(self) -> None:
         """Wait (holding the lock) until no batch is being written."""

@@ -1,0 +1,98 @@
+"""Receiver sessions without gRPC: writes, zero ranges and the received-pages map."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from livemig.common.ranges import MemoryRange
+from livemig.common.wire import decode_batch, encode_batch
+from livemig.receiver.errors import Reason, ReceiverError
+from livemig.receiver.session import Session
+
+PAGE = 4096
+
+
+def new_session(directory: Path, layout: list[MemoryRange]) -> Session:
+    return Session.create("id", "token", "migration", directory / "session", layout, PAGE, 4 << 20)
+
+
+def apply(session: Session, ranges, payload, zero_ranges=()) -> int:
+    return session.apply(decode_batch(encode_batch("token", 1, ranges, payload, zero_ranges)))
+
+
+def region_bytes(session: Session, index: int = 0) -> bytes:
+    return Path(session.destination_regions[index].path).read_bytes()
+
+
+def test_zero_ranges_zero_only_pages_received_before(shm_dir):
+    session = new_session(shm_dir, [MemoryRange(0, 16 * PAGE)])
+    apply(session, [MemoryRange(0, 2 * PAGE), MemoryRange(5 * PAGE + 10, 20)], [b"\x01" * (2 * PAGE), b"\x02" * 20])
+    allocated_before = session.allocated_bytes()
+    # The guest zeroed pages 1..7: pages 1 and 5 held data, the others never did.
+    apply(session, [], [], zero_ranges=[MemoryRange(PAGE, 7 * PAGE)])
+    memory = region_bytes(session)
+    assert memory[:PAGE] == b"\x01" * PAGE
+    assert not any(memory[PAGE:])
+    assert session.allocated_bytes() == allocated_before  # untouched pages stay holes
+
+
+def test_zero_range_and_data_in_one_batch_must_not_overlap(shm_dir):
+    session = new_session(shm_dir, [MemoryRange(0, 4 * PAGE)])
+    with pytest.raises(ReceiverError) as raised:
+        apply(session, [MemoryRange(0, PAGE)], [b"\x01" * PAGE], zero_ranges=[MemoryRange(PAGE - 1, 2)])
+    assert raised.value.reason is Reason.OVERLAP
+    assert session.allocated_bytes() == 0
+
+
+def test_zero_range_outside_layout_is_refused(shm_dir):
+    session = new_session(shm_dir, [MemoryRange(0, 4 * PAGE)])
+    with pytest.raises(ReceiverError) as raised:
+        apply(session, [], [], zero_ranges=[MemoryRange(3 * PAGE, 2 * PAGE)])
+    assert raised.value.reason is Reason.OUT_OF_RANGE
+
+
+@settings(max_examples=60)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 32 * PAGE - 1), st.integers(1, 3 * PAGE), st.booleans(), st.integers(1, 255)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_random_writes_and_zeroings_track_a_model(tmp_path_factory, operations):
+    """Each operation is one batch; the destination always equals a plain bytearray model."""
+    directory = tmp_path_factory.mktemp("session")
+    size = 32 * PAGE
+    session = new_session(directory, [MemoryRange(0, size)])
+    model = bytearray(size)
+    touched_pages = np.zeros(size // PAGE, dtype=bool)
+    for offset, length, zero, value in operations:
+        length = min(length, size - offset)
+        if zero:
+            apply(session, [], [], zero_ranges=[MemoryRange(offset, length)])
+            model[offset : offset + length] = bytes(length)
+        else:
+            apply(session, [MemoryRange(offset, length)], [bytes([value]) * length])
+            model[offset : offset + length] = bytes([value]) * length
+            touched_pages[offset // PAGE : -(-(offset + length) // PAGE)] = True
+    assert region_bytes(session) == bytes(model)
+    # The received-pages map flags exactly the pages some batch wrote data into.
+    assert np.array_equal(session._received[0], touched_pages)
+    session.abort()
+    assert not (directory / "session").exists()
+
+
+def test_abort_waits_for_nothing_and_forbids_more_writes(shm_dir):
+    session = new_session(shm_dir, [MemoryRange(0, 4 * PAGE)])
+    apply(session, [MemoryRange(0, 4)], [b"abcd"])
+    session.abort()
+    with pytest.raises(ReceiverError) as raised:
+        apply(session, [MemoryRange(0, 4)], [b"abcd"])
+    assert raised.value.reason is Reason.NOT_ACTIVE
+    assert not os.path.exists(session.destination_regions[0].path)
