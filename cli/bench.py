@@ -43,6 +43,7 @@ class Case:
     receiver_cpu: float
     allocated: int
     ok: bool
+    allocated_zeros: bool = False
 
 
 def _run_case(
@@ -119,9 +120,12 @@ def run_bench(
             ServiceProcess("sender", []) as tx,
         ):
             ceilings = _ceiling(size, batch_bytes, connections)
-            for ratio in touched:
+            images = [(ratio, False) for ratio in touched]
+            if 0.0 in touched:  # also zeros the guest wrote: no holes to skip, every page is read
+                images.insert(touched.index(0.0) + 1, (0.0, True))
+            for ratio, allocate in images:
                 image = workdir / "guest.img"
-                make_image(image, size, ratio, seed=7)
+                make_image(image, size, ratio, seed=7, allocate=allocate)
                 # Warm-up: the first migration after an image is written runs slow (the
                 # kernel is still settling the fresh tmpfs pages); it is not measured.
                 _run_case(tx, rx, image, ratio, connections[0], False, batch_bytes)
@@ -130,6 +134,7 @@ def run_bench(
                     for count in connections:
                         for skip in (False, True):
                             case = _run_case(tx, rx, image, ratio, count, skip, batch_bytes)
+                            case.allocated_zeros = allocate
                             runs.setdefault((count, skip), []).append(case)
                 cases.extend(min(r, key=lambda c: c.duration_ms) for r in runs.values())
                 image.unlink()
@@ -158,14 +163,15 @@ def _print(
         "ok",
     ]
     rows = []
-    baseline: dict[tuple[float, int], int] = {}
+    baseline: dict[tuple[float, bool, int], int] = {}
     for case in cases:
-        key = (case.touched, case.connections)
+        key = (case.touched, case.allocated_zeros, case.connections)
         if not case.skip:
             baseline[key] = max(case.duration_ms, 1)
         rows.append(
             [
-                f"{human_bytes(size)}, {case.touched:.0%} touched, {'with' if case.skip else 'no'} skip, "
+                f"{human_bytes(size)}, {case.touched:.0%} touched{' (zeros written)' if case.allocated_zeros else ''}, "
+                f"{'with' if case.skip else 'no'} skip, "
                 f"{case.connections} conn",
                 f"{case.duration_ms} ms",
                 f"{100 * case.duration_ms / baseline[key]:.0f}%",

@@ -10,12 +10,15 @@ import numpy as np
 BLOCK_BYTES = 8 << 20
 
 
-def make_image(path: Path, size: int, touched_ratio: float, page_size: int = 4096, seed: int = 0) -> int:
+def make_image(
+    path: Path, size: int, touched_ratio: float, page_size: int = 4096, seed: int = 0, allocate: bool = False
+) -> int:
     """Write a guest memory file where `touched_ratio` of the pages (chosen at random) hold data.
 
     Touched pages hold random bytes and end in a non-zero marker, so each is non-zero
-    for certain. Blocks with no touched page are left as holes. Returns the number of
-    touched pages.
+    for certain. Blocks with no touched page are left as holes (memory the guest never
+    touched), unless `allocate`: then zeros are written there (memory the guest
+    zeroed), which a zero-page scan must read. Returns the number of touched pages.
     """
     if size % page_size:
         raise ValueError("image size must be a multiple of the page size")
@@ -29,6 +32,8 @@ def make_image(path: Path, size: int, touched_ratio: float, page_size: int = 409
         for first in range(0, pages, pages_per_block):
             flags = touched[first : first + pages_per_block]
             if not flags.any():
+                if allocate:
+                    os.pwrite(fd, bytes(len(flags) * page_size), first * page_size)
                 continue
             block = np.zeros((len(flags), page_size), dtype=np.uint8)
             count = int(flags.sum())
