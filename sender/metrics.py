@@ -22,3 +22,8 @@ DURATION = Histogram(
     "Duration of finished migrations",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
 )
+ITERATIONS = Counter("livemig_sender_iterations", "Pre-copy iterations completed")
+EXPECTED_DOWNTIME = Gauge(
+    "livemig_sender_expected_downtime_seconds", "Downtime expected if the guest were paused now (last estimate)"
+)
+DOWNTIME = Gauge("livemig_sender_last_downtime_seconds", "Measured downtime of the last completed switchover")

@@ -1,17 +1,21 @@
-"""One migration: the state machine and the policy around the connection workers.
+"""One migration: the state machine and the policy around the transfer pool.
 
-PENDING -> RUNNING -> COMPLETED | FAILED | CANCELLED. A migration is COMPLETED
-only after every batch was acknowledged and the receiver accepted the totals
-(and, with verify, the digest); anything else ends FAILED with a reason, and the
-receiver's half-written destination is aborted.
+PENDING -> RUNNING -> COMPLETED | FAILED | CANCELLED. Without dirty logs memory
+is sent once (paused first when a guest to pause is known). With dirty logs the
+migration is live: iteration 0 sends all memory, each later iteration the pages
+dirtied since the previous collection, until the expected downtime fits the
+target; then the guest is paused, the last dirty pages are sent and the receiver
+completes. COMPLETED only after every batch was acknowledged and the receiver
+accepted the totals (and, with verify, the digest): the source guest then stays
+paused. Anything else ends FAILED or CANCELLED with a reason, the guest resumed
+and the receiver's half-written destination aborted.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +30,12 @@ from livemig.common.ranges import align_down
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES, channel_options
 from livemig.common.wire import to_pb_ranges
 from livemig.sender import metrics
+from livemig.sender.convergence import ConvergencePolicy, Decision
+from livemig.sender.dirty_log import DirtyLog
+from livemig.sender.guest import GuestControl
 from livemig.sender.stats import MigrationStats
-from livemig.sender.worker import ConnectionWorker, TransferPlan
+from livemig.sender.transfer import TransferPool, TransferStopped
+from livemig.sender.worker import TransferPlan
 
 log = logging.getLogger("livemig.sender")
 
@@ -47,25 +55,58 @@ class MigrationRequest:
     page_size: int
     verify: bool
     max_batch_bytes: int
+    downtime_ms: int = 300
+    timeout_ms: int = 0
+    force_on_timeout: bool = False
+    max_iterations: int = 30
+    available_bandwidth: float = 0.0
 
 
 class MigrationCancelled(Exception):
     pass
 
 
+class MigrationGaveUp(Exception):
+    """Did not converge within the timeout or iteration limit (strategy: cancel)."""
+
+
 class Migration:
-    def __init__(self, request: MigrationRequest, layout: MemoryLayout) -> None:
-        self.migration_id = uuid.uuid4().hex
+    def __init__(
+        self,
+        request: MigrationRequest,
+        layout: MemoryLayout,
+        guest: GuestControl | None = None,
+        dirty_log: DirtyLog | None = None,
+        migration_id: str | None = None,
+    ) -> None:
+        self.migration_id = migration_id or uuid.uuid4().hex
         self.request = request
         self.layout = layout
+        self.guest = guest or GuestControl(self.migration_id)
+        self.dirty_log = dirty_log
         self.state = State.PENDING
+        self.phase = "setup"
         self.error = ""
         self.stats = MigrationStats(layout.total_bytes, request.connections)
+        self.policy = ConvergencePolicy(
+            downtime_ms=request.downtime_ms,
+            timeout_ms=request.timeout_ms,
+            force_on_timeout=request.force_on_timeout,
+            max_iterations=request.max_iterations,
+            available_bandwidth=request.available_bandwidth,
+            connections=request.connections,
+        )
         self.destination_regions: list[pb.DestinationRegion] = []
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._cancel_requested = False
+        self._started = time.monotonic()
+        self._round_trip = 0.0
         self._thread = threading.Thread(target=self._run, name=f"migration-{self.migration_id[:8]}", daemon=True)
+
+    @property
+    def live(self) -> bool:
+        return self.dirty_log is not None
 
     # -- control -----------------------------------------------------------------
 
@@ -95,47 +136,78 @@ class Migration:
                 destination=self.request.destination,
                 skip_zero_pages=self.request.skip_zero_pages,
                 page_size=self.request.page_size,
+                iterations=self.stats.iterations_proto(),
+                phase=self.phase,
+                live=self.live,
             )
 
-    def wait_for_change(self, last_state: int, timeout: float) -> None:
+    def wait_for_change(self, last: tuple[int, str, int], timeout: float) -> None:
         with self._changed:
-            self._changed.wait_for(lambda: self.state != last_state, timeout)
+            self._changed.wait_for(lambda: self._progress_key() != last, timeout)
+
+    def progress_key(self) -> tuple[int, str, int]:
+        with self._changed:
+            return self._progress_key()
+
+    def _progress_key(self) -> tuple[int, str, int]:
+        return self.state, self.phase, len(self.stats.iterations)
 
     @property
     def finished(self) -> bool:
         return self.state in FINAL_STATES
 
-    def _set_state(self, state: int, error: str = "") -> None:
+    def _set(self, state: int | None = None, phase: str | None = None, error: str | None = None) -> None:
         with self._changed:
-            self.state = state
-            self.error = error
+            if state is not None:
+                self.state = state
+            if phase is not None:
+                self.phase = phase
+            if error is not None:
+                self.error = error
             self._changed.notify_all()
 
     # -- the run -----------------------------------------------------------------
 
     def _run(self) -> None:
-        self._set_state(State.RUNNING)
+        self._set(state=State.RUNNING)
         control = grpc.insecure_channel(self.request.destination, options=channel_options(self.request.max_batch_bytes))
         receiver = pb_grpc.ReceiverStub(control)
         token = ""
+        pool: TransferPool | None = None
         try:
+            if self._cancel_requested:
+                raise MigrationCancelled()
             token, chunk_bytes = self._prepare(receiver)
-            self._transfer(token, chunk_bytes)
+            plan = TransferPlan(token, self.layout, self.request.page_size, chunk_bytes, self.request.skip_zero_pages)
+            pool = TransferPool(self.request.destination, self.request.connections, plan, self.stats, self._stop)
+            pause_started = self._precopy(pool) if self.live else self._stop_and_copy(pool)
+            pool.close()
+            if (error := pool.first_error()) is not None:
+                raise error
+            pool = None
             self._complete(receiver, token)
+            if pause_started is not None:
+                self.stats.downtime_ms = int((time.monotonic() - pause_started) * 1000)
             self._finish(State.COMPLETED)
-        except MigrationCancelled:
-            self._abort_receiver(receiver, token, "cancelled by the client")
-            self._finish(State.CANCELLED, "cancelled by the client")
+        except (MigrationCancelled, TransferStopped) as stopped:
+            error = pool.first_error() if pool is not None else None
+            if self._cancel_requested or error is None:
+                self._fail(receiver, token, pool, State.CANCELLED, "cancelled by the client")
+            else:
+                self._fail(receiver, token, pool, State.FAILED, describe_failure(error, self.request.destination))
+            del stopped
+        except MigrationGaveUp as gave_up:
+            self._fail(receiver, token, pool, State.FAILED, str(gave_up))
         except Exception as error:
-            reason = describe_failure(error, self.request.destination)
-            log.error("migration %s failed: %s", self.migration_id, reason)
-            self._abort_receiver(receiver, token, reason)
-            self._finish(State.FAILED, reason)
+            self._fail(receiver, token, pool, State.FAILED, describe_failure(error, self.request.destination))
         finally:
             control.close()
             self.layout.close()
+            if self.dirty_log is not None:
+                self.dirty_log.close()
 
     def _prepare(self, receiver: pb_grpc.ReceiverStub) -> tuple[str, int]:
+        started = time.monotonic()
         response = receiver.PrepareMigration(
             pb.PrepareMigrationRequest(
                 layout=pb.MemoryRangeTable(ranges=to_pb_ranges(self.layout.table.ranges)),
@@ -144,103 +216,154 @@ class Migration:
             ),
             timeout=CONTROL_TIMEOUT_SECONDS,
         )
+        self._round_trip = time.monotonic() - started
+        self.stats.setup_done()
         with self._changed:
             self.destination_regions = list(response.destination_regions)
         batch_bytes = min(self.request.max_batch_bytes, response.max_batch_bytes or DEFAULT_MAX_BATCH_BYTES)
         page_size = self.request.page_size
         chunk_bytes = align_down(batch_bytes, page_size) if batch_bytes >= page_size else batch_bytes
         log.info(
-            "migration %s: session prepared on %s, %d connections, chunks of %d bytes",
+            "migration %s: session prepared on %s, %d connections, chunks of %d bytes, live=%s",
             self.migration_id,
             self.request.destination,
             self.request.connections,
             chunk_bytes,
+            self.live,
         )
         return response.session_token, chunk_bytes
 
-    def _transfer(self, token: str, chunk_bytes: int) -> None:
-        plan = TransferPlan(token, self.layout, self.request.page_size, chunk_bytes, self.request.skip_zero_pages)
-        connections = self.request.connections
-        chunks: queue.Queue = queue.Queue(maxsize=2 * connections)
-        batch_ids = itertools.count(1)
-        channels = [
-            grpc.insecure_channel(self.request.destination, options=channel_options(chunk_bytes, index))
-            for index in range(connections)
-        ]
-        workers = [
-            ConnectionWorker(i, channel, plan, chunks, self.stats, batch_ids, self._stop)
-            for i, channel in enumerate(channels)
-        ]
-        threads = [threading.Thread(target=w.run, name=f"conn-{i}", daemon=True) for i, w in enumerate(workers)]
-        self.stats.transfer_started()
-        for thread in threads:
-            thread.start()
-        try:
-            for table in self.layout.table.partition(chunk_bytes):
-                if not self._put(chunks, table.ranges[0]):
-                    break
-            for _ in workers:
-                if not self._put(chunks, None):
-                    break
-        except BaseException:
-            self._stop.set()
-            raise
-        finally:
-            for thread in threads:
-                thread.join()
-            for channel in channels:
-                channel.close()
-            self.stats.transfer_ended()
-        if self._cancel_requested:
-            raise MigrationCancelled()
-        errors = [w.error for w in workers if w.error is not None]
-        if errors:
-            raise errors[0]
+    def _stop_and_copy(self, pool: TransferPool) -> float | None:
+        """One pass over all memory; the guest (if known) is paused for all of it."""
+        pause_started = None
+        if self.guest.can_pause:
+            self._set(phase="switchover")
+            pause_started = time.monotonic()
+            self.guest.pause()
+        else:
+            self._set(phase="precopy")
+        self.stats.begin_iteration(
+            self.layout.total_bytes, self.layout.total_bytes // self.request.page_size, final=pause_started is not None
+        )
+        pool.send(self.layout.table.ranges, zero_records=False)
+        self.stats.end_iteration()
+        return pause_started
 
-    def _put(self, chunks: queue.Queue, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                chunks.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def _precopy(self, pool: TransferPool) -> float:
+        """Iterate until the downtime estimate fits, then pause and send the rest."""
+        assert self.dirty_log is not None
+        self._set(phase="precopy")
+        self.dirty_log.clear()  # everything is sent in iteration 0; writes from now on are caught
+        self.stats.begin_iteration(self.layout.total_bytes, self.layout.total_bytes // self.request.page_size)
+        pool.send(self.layout.table.ranges, zero_records=False)
+        expected = self._end_iteration()
+        while True:
+            elapsed_ms = int((time.monotonic() - self._started) * 1000)
+            decision = self.policy.decide(len(self.stats.iterations), expected, elapsed_ms)
+            if decision is Decision.GIVE_UP:
+                raise MigrationGaveUp(
+                    f"did not converge: expected downtime {expected} ms > target {self.request.downtime_ms} ms "
+                    f"after {len(self.stats.iterations)} iterations and {elapsed_ms} ms"
+                )
+            if decision in (Decision.SWITCHOVER, Decision.FORCE_SWITCHOVER):
+                if decision is Decision.FORCE_SWITCHOVER:
+                    log.warning(
+                        "migration %s: forcing switchover, expected downtime %d ms", self.migration_id, expected
+                    )
+                break
+            dirty = self.dirty_log.collect()
+            dirty_bytes = sum(r.length for r in dirty)
+            self.stats.begin_iteration(dirty_bytes, dirty_bytes // self.request.page_size)
+            pool.send(dirty, zero_records=True)
+            expected = self._end_iteration()
+        self._set(phase="switchover")
+        pause_started = time.monotonic()
+        self.guest.pause()
+        final = self.dirty_log.collect()
+        final_bytes = sum(r.length for r in final)
+        self.stats.begin_iteration(final_bytes, final_bytes // self.request.page_size, final=True)
+        pool.send(final, zero_records=True)
+        self.stats.end_iteration()
+        return pause_started
+
+    def _end_iteration(self) -> int:
+        """Close the iteration with the remaining dirty bytes and the downtime estimate."""
+        assert self.dirty_log is not None
+        remaining = self.dirty_log.dirty_bytes()
+        latest = self.stats.iterations[-1].counters
+        expected, bandwidth, source = self.policy.expected_downtime_ms(
+            remaining, self.stats.totals, latest, self._round_trip
+        )
+        self.stats.bandwidth, self.stats.bandwidth_source = bandwidth, source
+        iteration = self.stats.end_iteration(remaining, expected)
+        metrics.ITERATIONS.inc()
+        metrics.EXPECTED_DOWNTIME.set(expected / 1000)
+        log.info(
+            "migration %s: iteration %d sent %d of %d dirty bytes in %.0f ms; %d bytes dirty, "
+            "expected downtime %d ms at %.0f MB/s (%s)",
+            self.migration_id,
+            iteration.index,
+            iteration.counters.transmitted_bytes,
+            iteration.dirty_bytes,
+            iteration.seconds() * 1000,
+            remaining,
+            expected,
+            bandwidth / 1e6,
+            source,
+        )
+        self._set()  # wake watchers: a new iteration is in the statistics
+        return expected
 
     def _complete(self, receiver: pb_grpc.ReceiverStub, token: str) -> None:
         if self._cancel_requested:
             raise MigrationCancelled()
+        self._set(phase="completing")
+        started = time.monotonic()
         digest = memory_digest(self.layout) if self.request.verify else b""
         response = receiver.CompleteMigration(
             pb.CompleteMigrationRequest(
                 session_token=token,
-                transmitted_bytes=self.stats.transmitted_bytes,
-                batches=self.stats.batches,
+                transmitted_bytes=self.stats.totals.transmitted_bytes,
+                batches=self.stats.totals.batches,
                 digest=digest,
             ),
             timeout=COMPLETE_TIMEOUT_SECONDS,
         )
-        if self.request.verify and not response.verified:
-            raise RuntimeError("receiver did not verify the destination digest")
+        if self.request.verify:
+            if not response.verified:
+                raise RuntimeError("receiver did not verify the destination digest")
+            self.stats.verify_ms = int((time.monotonic() - started) * 1000)
         self.stats.verified = response.verified
 
-    def _abort_receiver(self, receiver: pb_grpc.ReceiverStub, token: str, reason: str) -> None:
-        if not token:
-            return
-        try:
-            receiver.AbortMigration(
-                pb.AbortMigrationRequest(session_token=token, reason=reason), timeout=CONTROL_TIMEOUT_SECONDS
-            )
-        except grpc.RpcError as error:
-            log.warning("migration %s: abort on receiver failed: %s", self.migration_id, error.details())
+    def _fail(
+        self, receiver: pb_grpc.ReceiverStub, token: str, pool: TransferPool | None, state: int, reason: str
+    ) -> None:
+        self._stop.set()
+        if pool is not None:
+            pool.close()
+        self.guest.resume()
+        if state == State.FAILED:
+            log.error("migration %s failed: %s", self.migration_id, reason)
+        if token:
+            try:
+                receiver.AbortMigration(
+                    pb.AbortMigrationRequest(session_token=token, reason=reason), timeout=CONTROL_TIMEOUT_SECONDS
+                )
+            except grpc.RpcError as error:
+                log.warning("migration %s: abort on receiver failed: %s", self.migration_id, error.details())
+        self._finish(state, reason)
 
     def _finish(self, state: int, error: str = "") -> None:
         self.stats.ended()
-        self._set_state(state, error)
+        self._set(state=state, phase="done", error=error)
         metrics.ACTIVE_MIGRATIONS.dec()
         metrics.MIGRATIONS.labels(State.Name(state).lower()).inc()
-        metrics.DURATION.observe(self.stats.to_proto().duration_ms / 1000)
+        snapshot = self.stats.to_proto()
+        metrics.DURATION.observe(snapshot.duration_ms / 1000)
         if state == State.COMPLETED:
             metrics.THROUGHPUT.set(self.stats.throughput())
+            if self.live or self.guest.can_pause:
+                metrics.DOWNTIME.set(snapshot.downtime_ms / 1000)
         log.info("migration %s %s %s", self.migration_id, State.Name(state), error)
         self._on_final(self)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 
 import grpc
 
@@ -12,6 +13,8 @@ from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.ranges import effective_page_size
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
+from livemig.sender.dirty_log import DirtyLog
+from livemig.sender.guest import GuestControl, GuestControlError, GuestHooks
 from livemig.sender.migration import FINAL_STATES, Migration, MigrationRequest
 
 log = logging.getLogger("livemig.sender")
@@ -20,6 +23,8 @@ MAX_CONNECTIONS = 128
 MIN_BATCH_BYTES = 64 << 10
 MAX_BATCH_BYTES = 64 << 20
 WATCH_INTERVAL_SECONDS = 0.25
+DEFAULT_DOWNTIME_MS = 300  # Cloud Hypervisor's default
+DEFAULT_MAX_ITERATIONS = 30
 
 
 class RequestError(ValueError):
@@ -48,6 +53,11 @@ def validate_request(request: pb.StartMigrationRequest) -> MigrationRequest:
         )
     if not request.regions:
         raise RequestError(invalid, "at least one guest memory region is required")
+    with_logs = sum(1 for r in request.regions if r.dirty_log)
+    if with_logs not in (0, len(request.regions)):
+        raise RequestError(invalid, "give a dirty_log for every region (live migration) or for none")
+    if request.available_bandwidth_bytes_per_second < 0 or request.guest_pid < 0:
+        raise RequestError(invalid, "available_bandwidth_bytes_per_second and guest_pid must not be negative")
     return MigrationRequest(
         destination=request.destination.strip(),
         connections=connections,
@@ -55,6 +65,11 @@ def validate_request(request: pb.StartMigrationRequest) -> MigrationRequest:
         page_size=page_size,
         verify=request.verify,
         max_batch_bytes=max_batch,
+        downtime_ms=request.downtime_ms or DEFAULT_DOWNTIME_MS,
+        timeout_ms=request.timeout_ms,
+        force_on_timeout=request.timeout_strategy == pb.TIMEOUT_STRATEGY_FORCE,
+        max_iterations=request.max_iterations or DEFAULT_MAX_ITERATIONS,
+        available_bandwidth=request.available_bandwidth_bytes_per_second,
     )
 
 
@@ -79,25 +94,40 @@ class MigrationRegistry:
 
 
 class SenderService(pb_grpc.SenderServicer):
-    def __init__(self, registry: MigrationRegistry) -> None:
+    def __init__(self, registry: MigrationRegistry, hooks: GuestHooks | None = None) -> None:
         self.registry = registry
+        self.hooks = hooks or GuestHooks()
 
     def StartMigration(self, request: pb.StartMigrationRequest, context: grpc.ServicerContext):
+        migration_id = uuid.uuid4().hex
+        layout = dirty_log = None
         try:
             migration_request = validate_request(request)
-            layout = open_source_layout([(r.gpa, r.path) for r in request.regions], migration_request.page_size)
+            regions = sorted(request.regions, key=lambda r: r.gpa)
+            layout = open_source_layout([(r.gpa, r.path) for r in regions], migration_request.page_size)
+            if regions[0].dirty_log:
+                dirty_log = DirtyLog(layout, [r.dirty_log for r in regions])
+            guest = GuestControl(migration_id, request.guest_pid, self.hooks)
+            guest.check()
         except RequestError as error:
+            _close(layout, dirty_log)
             context.abort(error.code, error.message)
         except FileNotFoundError as error:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"guest memory file not found: {error.filename}")
+            _close(layout, dirty_log)
+            context.abort(grpc.StatusCode.NOT_FOUND, f"file not found: {error.filename}")
         except PermissionError as error:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"cannot read guest memory file: {error.filename}")
-        except (LayoutError, OSError) as error:
+            _close(layout, dirty_log)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"cannot open: {error.filename}")
+        except GuestControlError as error:
+            _close(layout, dirty_log)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        except (LayoutError, ValueError, OSError) as error:
+            _close(layout, dirty_log)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        migration = Migration(migration_request, layout)
+        migration = Migration(migration_request, layout, guest, dirty_log, migration_id)
         self.registry.add(migration)
         log.info(
-            "migration %s: %d bytes in %d regions to %s (connections=%d skip_zero_pages=%s verify=%s)",
+            "migration %s: %d bytes in %d regions to %s (connections=%d skip_zero_pages=%s verify=%s live=%s)",
             migration.migration_id,
             layout.total_bytes,
             len(layout.regions),
@@ -105,6 +135,7 @@ class SenderService(pb_grpc.SenderServicer):
             migration_request.connections,
             migration_request.skip_zero_pages,
             migration_request.verify,
+            migration.live,
         )
         migration.start(on_final=lambda _m: None)
         return pb.StartMigrationResponse(migration_id=migration.migration_id)
@@ -121,13 +152,15 @@ class SenderService(pb_grpc.SenderServicer):
         return self._find(request, context).status()
 
     def WatchMigration(self, request: pb.MigrationRequest, context: grpc.ServicerContext):
+        """A status on every state, phase or iteration change, and every 250 ms between."""
         migration = self._find(request, context)
         while context.is_active():
+            key = migration.progress_key()
             status = migration.status()
             yield status
             if status.state in FINAL_STATES:
                 return
-            migration.wait_for_change(status.state, WATCH_INTERVAL_SECONDS)
+            migration.wait_for_change(key, WATCH_INTERVAL_SECONDS)
 
     def CancelMigration(self, request: pb.MigrationRequest, context: grpc.ServicerContext):
         migration = self._find(request, context)
@@ -143,3 +176,10 @@ class SenderService(pb_grpc.SenderServicer):
 
     def ListMigrations(self, request: pb.ListMigrationsRequest, context: grpc.ServicerContext):
         return pb.ListMigrationsResponse(migrations=[m.status() for m in self.registry.all()])
+
+
+def _close(layout, dirty_log) -> None:
+    if dirty_log is not None:
+        dirty_log.close()
+    if layout is not None:
+        layout.close()

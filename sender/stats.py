@@ -3,16 +3,18 @@
 The seed PR was held back because skipped bytes were counted as bytes to
 transmit and inflated the bandwidth. Here the invariants are structural:
 transmitted counts only payload that left in a batch; wire counts every byte
-written to the streams; zero counts only bytes found zero and not sent; and
-throughput is wire bytes over transfer time. With skip_zero_pages off nothing is
-inspected, so scanned and zero stay 0 and every byte is transmitted.
+written to the streams; zero counts only bytes found zero and not sent; totals
+are the sums of the iterations. Bandwidth is wire bytes over the time batches
+were in flight, so neither skipped bytes (which never reach the wire) nor time
+spent scanning zero pages (when nothing is in flight) bends it. With
+skip_zero_pages off nothing is inspected, so scanned and zero stay 0.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.sender import metrics
@@ -22,57 +24,153 @@ from livemig.sender import metrics
 class ChunkOutcome:
     """What one connection worker did with one chunk of guest memory."""
 
-    chunk_bytes: int
-    scanned_bytes: int
-    zero_bytes: int
-    zero_pages: int
-    normal_pages: int
-    transmitted_bytes: int
-    wire_bytes: int
-    batches: int
+    chunk_bytes: int = 0
+    scanned_bytes: int = 0
+    zero_bytes: int = 0
+    zero_pages: int = 0
+    normal_pages: int = 0
+    transmitted_bytes: int = 0
+    wire_bytes: int = 0
+    batches: int = 0
+    zeroed_bytes: int = 0  # zero-range records sent
+    scan_seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class Counters:
+    chunk_bytes: int = 0  # bytes of guest memory prepared (read and, with skipping, scanned)
+    scanned_bytes: int = 0
+    zero_bytes: int = 0
+    zero_pages: int = 0
+    normal_pages: int = 0
+    transmitted_bytes: int = 0
+    wire_bytes: int = 0
+    batches: int = 0
+    zeroed_bytes: int = 0
+    scan_seconds: float = 0.0
+    busy_seconds: float = 0.0
+
+    def add(self, outcome: ChunkOutcome) -> None:
+        for name in (
+            "chunk_bytes",
+            "scanned_bytes",
+            "zero_bytes",
+            "zero_pages",
+            "normal_pages",
+            "transmitted_bytes",
+            "wire_bytes",
+            "batches",
+            "zeroed_bytes",
+            "scan_seconds",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(outcome, name))
+
+
+@dataclass(slots=True)
+class Iteration:
+    index: int
+    dirty_bytes: int
+    dirty_pages: int
+    final: bool
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+    counters: Counters = field(default_factory=Counters)
+    remaining_bytes: int = 0
+    expected_downtime_ms: int = 0
+
+    def seconds(self) -> float:
+        return (self.ended if self.ended is not None else time.monotonic()) - self.started
+
+    def bandwidth(self) -> float:
+        """Wire bytes over the time at least one batch was in flight."""
+        busy = self.counters.busy_seconds
+        return self.counters.wire_bytes / busy if busy > 0 else 0.0
+
+    def to_proto(self) -> pb.IterationStats:
+        c = self.counters
+        seconds = self.seconds()
+        return pb.IterationStats(
+            iteration=self.index,
+            dirty_bytes=self.dirty_bytes,
+            dirty_pages=self.dirty_pages,
+            scanned_bytes=c.scanned_bytes,
+            zero_bytes=c.zero_bytes,
+            zero_pages=c.zero_pages,
+            normal_pages=c.normal_pages,
+            transmitted_bytes=c.transmitted_bytes,
+            wire_bytes=c.wire_bytes,
+            duration_ms=int(seconds * 1000),
+            wire_bandwidth_bytes_per_second=self.bandwidth(),
+            dirty_rate_bytes_per_second=self.dirty_bytes / seconds if seconds > 0 and self.index else 0.0,
+            remaining_bytes=self.remaining_bytes,
+            expected_downtime_ms=self.expected_downtime_ms,
+            zeroed_bytes=c.zeroed_bytes,
+            final=self.final,
+        )
 
 
 class MigrationStats:
     def __init__(self, total_bytes: int, connections: int) -> None:
         self.total_bytes = total_bytes
         self.connections = connections
-        self.scanned_bytes = 0
-        self.zero_bytes = 0
-        self.zero_pages = 0
-        self.normal_pages = 0
-        self.transmitted_bytes = 0
-        self.wire_bytes = 0
-        self.batches = 0
+        self.totals = Counters()
+        self.iterations: list[Iteration] = []
         self.processed_bytes = 0
         self.verified = False
+        self.setup_ms = 0
+        self.downtime_ms = 0
+        self.verify_ms = 0
+        self.bandwidth = 0.0
+        self.bandwidth_source = ""
+        self.expected_downtime_ms = 0
+        self.remaining_bytes = 0
         self._started = time.monotonic()
         self._transfer_started: float | None = None
         self._transfer_ended: float | None = None
         self._ended: float | None = None
+        self._in_flight = 0
+        self._busy_since = 0.0
         self._lock = threading.Lock()
 
-    def transfer_started(self) -> None:
-        with self._lock:
-            self._transfer_started = time.monotonic()
+    # -- phases ------------------------------------------------------------------
 
-    def transfer_ended(self) -> None:
+    def setup_done(self) -> None:
         with self._lock:
-            self._transfer_ended = time.monotonic()
+            self.setup_ms = int((time.monotonic() - self._started) * 1000)
+
+    def begin_iteration(self, dirty_bytes: int, dirty_pages: int, final: bool = False) -> Iteration:
+        with self._lock:
+            if self._transfer_started is None:
+                self._transfer_started = time.monotonic()
+            iteration = Iteration(len(self.iterations), dirty_bytes, dirty_pages, final)
+            self.iterations.append(iteration)
+            return iteration
+
+    def end_iteration(self, remaining_bytes: int = 0, expected_downtime_ms: int = 0) -> Iteration:
+        with self._lock:
+            iteration = self.iterations[-1]
+            iteration.ended = time.monotonic()
+            iteration.remaining_bytes = remaining_bytes
+            iteration.expected_downtime_ms = expected_downtime_ms
+            self.remaining_bytes = remaining_bytes
+            self.expected_downtime_ms = expected_downtime_ms
+            self._transfer_ended = iteration.ended
+            return iteration
 
     def ended(self) -> None:
         with self._lock:
             self._ended = time.monotonic()
+            if self._transfer_started is not None and self._transfer_ended is None:
+                self._transfer_ended = self._ended
+
+    # -- from the connection workers ------------------------------------------
 
     def add_sent(self, outcome: ChunkOutcome) -> None:
-        """Account for a chunk whose batch went onto the wire (not yet acknowledged)."""
+        """Account for a chunk whose batch went onto the wire (or that needed none)."""
         with self._lock:
-            self.scanned_bytes += outcome.scanned_bytes
-            self.zero_bytes += outcome.zero_bytes
-            self.zero_pages += outcome.zero_pages
-            self.normal_pages += outcome.normal_pages
-            self.transmitted_bytes += outcome.transmitted_bytes
-            self.wire_bytes += outcome.wire_bytes
-            self.batches += outcome.batches
+            self.totals.add(outcome)
+            if self.iterations:
+                self.iterations[-1].counters.add(outcome)
         metrics.SCANNED_BYTES.inc(outcome.scanned_bytes)
         metrics.ZERO_BYTES.inc(outcome.zero_bytes)
         metrics.ZERO_PAGES.inc(outcome.zero_pages)
@@ -81,10 +179,27 @@ class MigrationStats:
         metrics.WIRE_BYTES.inc(outcome.wire_bytes)
         metrics.BATCHES.inc(outcome.batches)
 
+    def batch_in_flight(self) -> None:
+        with self._lock:
+            if self._in_flight == 0:
+                self._busy_since = time.monotonic()
+            self._in_flight += 1
+
+    def batch_acknowledged(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                busy = time.monotonic() - self._busy_since
+                self.totals.busy_seconds += busy
+                if self.iterations:
+                    self.iterations[-1].counters.busy_seconds += busy
+
     def add_processed(self, chunk_bytes: int) -> None:
-        """A chunk is fully handled: acknowledged by the receiver, or all zero and skipped."""
+        """A chunk is fully handled: acknowledged by the receiver, or needing no batch."""
         with self._lock:
             self.processed_bytes += chunk_bytes
+
+    # -- derived figures -------------------------------------------------------
 
     def transfer_seconds(self) -> float:
         with self._lock:
@@ -94,27 +209,44 @@ class MigrationStats:
             return end - self._transfer_started
 
     def throughput(self) -> float:
+        """Wire bytes over transfer time (first chunk taken to last acknowledgement)."""
         seconds = self.transfer_seconds()
-        return self.wire_bytes / seconds if seconds > 0 else 0.0
+        return self.totals.wire_bytes / seconds if seconds > 0 else 0.0
 
     def to_proto(self) -> pb.MigrationStats:
         with self._lock:
             end = self._ended if self._ended is not None else time.monotonic()
-            duration_ms = int((end - self._started) * 1000)
+            t = self.totals
+            last = self.iterations[-1] if self.iterations else None
             snapshot = pb.MigrationStats(
                 total_bytes=self.total_bytes,
-                scanned_bytes=self.scanned_bytes,
-                zero_bytes=self.zero_bytes,
-                zero_pages=self.zero_pages,
-                normal_pages=self.normal_pages,
-                transmitted_bytes=self.transmitted_bytes,
-                wire_bytes=self.wire_bytes,
-                duration_ms=duration_ms,
+                scanned_bytes=t.scanned_bytes,
+                zero_bytes=t.zero_bytes,
+                zero_pages=t.zero_pages,
+                normal_pages=t.normal_pages,
+                transmitted_bytes=t.transmitted_bytes,
+                wire_bytes=t.wire_bytes,
+                duration_ms=int((end - self._started) * 1000),
                 verified=self.verified,
-                batches=self.batches,
+                batches=t.batches,
                 processed_bytes=self.processed_bytes,
                 connections=self.connections,
+                iterations=len(self.iterations),
+                remaining_bytes=self.remaining_bytes,
+                expected_downtime_ms=self.expected_downtime_ms,
+                downtime_ms=self.downtime_ms,
+                setup_ms=self.setup_ms,
+                bandwidth_bytes_per_second=self.bandwidth,
+                bandwidth_source=self.bandwidth_source,
+                verify_ms=self.verify_ms,
+                zeroed_bytes=t.zeroed_bytes,
             )
+            if last is not None and last.index and last.seconds() > 0:
+                snapshot.dirty_rate_bytes_per_second = last.dirty_bytes / last.seconds()
         snapshot.transfer_ms = int(self.transfer_seconds() * 1000)
         snapshot.throughput_bytes_per_second = self.throughput()
         return snapshot
+
+    def iterations_proto(self) -> list[pb.IterationStats]:
+        with self._lock:
+            return [iteration.to_proto() for iteration in self.iterations]

@@ -1,9 +1,10 @@
-"""One connection: take chunks, scan them, stream non-zero pages, track acknowledgements.
+"""One connection: take chunks, scan them, stream their pages, track acknowledgements.
 
-Each worker owns one TransferPages stream on its own TCP connection and scans
-its own chunks, so scanning scales with connections and the first batch leaves
-before the rest of memory is scanned (the seed's design). A bounded window of
-unacknowledged batches keeps sender memory independent of guest size.
+Each worker owns one TransferPages stream on its own TCP connection for the
+whole migration and scans its own chunks, so scanning scales with connections
+and the first batch leaves before the rest of memory is scanned (the seed's
+design). A bounded window of unacknowledged batches keeps sender memory
+independent of guest size.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -21,7 +23,7 @@ from livemig.common.guest_memory import MemoryLayout
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import GRPC_MESSAGE_PREFIX, encode_batch
-from livemig.common.zeropages import count_pages, scan_guest_range
+from livemig.common.zeropages import EMPTY_RANGES, count_pages, scan_guest_range
 from livemig.sender.stats import ChunkOutcome, MigrationStats
 
 log = logging.getLogger("livemig.sender")
@@ -42,6 +44,15 @@ class TransferPlan:
     skip_zero_pages: bool
 
 
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """One chunk to send. With zero_records, its zero pages go out as zero ranges:
+    pages that may have held data the destination already has (later iterations)."""
+
+    chunk: MemoryRange
+    zero_records: bool
+
+
 class TransferFailed(Exception):
     """A stream ended without every batch acknowledged."""
 
@@ -52,18 +63,20 @@ class ConnectionWorker:
         index: int,
         channel: grpc.Channel,
         plan: TransferPlan,
-        chunks: queue.Queue[MemoryRange | None],
+        work: queue.Queue[WorkItem | None],
         stats: MigrationStats,
         batch_ids: Iterator[int],
         stop: threading.Event,
+        chunk_done: Callable[[int], None],
     ) -> None:
         self.index = index
         self.channel = channel
         self.plan = plan
-        self.chunks = chunks
+        self.work = work
         self.stats = stats
         self.batch_ids = batch_ids
         self.stop = stop
+        self.chunk_done = chunk_done
         self.error: BaseException | None = None
         self._window = threading.Semaphore(WINDOW_BATCHES)
         self._in_flight: dict[int, int] = {}  # batch id -> chunk bytes it completes
@@ -90,12 +103,17 @@ class ConnectionWorker:
                 chunk_bytes = self._in_flight.pop(ack.batch_id, None)
             if chunk_bytes is None:
                 raise TransferFailed(f"receiver acknowledged unknown batch {ack.batch_id}")
-            self.stats.add_processed(chunk_bytes)
+            self.stats.batch_acknowledged()
             self._window.release()
+            self._finish_chunk(chunk_bytes)
         with self._lock:
             missing = len(self._in_flight)
         if missing and not self.stop.is_set():
             raise TransferFailed(f"stream ended with {missing} batches unacknowledged")
+
+    def _finish_chunk(self, chunk_bytes: int) -> None:
+        self.stats.add_processed(chunk_bytes)
+        self.chunk_done(chunk_bytes)
 
     def _cancel_on_stop(self, call: grpc.Future) -> None:
         while call.running():
@@ -110,55 +128,63 @@ class ConnectionWorker:
         return not self.stop.is_set()
 
     def _batches(self) -> Iterator[bytes]:
-        """Request stream: one batch per chunk that holds any data."""
+        """Request stream: one batch per chunk that has anything to send."""
         while not self.stop.is_set():
             try:
-                chunk = self.chunks.get(timeout=_POLL_SECONDS)
+                item = self.work.get(timeout=_POLL_SECONDS)
             except queue.Empty:
                 continue
-            if chunk is None:
+            if item is None:
                 return
-            prepared = self._prepare(chunk)
+            prepared = self._prepare(item)
             if prepared is None:
                 continue
-            frame, outcome = prepared
+            batch_id, frame, outcome = prepared
             if not self._acquire_window():
                 return
+            with self._lock:
+                self._in_flight[batch_id] = item.chunk.length
             self.stats.add_sent(outcome)
+            self.stats.batch_in_flight()
             yield frame
 
-    def _prepare(self, chunk: MemoryRange) -> tuple[bytes, ChunkOutcome] | None:
+    def _prepare(self, item: WorkItem) -> tuple[int, bytes, ChunkOutcome] | None:
         """Read and scan one chunk; returns its batch, or None when nothing needs sending."""
         plan = self.plan
+        chunk = item.chunk
         buffer = self._buffer[: chunk.length]
+        started = time.monotonic()
+        zero_ranges = EMPTY_RANGES
         if plan.skip_zero_pages:
             scan = scan_guest_range(plan.layout, chunk.gpa, buffer, plan.page_size)
             data_ranges = scan.data
-            scanned, zero_bytes = chunk.length, scan.zero_bytes
-            zero_pages, normal_pages = scan.zero_pages, scan.normal_pages
+            if item.zero_records:
+                zero_ranges = scan.zero
+            outcome = ChunkOutcome(
+                chunk_bytes=chunk.length,
+                scanned_bytes=chunk.length,
+                zero_bytes=scan.zero_bytes,
+                zero_pages=scan.zero_pages,
+                normal_pages=scan.normal_pages,
+                transmitted_bytes=chunk.length - scan.zero_bytes,
+                zeroed_bytes=scan.zero_bytes if item.zero_records else 0,
+            )
         else:
             plan.layout.read_into(chunk.gpa, buffer)
             data_ranges = np.array([[chunk.gpa, chunk.length]], dtype=np.uint64)
-            scanned, zero_bytes, zero_pages = 0, 0, 0
-            normal_pages = count_pages(chunk.gpa, chunk.length, plan.page_size)
-        if not len(data_ranges):
-            self.stats.add_sent(ChunkOutcome(chunk.length, scanned, zero_bytes, zero_pages, 0, 0, 0, 0))
-            self.stats.add_processed(chunk.length)
+            outcome = ChunkOutcome(
+                chunk_bytes=chunk.length,
+                normal_pages=count_pages(chunk.gpa, chunk.length, plan.page_size),
+                transmitted_bytes=chunk.length,
+            )
+        outcome.scan_seconds = time.monotonic() - started
+        if not len(data_ranges) and not len(zero_ranges):
+            self.stats.add_sent(outcome)
+            self._finish_chunk(chunk.length)
             return None
         payload = [buffer[gpa - chunk.gpa : gpa - chunk.gpa + length] for gpa, length in data_ranges.tolist()]
         batch_id = next(self.batch_ids)
-        frame = encode_batch(plan.session_token, batch_id, data_ranges, payload)
-        transmitted = chunk.length - zero_bytes
-        with self._lock:
-            self._in_flight[batch_id] = chunk.length
-        outcome = ChunkOutcome(
-            chunk_bytes=chunk.length,
-            scanned_bytes=scanned,
-            zero_bytes=zero_bytes,
-            zero_pages=zero_pages,
-            normal_pages=normal_pages,
-            transmitted_bytes=transmitted,
-            wire_bytes=len(frame) + GRPC_MESSAGE_PREFIX,
-            batches=1,
-        )
-        return frame, outcome
+        frame = encode_batch(plan.session_token, batch_id, data_ranges, payload, zero_ranges)
+        outcome.wire_bytes = len(frame) + GRPC_MESSAGE_PREFIX
+        outcome.batches = 1
+        return batch_id, frame, outcome

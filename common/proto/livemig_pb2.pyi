@@ -7,6 +7,11 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TimeoutStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIMEOUT_STRATEGY_CANCEL: _ClassVar[TimeoutStrategy]
+    TIMEOUT_STRATEGY_FORCE: _ClassVar[TimeoutStrategy]
+
 class MigrationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MIGRATION_STATE_UNSPECIFIED: _ClassVar[MigrationState]
@@ -15,6 +20,8 @@ class MigrationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COMPLETED: _ClassVar[MigrationState]
     FAILED: _ClassVar[MigrationState]
     CANCELLED: _ClassVar[MigrationState]
+TIMEOUT_STRATEGY_CANCEL: TimeoutStrategy
+TIMEOUT_STRATEGY_FORCE: TimeoutStrategy
 MIGRATION_STATE_UNSPECIFIED: MigrationState
 PENDING: MigrationState
 RUNNING: MigrationState
@@ -37,15 +44,17 @@ class MemoryRangeTable(_message.Message):
     def __init__(self, ranges: _Optional[_Iterable[_Union[MemoryRange, _Mapping]]] = ...) -> None: ...
 
 class GuestMemoryRegion(_message.Message):
-    __slots__ = ("gpa", "path")
+    __slots__ = ("gpa", "path", "dirty_log")
     GPA_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_LOG_FIELD_NUMBER: _ClassVar[int]
     gpa: int
     path: str
-    def __init__(self, gpa: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+    dirty_log: str
+    def __init__(self, gpa: _Optional[int] = ..., path: _Optional[str] = ..., dirty_log: _Optional[str] = ...) -> None: ...
 
 class StartMigrationRequest(_message.Message):
-    __slots__ = ("destination", "regions", "connections", "skip_zero_pages", "page_size", "verify", "max_batch_bytes")
+    __slots__ = ("destination", "regions", "connections", "skip_zero_pages", "page_size", "verify", "max_batch_bytes", "downtime_ms", "timeout_ms", "timeout_strategy", "max_iterations", "guest_pid", "available_bandwidth_bytes_per_second")
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     REGIONS_FIELD_NUMBER: _ClassVar[int]
     CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +62,12 @@ class StartMigrationRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     VERIFY_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    GUEST_PID_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_BANDWIDTH_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     destination: str
     regions: _containers.RepeatedCompositeFieldContainer[GuestMemoryRegion]
     connections: int
@@ -60,7 +75,13 @@ class StartMigrationRequest(_message.Message):
     page_size: int
     verify: bool
     max_batch_bytes: int
-    def __init__(self, destination: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[GuestMemoryRegion, _Mapping]]] = ..., connections: _Optional[int] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., verify: _Optional[bool] = ..., max_batch_bytes: _Optional[int] = ...) -> None: ...
+    downtime_ms: int
+    timeout_ms: int
+    timeout_strategy: TimeoutStrategy
+    max_iterations: int
+    guest_pid: int
+    available_bandwidth_bytes_per_second: float
+    def __init__(self, destination: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[GuestMemoryRegion, _Mapping]]] = ..., connections: _Optional[int] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., verify: _Optional[bool] = ..., max_batch_bytes: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., timeout_strategy: _Optional[_Union[TimeoutStrategy, str]] = ..., max_iterations: _Optional[int] = ..., guest_pid: _Optional[int] = ..., available_bandwidth_bytes_per_second: _Optional[float] = ...) -> None: ...
 
 class StartMigrationResponse(_message.Message):
     __slots__ = ("migration_id",)
@@ -85,7 +106,7 @@ class ListMigrationsResponse(_message.Message):
     def __init__(self, migrations: _Optional[_Iterable[_Union[MigrationStatus, _Mapping]]] = ...) -> None: ...
 
 class MigrationStats(_message.Message):
-    __slots__ = ("total_bytes", "scanned_bytes", "zero_bytes", "zero_pages", "normal_pages", "transmitted_bytes", "wire_bytes", "throughput_bytes_per_second", "duration_ms", "verified", "batches", "processed_bytes", "transfer_ms", "connections")
+    __slots__ = ("total_bytes", "scanned_bytes", "zero_bytes", "zero_pages", "normal_pages", "transmitted_bytes", "wire_bytes", "throughput_bytes_per_second", "duration_ms", "verified", "batches", "processed_bytes", "transfer_ms", "connections", "iterations", "remaining_bytes", "dirty_rate_bytes_per_second", "expected_downtime_ms", "downtime_ms", "setup_ms", "bandwidth_bytes_per_second", "bandwidth_source", "verify_ms", "zeroed_bytes")
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SCANNED_BYTES_FIELD_NUMBER: _ClassVar[int]
     ZERO_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +121,16 @@ class MigrationStats(_message.Message):
     PROCESSED_BYTES_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_MS_FIELD_NUMBER: _ClassVar[int]
     CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_RATE_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    SETUP_MS_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
+    ZEROED_BYTES_FIELD_NUMBER: _ClassVar[int]
     total_bytes: int
     scanned_bytes: int
     zero_bytes: int
@@ -114,7 +145,53 @@ class MigrationStats(_message.Message):
     processed_bytes: int
     transfer_ms: int
     connections: int
-    def __init__(self, total_bytes: _Optional[int] = ..., scanned_bytes: _Optional[int] = ..., zero_bytes: _Optional[int] = ..., zero_pages: _Optional[int] = ..., normal_pages: _Optional[int] = ..., transmitted_bytes: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., throughput_bytes_per_second: _Optional[float] = ..., duration_ms: _Optional[int] = ..., verified: _Optional[bool] = ..., batches: _Optional[int] = ..., processed_bytes: _Optional[int] = ..., transfer_ms: _Optional[int] = ..., connections: _Optional[int] = ...) -> None: ...
+    iterations: int
+    remaining_bytes: int
+    dirty_rate_bytes_per_second: float
+    expected_downtime_ms: int
+    downtime_ms: int
+    setup_ms: int
+    bandwidth_bytes_per_second: float
+    bandwidth_source: str
+    verify_ms: int
+    zeroed_bytes: int
+    def __init__(self, total_bytes: _Optional[int] = ..., scanned_bytes: _Optional[int] = ..., zero_bytes: _Optional[int] = ..., zero_pages: _Optional[int] = ..., normal_pages: _Optional[int] = ..., transmitted_bytes: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., throughput_bytes_per_second: _Optional[float] = ..., duration_ms: _Optional[int] = ..., verified: _Optional[bool] = ..., batches: _Optional[int] = ..., processed_bytes: _Optional[int] = ..., transfer_ms: _Optional[int] = ..., connections: _Optional[int] = ..., iterations: _Optional[int] = ..., remaining_bytes: _Optional[int] = ..., dirty_rate_bytes_per_second: _Optional[float] = ..., expected_downtime_ms: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., setup_ms: _Optional[int] = ..., bandwidth_bytes_per_second: _Optional[float] = ..., bandwidth_source: _Optional[str] = ..., verify_ms: _Optional[int] = ..., zeroed_bytes: _Optional[int] = ...) -> None: ...
+
+class IterationStats(_message.Message):
+    __slots__ = ("iteration", "dirty_bytes", "dirty_pages", "scanned_bytes", "zero_bytes", "zero_pages", "normal_pages", "transmitted_bytes", "wire_bytes", "duration_ms", "wire_bandwidth_bytes_per_second", "dirty_rate_bytes_per_second", "remaining_bytes", "expected_downtime_ms", "zeroed_bytes", "final")
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_PAGES_FIELD_NUMBER: _ClassVar[int]
+    SCANNED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ZERO_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ZERO_PAGES_FIELD_NUMBER: _ClassVar[int]
+    NORMAL_PAGES_FIELD_NUMBER: _ClassVar[int]
+    TRANSMITTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WIRE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    WIRE_BANDWIDTH_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_RATE_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    ZEROED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    iteration: int
+    dirty_bytes: int
+    dirty_pages: int
+    scanned_bytes: int
+    zero_bytes: int
+    zero_pages: int
+    normal_pages: int
+    transmitted_bytes: int
+    wire_bytes: int
+    duration_ms: int
+    wire_bandwidth_bytes_per_second: float
+    dirty_rate_bytes_per_second: float
+    remaining_bytes: int
+    expected_downtime_ms: int
+    zeroed_bytes: int
+    final: bool
+    def __init__(self, iteration: _Optional[int] = ..., dirty_bytes: _Optional[int] = ..., dirty_pages: _Optional[int] = ..., scanned_bytes: _Optional[int] = ..., zero_bytes: _Optional[int] = ..., zero_pages: _Optional[int] = ..., normal_pages: _Optional[int] = ..., transmitted_bytes: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., duration_ms: _Optional[int] = ..., wire_bandwidth_bytes_per_second: _Optional[float] = ..., dirty_rate_bytes_per_second: _Optional[float] = ..., remaining_bytes: _Optional[int] = ..., expected_downtime_ms: _Optional[int] = ..., zeroed_bytes: _Optional[int] = ..., final: _Optional[bool] = ...) -> None: ...
 
 class DestinationRegion(_message.Message):
     __slots__ = ("gpa", "length", "path")
@@ -127,7 +204,7 @@ class DestinationRegion(_message.Message):
     def __init__(self, gpa: _Optional[int] = ..., length: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class MigrationStatus(_message.Message):
-    __slots__ = ("migration_id", "state", "error", "stats", "destination_regions", "destination", "skip_zero_pages", "page_size")
+    __slots__ = ("migration_id", "state", "error", "stats", "destination_regions", "destination", "skip_zero_pages", "page_size", "iterations", "phase", "live")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +213,9 @@ class MigrationStatus(_message.Message):
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     SKIP_ZERO_PAGES_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     state: MigrationState
     error: str
@@ -144,7 +224,10 @@ class MigrationStatus(_message.Message):
     destination: str
     skip_zero_pages: bool
     page_size: int
-    def __init__(self, migration_id: _Optional[str] = ..., state: _Optional[_Union[MigrationState, str]] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[MigrationStats, _Mapping]] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., destination: _Optional[str] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ...) -> None: ...
+    iterations: _containers.RepeatedCompositeFieldContainer[IterationStats]
+    phase: str
+    live: bool
+    def __init__(self, migration_id: _Optional[str] = ..., state: _Optional[_Union[MigrationState, str]] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[MigrationStats, _Mapping]] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., destination: _Optional[str] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., iterations: _Optional[_Iterable[_Union[IterationStats, _Mapping]]] = ..., phase: _Optional[str] = ..., live: _Optional[bool] = ...) -> None: ...
 
 class PrepareMigrationRequest(_message.Message):
     __slots__ = ("layout", "page_size", "migration_id")
