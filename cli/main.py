@@ -63,11 +63,14 @@ def receiver(listen: str, memory_dir: Path, metrics_port: int | None, max_batch_
 @cli.command()
 @click.option("--listen", default="0.0.0.0:7867", show_default=True, help="HOST:PORT for the Sender API.")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
-def sender(listen: str, metrics_port: int | None) -> None:
+@click.option("--pause-hook", default="", help="Command that pauses the guest at switchover (when no guest_pid).")
+@click.option("--resume-hook", default="", help="Command that resumes the guest when a migration fails.")
+def sender(listen: str, metrics_port: int | None, pause_hook: str, resume_hook: str) -> None:
     """Run the sender service (source host)."""
+    from livemig.sender.guest import GuestHooks
     from livemig.sender.server import build_sender, cancel_all
 
-    host, registry = build_sender()
+    host, registry = build_sender(GuestHooks(pause_hook, resume_hook))
     _serve("sender", host, listen, metrics_port, on_stop=lambda: cancel_all(registry))
 
 
@@ -87,6 +90,15 @@ def sender(listen: str, metrics_port: int | None) -> None:
 @click.option("--max-batch-bytes", type=int, default=0, help="Payload per batch (0: sender default).")
 @click.option("--verify", is_flag=True, help="Compare a digest of the destination with the source.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as one JSON object.")
+@click.option("--dirty-log", is_flag=True, help="Live migration: each region's dirty map is FILE.dirty.")
+@click.option("--guest-pid", type=int, default=0, help="Process to pause at switchover (SIGSTOP/SIGCONT).")
+@click.option("--downtime", "downtime_ms", type=int, default=300, show_default=True, help="Downtime target, ms.")
+@click.option("--migration-timeout", "timeout_ms", type=int, default=0, help="Give up or force after this many ms.")
+@click.option("--timeout-strategy", type=click.Choice(["cancel", "force"]), default="cancel", show_default=True)
+@click.option("--max-iterations", type=int, default=0, help="Pre-copy iterations before the strategy (0: 30).")
+@click.option(
+    "--available-bandwidth", type=float, default=0.0, help="Bytes/s to assume for the downtime estimate (0: measured)."
+)
 def send_migration(
     sender_address: str,
     destination: str,
@@ -97,6 +109,13 @@ def send_migration(
     max_batch_bytes: int,
     verify: bool,
     as_json: bool,
+    dirty_log: bool,
+    guest_pid: int,
+    downtime_ms: int,
+    timeout_ms: int,
+    timeout_strategy: str,
+    max_iterations: int,
+    available_bandwidth: float,
 ) -> None:
     """Migrate guest memory and follow it to the end; exits 0 only when COMPLETED."""
     from livemig.cli import client, report
@@ -106,17 +125,27 @@ def send_migration(
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--memory") from error
     sizes = [os.stat(a.path).st_size if os.path.exists(a.path) else 0 for a in args]
+    regions = client.place_regions(args, sizes)
+    if dirty_log:
+        for region in regions:
+            region.dirty_log = region.path + ".dirty"
     request = pb.StartMigrationRequest(
         destination=destination,
-        regions=client.place_regions(args, sizes),
+        regions=regions,
         connections=connections,
         skip_zero_pages=skip_zero_pages,
         page_size=page_size,
         verify=verify,
         max_batch_bytes=max_batch_bytes,
+        guest_pid=guest_pid,
+        downtime_ms=downtime_ms,
+        timeout_ms=timeout_ms,
+        timeout_strategy=pb.TIMEOUT_STRATEGY_FORCE if timeout_strategy == "force" else pb.TIMEOUT_STRATEGY_CANCEL,
+        max_iterations=max_iterations,
+        available_bandwidth_bytes_per_second=available_bandwidth,
     )
     try:
-        with report.progress(enabled=not as_json and sys.stdout.isatty()) as on_update:
+        with report.progress(enabled=not as_json and sys.stdout.isatty(), show_iterations=not as_json) as on_update:
             status = client.run_migration(sender_address, request, on_update)
     except grpc.RpcError as error:
         click.echo(f"error: {error.code().name}: {error.details()}", err=True)
@@ -126,6 +155,38 @@ def send_migration(
     else:
         report.print_status(status)
     sys.exit(0 if status.state == pb.COMPLETED else 1)
+
+
+@cli.command()
+@click.option("--memory", required=True, help="Guest memory file (created sparse when missing).")
+@click.option("--dirty-log", default=None, help="Dirty-page map (default: MEMORY.dirty).")
+@click.option("--size-mib", type=int, default=0, help="Memory size (default: the file's size).")
+@click.option("--page-size", type=int, default=4096, show_default=True)
+@click.option("--touch-ratio", type=float, default=0.5, show_default=True, help="Share of pages touched at start.")
+@click.option("--rate", "rate_mib", type=float, default=16.0, show_default=True, help="MiB/s written afterwards.")
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--zero-ratio", type=float, default=0.1, show_default=True, help="Share of writes that write zeros.")
+@click.option("--once", is_flag=True, help="Touch once, then write nothing more (stay alive).")
+@click.option("--duration", type=float, default=0.0, help="Exit after this many seconds (0: run until killed).")
+@click.option("--seed", type=int, default=1, show_default=True)
+def memtouch(
+    memory: str,
+    dirty_log: str | None,
+    size_mib: int,
+    page_size: int,
+    touch_ratio: float,
+    rate_mib: float,
+    threads: int,
+    zero_ratio: float,
+    once: bool,
+    duration: float,
+    seed: int,
+) -> None:
+    """A running guest: touch memory, keep writing at a rate, mark the dirty map."""
+    from livemig.cli.memtouch import TouchPlan, main_memtouch
+
+    plan = TouchPlan(page_size, touch_ratio, rate_mib * (1 << 20), max(threads, 1), zero_ratio, once, duration, seed)
+    main_memtouch(memory, dirty_log, size_mib, plan)
 
 
 @cli.command()

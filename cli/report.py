@@ -27,11 +27,34 @@ def human_bytes(count: float) -> str:
     return f"{count:.1f} TiB"
 
 
+def iteration_line(iteration: pb.IterationStats) -> str:
+    label = "final" if iteration.final else f"iter {iteration.iteration}"
+    return (
+        f"{label:>8}: dirty {human_bytes(iteration.dirty_bytes)}, sent {human_bytes(iteration.transmitted_bytes)}"
+        f" (+{human_bytes(iteration.zeroed_bytes)} zeroed), skipped {human_bytes(iteration.zero_bytes)}"
+        f" in {iteration.duration_ms} ms at {human_bytes(iteration.wire_bandwidth_bytes_per_second)}/s;"
+        f" remaining {human_bytes(iteration.remaining_bytes)}, expected downtime {iteration.expected_downtime_ms} ms"
+    )
+
+
 @contextlib.contextmanager
-def progress(enabled: bool) -> Iterator[Callable[[pb.MigrationStatus], None]]:
-    """Yields an on_update callback; draws a bar on a terminal, nothing otherwise."""
+def progress(enabled: bool, show_iterations: bool = False) -> Iterator[Callable[[pb.MigrationStatus], None]]:
+    """Yields an on_update callback: a bar on a terminal, and one line per finished iteration."""
+    console = Console(stderr=True)
+    printed = 0
+
+    def print_iterations(status: pb.MigrationStatus) -> None:
+        nonlocal printed
+        if not (show_iterations and status.live):
+            return
+        # While running, the newest iteration may still be in progress.
+        finished = list(status.iterations) if status.state != pb.RUNNING else list(status.iterations)[:-1]
+        for iteration in finished[printed:]:
+            console.print(iteration_line(iteration))
+        printed = max(printed, len(finished))
+
     if not enabled:
-        yield lambda _status: None
+        yield print_iterations
         return
     bar = Progress(
         TextColumn("[bold]{task.description}"),
@@ -39,17 +62,20 @@ def progress(enabled: bool) -> Iterator[Callable[[pb.MigrationStatus], None]]:
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeElapsedColumn(),
+        console=console,
         transient=True,
     )
     task = bar.add_task("migrating", total=None)
 
     def on_update(status: pb.MigrationStatus) -> None:
+        total = status.stats.total_bytes + sum(i.dirty_bytes for i in status.iterations[1:])
         bar.update(
             task,
-            total=status.stats.total_bytes or None,
+            total=total or None,
             completed=status.stats.processed_bytes,
-            description=pb.MigrationState.Name(status.state).lower(),
+            description=f"{pb.MigrationState.Name(status.state).lower()} {status.phase}",
         )
+        print_iterations(status)
 
     with bar:
         yield on_update
@@ -69,10 +95,21 @@ def print_status(status: pb.MigrationStatus, console: Console | None = None) -> 
         ("transmitted", f"{human_bytes(stats.transmitted_bytes)} ({stats.normal_pages} pages)"),
         ("on the wire", human_bytes(stats.wire_bytes)),
         ("throughput (wire)", f"{human_bytes(stats.throughput_bytes_per_second)}/s"),
-        ("duration", f"{stats.duration_ms} ms"),
+        ("duration", f"{stats.duration_ms} ms (setup {stats.setup_ms} ms)"),
         ("connections", str(stats.connections)),
         ("verified", "yes" if stats.verified else "no"),
     ]
+    if status.live:
+        rows += [
+            ("iterations", str(stats.iterations)),
+            ("zeroed after sending", human_bytes(stats.zeroed_bytes)),
+            ("bandwidth for estimate", f"{human_bytes(stats.bandwidth_bytes_per_second)}/s ({stats.bandwidth_source})"),
+            ("expected downtime", f"{stats.expected_downtime_ms} ms"),
+        ]
+    if status.live or stats.downtime_ms:
+        rows.append(
+            ("downtime", f"{stats.downtime_ms} ms" + (f" (verify {stats.verify_ms} ms)" if stats.verify_ms else ""))
+        )
     if status.error:
         rows.append(("error", status.error))
     for name, value in rows:

@@ -89,16 +89,31 @@ class RangeTable:
     def partition(self, chunk_size: int) -> Iterator[RangeTable]:
         """Cut the table into chunks of at most chunk_size bytes, in gpa order.
 
-        Chunk boundaries fall on multiples of chunk_size counted from the start of
-        each range, so with a page-multiple chunk_size and page-aligned ranges every
-        chunk is page aligned. A chunk never spans two ranges: keeping one range
-        per chunk lets a worker read it with one positioned read.
+        As Cloud Hypervisor's MemoryRangeTable::partition: a chunk gathers whole
+        ranges while they fit, and a range larger than what is left of a chunk is
+        split at multiples of chunk_size counted from the range's start (so with a
+        page-multiple chunk_size and page-aligned ranges every piece is page
+        aligned). Scattered dirty pages thus travel many to a batch.
         """
         if chunk_size <= 0:
             raise ValueError("chunk size must be positive")
+        pending: list[MemoryRange] = []
+        pending_bytes = 0
         for memory_range in self.ranges:
             offset = 0
             while offset < memory_range.length:
-                length = min(chunk_size, memory_range.length - offset)
-                yield RangeTable((MemoryRange(memory_range.gpa + offset, length),))
+                room = chunk_size - pending_bytes
+                left = memory_range.length - offset
+                if left > room and pending:
+                    yield RangeTable(tuple(pending))
+                    pending, pending_bytes = [], 0
+                    continue
+                length = min(left, chunk_size)
+                pending.append(MemoryRange(memory_range.gpa + offset, length))
+                pending_bytes += length
                 offset += length
+                if pending_bytes == chunk_size:
+                    yield RangeTable(tuple(pending))
+                    pending, pending_bytes = [], 0
+        if pending:
+            yield RangeTable(tuple(pending))

@@ -57,10 +57,9 @@ class TransferPool:
     def send(self, ranges: Iterable[MemoryRange], zero_records: bool) -> None:
         """Send every page of `ranges`; returns once all of it is acknowledged."""
         for table in RangeTable.of(ranges).partition(self.plan.chunk_bytes):
-            chunk = table.ranges[0]
             with self._changed:
-                self._outstanding += chunk.length
-            self._put(WorkItem(chunk, zero_records))
+                self._outstanding += table.total_bytes
+            self._put(WorkItem(table.ranges, zero_records))
         with self._changed:
             while self._outstanding > 0:
                 if self.stop.is_set():

@@ -46,11 +46,16 @@ class TransferPlan:
 
 @dataclass(frozen=True, slots=True)
 class WorkItem:
-    """One chunk to send. With zero_records, its zero pages go out as zero ranges:
-    pages that may have held data the destination already has (later iterations)."""
+    """One chunk to send: ranges of at most chunk_bytes in all, sent as one batch.
+    With zero_records, its zero pages go out as zero ranges: pages that may have
+    held data the destination already has (later iterations)."""
 
-    chunk: MemoryRange
+    ranges: tuple[MemoryRange, ...]
     zero_records: bool
+
+    @property
+    def length(self) -> int:
+        return sum(r.length for r in self.ranges)
 
 
 class TransferFailed(Exception):
@@ -143,7 +148,7 @@ class ConnectionWorker:
             if not self._acquire_window():
                 return
             with self._lock:
-                self._in_flight[batch_id] = item.chunk.length
+                self._in_flight[batch_id] = item.length
             self.stats.add_sent(outcome)
             self.stats.batch_in_flight()
             yield frame
@@ -151,38 +156,41 @@ class ConnectionWorker:
     def _prepare(self, item: WorkItem) -> tuple[int, bytes, ChunkOutcome] | None:
         """Read and scan one chunk; returns its batch, or None when nothing needs sending."""
         plan = self.plan
-        chunk = item.chunk
-        buffer = self._buffer[: chunk.length]
         started = time.monotonic()
-        zero_ranges = EMPTY_RANGES
-        if plan.skip_zero_pages:
-            scan = scan_guest_range(plan.layout, chunk.gpa, buffer, plan.page_size)
-            data_ranges = scan.data
-            if item.zero_records:
-                zero_ranges = scan.zero
-            outcome = ChunkOutcome(
-                chunk_bytes=chunk.length,
-                scanned_bytes=chunk.length,
-                zero_bytes=scan.zero_bytes,
-                zero_pages=scan.zero_pages,
-                normal_pages=scan.normal_pages,
-                transmitted_bytes=chunk.length - scan.zero_bytes,
-                zeroed_bytes=scan.zero_bytes if item.zero_records else 0,
-            )
-        else:
-            plan.layout.read_into(chunk.gpa, buffer)
-            data_ranges = np.array([[chunk.gpa, chunk.length]], dtype=np.uint64)
-            outcome = ChunkOutcome(
-                chunk_bytes=chunk.length,
-                normal_pages=count_pages(chunk.gpa, chunk.length, plan.page_size),
-                transmitted_bytes=chunk.length,
-            )
+        outcome = ChunkOutcome(chunk_bytes=item.length)
+        data_parts, zero_parts, payload = [], [], []
+        position = 0
+        for memory_range in item.ranges:
+            buffer = self._buffer[position : position + memory_range.length]
+            position += memory_range.length
+            if plan.skip_zero_pages:
+                scan = scan_guest_range(plan.layout, memory_range.gpa, buffer, plan.page_size)
+                data = scan.data
+                if item.zero_records and len(scan.zero):
+                    zero_parts.append(scan.zero)
+                outcome.scanned_bytes += memory_range.length
+                outcome.zero_bytes += scan.zero_bytes
+                outcome.zero_pages += scan.zero_pages
+                outcome.normal_pages += scan.normal_pages
+            else:
+                plan.layout.read_into(memory_range.gpa, buffer)
+                data = np.array([[memory_range.gpa, memory_range.length]], dtype=np.uint64)
+                outcome.normal_pages += count_pages(memory_range.gpa, memory_range.length, plan.page_size)
+            if len(data):
+                data_parts.append(data)
+                payload.extend(
+                    buffer[gpa - memory_range.gpa : gpa - memory_range.gpa + length] for gpa, length in data.tolist()
+                )
+        outcome.transmitted_bytes = item.length - outcome.zero_bytes
+        if item.zero_records:
+            outcome.zeroed_bytes = outcome.zero_bytes
         outcome.scan_seconds = time.monotonic() - started
-        if not len(data_ranges) and not len(zero_ranges):
+        if not data_parts and not zero_parts:
             self.stats.add_sent(outcome)
-            self._finish_chunk(chunk.length)
+            self._finish_chunk(item.length)
             return None
-        payload = [buffer[gpa - chunk.gpa : gpa - chunk.gpa + length] for gpa, length in data_ranges.tolist()]
+        data_ranges = np.concatenate(data_parts) if data_parts else EMPTY_RANGES
+        zero_ranges = np.concatenate(zero_parts) if zero_parts else EMPTY_RANGES
         batch_id = next(self.batch_ids)
         frame = encode_batch(plan.session_token, batch_id, data_ranges, payload, zero_ranges)
         outcome.wire_bytes = len(frame) + GRPC_MESSAGE_PREFIX

@@ -40,18 +40,39 @@ def test_find_overlap_agrees_with_byte_sets(ranges):
 @given(ranges_strategy, st.integers(64, 1 << 15))
 def test_partition_covers_table_in_order_with_bounded_chunks(ranges, chunk):
     table = RangeTable.of(ranges)
-    chunks = [c.ranges[0] for c in table.partition(chunk)]
-    assert all(0 < c.length <= chunk for c in chunks)
-    assert merge_ranges(chunks) == list(table.ranges)
-    assert chunks == sorted(chunks)
-    assert all(any(r.contains(c) for r in table.ranges) for c in chunks)
+    chunks = list(table.partition(chunk))
+    assert all(0 < c.total_bytes <= chunk for c in chunks)
+    pieces = [r for c in chunks for r in c.ranges]
+    assert merge_ranges(pieces) == list(table.ranges)
+    assert pieces == sorted(pieces)
+    assert all(r.length > 0 and any(t.contains(r) for t in table.ranges) for r in pieces)
+    # Greedy: a chunk is only closed early when the next range would not fit whole.
+    for current, following in itertools.pairwise(chunks):
+        assert current.total_bytes == chunk or current.total_bytes + following.ranges[0].length > chunk
+
+
+def test_partition_gathers_scattered_pages_into_one_chunk():
+    table = RangeTable.of([MemoryRange(i * 8192, 4096) for i in range(100)])
+    chunks = list(table.partition(1 << 20))
+    assert len(chunks) == 1 and len(chunks[0]) == 100
+
+
+def test_partition_splits_large_ranges_on_chunk_multiples():
+    table = RangeTable.of([MemoryRange(0, 4096), MemoryRange(1 << 20, 3 * 8192)])
+    chunks = [c.ranges for c in table.partition(8192)]
+    assert chunks == [
+        (MemoryRange(0, 4096),),
+        (MemoryRange(1 << 20, 8192),),
+        (MemoryRange((1 << 20) + 8192, 8192),),
+        (MemoryRange((1 << 20) + 16384, 8192),),
+    ]
 
 
 @given(st.integers(0, 64).map(lambda n: n * 4096), st.integers(1, 64).map(lambda n: n * 4096))
 def test_partition_of_aligned_range_with_page_multiple_chunks_is_page_aligned(gpa, length):
     table = RangeTable.of([MemoryRange(gpa, length)])
     for chunk in table.partition(3 * 4096):
-        assert chunk.ranges[0].gpa % 4096 == 0 and chunk.ranges[0].length % 4096 == 0
+        assert all(r.gpa % 4096 == 0 and r.length % 4096 == 0 for r in chunk.ranges)
 
 
 def test_page_size_defaults_and_limits():
