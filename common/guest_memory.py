@@ -10,8 +10,10 @@ from __future__ import annotations
 import bisect
 import errno
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from livemig.common.ranges import MemoryRange, RangeTable, find_overlap
 
@@ -64,6 +66,25 @@ class MemoryLayout:
         if offset + length > region.length:
             return None
         return region, offset
+
+    def split_at_regions(self, ranges: Iterable[MemoryRange]) -> list[MemoryRange]:
+        """Cut ranges where one region ends and the next begins (adjacent regions merge
+        into one range in a RangeTable, but each region is its own file)."""
+        pieces: list[MemoryRange] = []
+        for memory_range in ranges:
+            start = memory_range.gpa
+            while start < memory_range.end:
+                located = self.locate(start, 1)
+                if located is None:
+                    raise LayoutError(f"gpa {start:#x} is outside guest memory")
+                region, _offset = located
+                end = min(memory_range.end, region.gpa + region.length)
+                pieces.append(MemoryRange(start, end - start))
+                start = end
+        return pieces
+
+    def region_starts(self) -> np.ndarray:
+        return np.array([r.gpa for r in self.regions], dtype=np.uint64)
 
     def data_start(self, gpa: int, length: int) -> int:
         """First gpa in [gpa, gpa+length) where the backing file may hold data.

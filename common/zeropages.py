@@ -152,3 +152,43 @@ def _complement(gpa: int, length: int, data: np.ndarray) -> np.ndarray:
     stops = np.concatenate((data[:, 0], [np.uint64(gpa + length)]))
     keep = stops > starts
     return np.column_stack((starts[keep], stops[keep] - starts[keep]))
+
+
+def scan_pages(
+    page_gpas: np.ndarray, buffer: memoryview, page_size: int, boundaries: np.ndarray | None = None
+) -> tuple[ZeroScan, np.ndarray]:
+    """Scan whole pages gathered from anywhere into one buffer, in one vectorised pass.
+
+    `buffer` holds len(page_gpas) pages back to back; page i belongs at page_gpas[i]
+    (ascending). Runs of non-zero (and of zero) pages merge only where their gpas
+    are contiguous and no gpa of `boundaries` (region starts) lies between them.
+    Returns the scan and, for each data range, its byte offset in `buffer`.
+    Scattered dirty pages thus cost numpy calls per chunk, not per page.
+    """
+    count = len(page_gpas)
+    if count == 0:
+        return ZeroScan(EMPTY_RANGES, EMPTY_RANGES, 0, 0), np.zeros(0, dtype=np.int64)
+    data = np.frombuffer(buffer, dtype=np.uint8, count=count * page_size)
+    if page_size % 8 == 0 and data.ctypes.data % 8 == 0:
+        pages = data.view(np.uint64).reshape(count, page_size // 8)
+    else:
+        pages = data.reshape(count, page_size)
+    flags = np.bitwise_or.reduce(pages, axis=1) != 0
+    gpas = page_gpas.astype(np.uint64)
+    contiguous = np.empty(count, dtype=bool)
+    contiguous[0] = False
+    contiguous[1:] = gpas[1:] == gpas[:-1] + np.uint64(page_size)
+    if boundaries is not None and len(boundaries):
+        contiguous &= ~np.isin(gpas, boundaries)
+
+    def runs(want: bool) -> tuple[np.ndarray, np.ndarray]:
+        selected = flags == want
+        starts = np.flatnonzero(selected & ~(contiguous & np.concatenate(([False], selected[:-1]))))
+        ends = np.flatnonzero(selected & ~np.concatenate((contiguous[1:] & selected[1:], [False]))) + 1
+        lengths = (ends - starts).astype(np.uint64) * np.uint64(page_size)
+        return np.column_stack((gpas[starts], lengths)).reshape(-1, 2), starts * page_size
+
+    data_runs, data_offsets = runs(True)
+    zero_runs, _ = runs(False)
+    normal = int(np.count_nonzero(flags))
+    return ZeroScan(data_runs, zero_runs, count - normal, normal), data_offsets

@@ -56,7 +56,8 @@ class TransferPool:
 
     def send(self, ranges: Iterable[MemoryRange], zero_records: bool) -> None:
         """Send every page of `ranges`; returns once all of it is acknowledged."""
-        for table in RangeTable.of(ranges).partition(self.plan.chunk_bytes):
+        pieces = self.plan.layout.split_at_regions(RangeTable.of(ranges))
+        for table in RangeTable(tuple(pieces)).partition(self.plan.chunk_bytes):
             with self._changed:
                 self._outstanding += table.total_bytes
             self._put(WorkItem(table.ranges, zero_records))

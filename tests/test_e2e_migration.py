@@ -151,3 +151,23 @@ def test_cli_exits_nonzero_when_not_completed(sender, shm_dir):
     )
     assert result.returncode == 1
     assert "FAILED" in result.stdout and "unavailable" in result.stdout
+
+
+def test_adjacent_regions_stay_separate_files(sender, receiver, shm_dir):
+    regions = []
+    for index, gpa in enumerate([0, 2 * MIB, 4 * MIB]):  # each ends where the next begins
+        path = shm_dir / f"adjacent{index}.img"
+        make_image(path, 2 * MIB, 0.6, seed=index)
+        regions.append((gpa, path))
+    for connections, batch in [(1, 0), (2, 65536)]:
+        status = migrate(
+            sender.address,
+            receiver.address,
+            regions,
+            connections=connections,
+            skip_zero_pages=True,
+            verify=True,
+            max_batch_bytes=batch,
+        )
+        assert status.state == pb.COMPLETED, status.error
+        assert_destination_equals_source(status, regions)
