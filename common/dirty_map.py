@@ -58,7 +58,9 @@ class DirtyMap:
 
     def collect(self) -> np.ndarray:
         """Sender side: indices of dirty pages, cleared before this returns (fence included)."""
-        dirty = np.flatnonzero(self.flags)
+        # Snapshot first: the writer keeps storing into the shared map meanwhile, and
+        # numpy's nonzero over memory that changes under it fails.
+        dirty = np.flatnonzero(self.flags.copy())
         self.flags[dirty] = 0
         memory_fence()
         return dirty

@@ -33,36 +33,48 @@ class ConvergencePolicy:
     available_bandwidth: float  # 0: measured
     connections: int
 
-    def bandwidth(self, totals: Counters) -> tuple[float, str]:
+    def bandwidth(self, sample: Counters) -> tuple[float, str]:
         if self.available_bandwidth > 0:
             return self.available_bandwidth, "available"
-        if totals.busy_seconds > 0 and totals.wire_bytes:
-            return totals.wire_bytes / totals.busy_seconds, "measured"
+        if sample.busy_seconds > 0 and sample.wire_bytes:
+            return sample.wire_bytes / sample.busy_seconds, "measured"
         return 0.0, "measured"
 
     def expected_downtime_ms(
-        self, remaining_bytes: int, totals: Counters, latest: Counters, round_trip_seconds: float
+        self, remaining_bytes: int, sample: Counters, chunk_bytes: int, round_trip_seconds: float
     ) -> tuple[int, float, str]:
-        """(expected ms, bandwidth used, its source) for pausing now."""
-        bandwidth, source = self.bandwidth(totals)
-        if remaining_bytes == 0:
-            return int(round_trip_seconds * 1000), bandwidth, source
-        prepare_rate = totals.chunk_bytes / totals.scan_seconds * self.connections if totals.scan_seconds > 0 else 0.0
-        # Share of prepared bytes that went out as payload, from the latest pass with
-        # data (zero pages found there are likely zero again), wire framing included.
-        sample = latest if latest.chunk_bytes else totals
-        nonzero_share = sample.transmitted_bytes / sample.chunk_bytes if sample.chunk_bytes else 1.0
-        framing = sample.wire_bytes / sample.transmitted_bytes if sample.transmitted_bytes else 1.0
-        seconds = round_trip_seconds
-        seconds += remaining_bytes / prepare_rate if prepare_rate > 0 else 0.0
-        wire = remaining_bytes * nonzero_share * framing
-        seconds += wire / bandwidth if bandwidth > 0 else float("inf") if wire else 0.0
-        return (int(seconds * 1000) if seconds != float("inf") else 2**63 - 1), bandwidth, source
+        """(expected ms, bandwidth used, its source) for pausing now.
 
-    def decide(self, iterations_done: int, expected_ms: int, elapsed_ms: int) -> Decision:
-        if expected_ms <= self.downtime_ms:
+        `sample` is the latest pass over dirty pages (scattered pages cost more per
+        byte than iteration 0's bulk ranges), or all passes so far before there is one.
+        """
+        bandwidth, source = self.bandwidth(sample)
+        # Pause, final collection and the completion call: about two round trips.
+        seconds = 2 * round_trip_seconds
+        if remaining_bytes:
+            workers = max(1, min(self.connections, -(-remaining_bytes // max(chunk_bytes, 1))))
+            prepare_rate = sample.chunk_bytes / sample.scan_seconds * workers if sample.scan_seconds > 0 else 0.0
+            # Share of prepared bytes that went out as payload (zero pages found there
+            # are likely zero again), wire framing included.
+            nonzero_share = sample.transmitted_bytes / sample.chunk_bytes if sample.chunk_bytes else 1.0
+            framing = sample.wire_bytes / sample.transmitted_bytes if sample.transmitted_bytes else 1.0
+            seconds += remaining_bytes / prepare_rate if prepare_rate > 0 else 0.0
+            wire = remaining_bytes * nonzero_share * framing
+            if wire and bandwidth <= 0:
+                return UNKNOWN_MS, bandwidth, source
+            seconds += wire / bandwidth if wire else 0.0
+        return int(seconds * 1000), bandwidth, source
+
+    def decide(self, iterations_done: int, remaining_bytes: int, expected_ms: int, elapsed_ms: int) -> Decision:
+        """Switch over once the estimate fits, but only after one pass over dirty pages has
+        measured what dirty pages cost (unless nothing is dirty at all)."""
+        measured = iterations_done >= 2 or remaining_bytes == 0
+        if expected_ms <= self.downtime_ms and measured:
             return Decision.SWITCHOVER
         out_of_time = self.timeout_ms and elapsed_ms >= self.timeout_ms
         if out_of_time or iterations_done >= self.max_iterations:
             return Decision.FORCE_SWITCHOVER if self.force_on_timeout else Decision.GIVE_UP
         return Decision.CONTINUE
+
+
+UNKNOWN_MS = 2**63 - 1

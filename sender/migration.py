@@ -102,6 +102,7 @@ class Migration:
         self._cancel_requested = False
         self._started = time.monotonic()
         self._round_trip = 0.0
+        self._chunk_bytes = 0
         self._thread = threading.Thread(target=self._run, name=f"migration-{self.migration_id[:8]}", daemon=True)
 
     @property
@@ -223,6 +224,7 @@ class Migration:
         batch_bytes = min(self.request.max_batch_bytes, response.max_batch_bytes or DEFAULT_MAX_BATCH_BYTES)
         page_size = self.request.page_size
         chunk_bytes = align_down(batch_bytes, page_size) if batch_bytes >= page_size else batch_bytes
+        self._chunk_bytes = chunk_bytes
         log.info(
             "migration %s: session prepared on %s, %d connections, chunks of %d bytes, live=%s",
             self.migration_id,
@@ -259,7 +261,8 @@ class Migration:
         expected = self._end_iteration()
         while True:
             elapsed_ms = int((time.monotonic() - self._started) * 1000)
-            decision = self.policy.decide(len(self.stats.iterations), expected, elapsed_ms)
+            remaining = self.stats.remaining_bytes
+            decision = self.policy.decide(len(self.stats.iterations), remaining, expected, elapsed_ms)
             if decision is Decision.GIVE_UP:
                 raise MigrationGaveUp(
                     f"did not converge: expected downtime {expected} ms > target {self.request.downtime_ms} ms "
@@ -283,16 +286,17 @@ class Migration:
         final_bytes = sum(r.length for r in final)
         self.stats.begin_iteration(final_bytes, final_bytes // self.request.page_size, final=True)
         pool.send(final, zero_records=True)
-        self.stats.end_iteration()
+        self.stats.end_iteration(0, expected)  # the estimate the switchover was decided on
         return pause_started
 
     def _end_iteration(self) -> int:
         """Close the iteration with the remaining dirty bytes and the downtime estimate."""
         assert self.dirty_log is not None
         remaining = self.dirty_log.dirty_bytes()
-        latest = self.stats.iterations[-1].counters
+        latest = self.stats.iterations[-1]
+        sample = latest.counters if latest.index and latest.counters.chunk_bytes else self.stats.totals
         expected, bandwidth, source = self.policy.expected_downtime_ms(
-            remaining, self.stats.totals, latest, self._round_trip
+            remaining, sample, self._chunk_bytes, self._round_trip
         )
         self.stats.bandwidth, self.stats.bandwidth_source = bandwidth, source
         iteration = self.stats.end_iteration(remaining, expected)
