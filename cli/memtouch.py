@@ -91,7 +91,12 @@ def run_memtouch(memory: Path, dirty_log: Path, size: int, plan: TouchPlan) -> i
         ]
         for thread in threads:
             thread.start()
-    stop.wait(plan.duration or None)
+    # Wait in short slices: a process signal may land on a writer thread, and the
+    # Python-level handler runs only when the main thread wakes up.
+    deadline = time.monotonic() + plan.duration if plan.duration else None
+    while not stop.wait(0.1):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
     stop.set()
     print(f"livemig memtouch done writes={writer.writes}", flush=True)
     return 0

@@ -94,7 +94,10 @@ class ServiceHost:
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
-        stop_requested.wait()
+        # Wait in short slices: the kernel may deliver the signal to a gRPC thread, and
+        # the Python handler only runs once the main thread wakes up.
+        while not stop_requested.wait(0.1):
+            pass
         if on_stop is not None:
             on_stop()
         self.stop()
