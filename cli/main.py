@@ -236,6 +236,37 @@ def bench(
     )
 
 
+@cli.command("bench-live")
+@click.option("--size-mib", type=int, default=512, show_default=True, help="Guest memory size.")
+@click.option("--touched", "touched_ratios", default="0.5,1", show_default=True)
+@click.option("--connections", "connection_counts", default="1", show_default=True)
+@click.option("--rate", "rate_mib", type=float, default=16.0, show_default=True, help="Guest write rate, MiB/s.")
+@click.option("--downtime", "downtime_ms", type=int, default=200, show_default=True)
+@click.option("--repeat", type=int, default=1, show_default=True)
+@click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
+def bench_live(
+    size_mib: int,
+    touched_ratios: str,
+    connection_counts: str,
+    rate_mib: float,
+    downtime_ms: int,
+    repeat: int,
+    markdown: bool,
+) -> None:
+    """Migrate a running memtouch guest live: iterations, expected vs measured downtime."""
+    from livemig.cli.bench_live import run_live_bench
+
+    run_live_bench(
+        size=size_mib << 20,
+        touched=[float(t) for t in touched_ratios.split(",")],
+        connections=[int(c) for c in connection_counts.split(",")],
+        rate_mib=rate_mib,
+        downtime_ms=downtime_ms,
+        repeat=repeat,
+        markdown=markdown,
+    )
+
+
 def main() -> None:
     cli(prog_name="livemig")
 
