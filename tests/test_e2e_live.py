@@ -243,3 +243,38 @@ def test_live_request_errors(sender, receiver, guest, shm_dir):
                     pb.StartMigrationRequest(destination=receiver.address, regions=regions, guest_pid=pid), timeout=10
                 )
             assert raised.value.code() == code, raised.value.details()
+
+
+def test_pause_and_resume_hooks_of_the_sender(receiver, shm_dir):
+    """Without a guest pid the sender's configured hooks pause and resume the guest."""
+    from livemig.cli.images import make_image
+    from livemig.cli.processes import ServiceProcess
+
+    log = shm_dir / "hooks.log"
+    small, big = shm_dir / "small.img", shm_dir / "big.img"
+    make_image(small, 2 * MIB, 0.5)
+    make_image(big, 128 * MIB, 1.0)
+    hook = "sh -c 'echo {} $LIVEMIG_MIGRATION_ID >> " + str(log) + "'"
+    with ServiceProcess("sender", ["--pause-hook", hook.format("pause"), "--resume-hook", hook.format("resume")]) as tx:
+        channel, stub, completed_id = start(
+            tx.address, destination=receiver.address, regions=[pb.GuestMemoryRegion(gpa=0, path=str(small))]
+        )
+        with channel:
+            assert watch(stub, completed_id).state == pb.COMPLETED
+        channel, stub, cancelled_id = start(
+            tx.address,
+            destination=receiver.address,
+            regions=[pb.GuestMemoryRegion(gpa=0, path=str(big))],
+            max_batch_bytes=65536,
+        )
+        with channel:
+            deadline = time.monotonic() + 30
+            while stub.GetMigration(pb.MigrationRequest(migration_id=cancelled_id)).stats.batches == 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert stub.CancelMigration(pb.MigrationRequest(migration_id=cancelled_id)).state == pb.CANCELLED
+    assert log.read_text().splitlines() == [
+        f"pause {completed_id}",  # completed: paused and left paused
+        f"pause {cancelled_id}",
+        f"resume {cancelled_id}",  # cancelled after the pause: resumed
+    ]
