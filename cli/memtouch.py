@@ -81,8 +81,12 @@ def run_memtouch(memory: Path, dirty_log: Path, size: int, plan: TouchPlan) -> i
         writer.write_page(page, zero=False, stamp=stamp)
     print(f"livemig memtouch ready pid={os.getpid()} pages={writer.pages} touched={len(touched)}", flush=True)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # The handler only records the signal: it runs in the main thread between two
+    # bytecodes, possibly while that thread holds stop's internal lock inside
+    # stop.wait(), so calling stop.set() from it could deadlock.
+    signalled: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: signalled.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: signalled.append(signum))
     if not plan.once and plan.rate_bytes_per_second > 0:
         per_thread = plan.rate_bytes_per_second / plan.page_size / plan.threads
         threads = [
@@ -94,9 +98,8 @@ def run_memtouch(memory: Path, dirty_log: Path, size: int, plan: TouchPlan) -> i
     # Wait in short slices: a process signal may land on a writer thread, and the
     # Python-level handler runs only when the main thread wakes up.
     deadline = time.monotonic() + plan.duration if plan.duration else None
-    while not stop.wait(0.1):
-        if deadline is not None and time.monotonic() >= deadline:
-            break
+    while not signalled and (deadline is None or time.monotonic() < deadline):
+        time.sleep(0.1)
     stop.set()
     print(f"livemig memtouch done writes={writer.writes}", flush=True)
     return 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 
@@ -86,18 +86,20 @@ class ServiceHost:
         self.server.stop(grace).wait()
 
     def serve_until_signalled(self, on_stop: Callable[[], None] | None = None) -> None:
-        stop_requested = threading.Event()
+        signalled: list[int] = []
 
         def request_stop(signum: int, _frame: object) -> None:
-            log.info("signal %d: draining", signum)
-            stop_requested.set()
+            # Only record it: the handler runs in the main thread between bytecodes,
+            # where taking a lock the main thread may hold could deadlock.
+            signalled.append(signum)
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
-        # Wait in short slices: the kernel may deliver the signal to a gRPC thread, and
-        # the Python handler only runs once the main thread wakes up.
-        while not stop_requested.wait(0.1):
-            pass
+        # Sleep in short slices: the kernel may deliver the signal to a gRPC thread,
+        # and the Python handler only runs once the main thread wakes up.
+        while not signalled:
+            time.sleep(0.1)
+        log.info("signal %d: draining", signalled[0])
         if on_stop is not None:
             on_stop()
         self.stop()
