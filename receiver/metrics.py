@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+from livemig.receiver.errors import Reason
+
 WRITTEN_BYTES = Counter("livemig_receiver_written_bytes", "Page payload bytes written into destination memory")
+ZEROED_BYTES = Counter(
+    "livemig_receiver_zeroed_bytes", "Bytes zeroed for zero-range records (pages zeroed after they were sent)"
+)
 BATCHES = Counter("livemig_receiver_batches", "Page batches accepted and written")
 REJECTED_BATCHES = Counter("livemig_receiver_rejected_batches", "Page batches refused, by reason", ["reason"])
 SESSIONS = Counter("livemig_receiver_sessions", "Sessions by outcome", ["outcome"])
+for _outcome in ("completed", "aborted"):
+    SESSIONS.labels(_outcome)
 ACTIVE_SESSIONS = Gauge("livemig_receiver_active_sessions", "Sessions accepting pages")
 ALLOCATED_BYTES = Gauge(
     "livemig_receiver_destination_allocated_bytes",
     "Bytes the destination files of the last completed session occupy on storage",
 )
+for _reason in Reason:
+    REJECTED_BATCHES.labels(_reason.value)  # every reason exported from the start, at 0

@@ -78,12 +78,13 @@ class ReceiverService(pb_grpc.ReceiverServicer):
                 if bound is not None and session is not bound:
                     raise ReceiverError(Reason.WRONG_SESSION, "stream is bound to another session")
                 bound = session
-                written = session.apply(batch)
+                written, zeroed = session.apply(batch)
             except ReceiverError as error:
                 metrics.REJECTED_BATCHES.labels(error.reason.value).inc()
                 log.warning("rejected batch: %s", error.message)
                 _abort(context, error)
             metrics.WRITTEN_BYTES.inc(written)
+            metrics.ZEROED_BYTES.inc(zeroed)
             metrics.BATCHES.inc()
             yield pb.PageBatchAck(batch_id=batch.header.batch_id, bytes_written=written)
 

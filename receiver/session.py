@@ -124,8 +124,8 @@ class Session:
         if self.state is not SessionState.ACTIVE:
             raise ReceiverError(Reason.NOT_ACTIVE, f"session is {self.state.value}; no more pages accepted")
 
-    def apply(self, batch: DecodedBatch) -> int:
-        """Validate the whole batch, then write it. Returns payload bytes written."""
+    def apply(self, batch: DecodedBatch) -> tuple[int, int]:
+        """Validate the whole batch, then write it. Returns (payload bytes written, bytes zeroed)."""
         self._check_active()
         data = batch.data
         if len(data) > self.max_batch_bytes:
@@ -150,17 +150,18 @@ class Session:
         with self._lock:
             self._check_active()  # an abort may have raced this batch
             self._writers += 1
+        zeroed = 0
         try:
             self._write(data, regions, offsets, lengths.tolist())
             for index, offset, length in zip(zero_regions, zero_offsets, zero_ranges[:, 1].tolist(), strict=True):
-                self._zero_received(index, offset, length)
+                zeroed += self._zero_received(index, offset, length)
         finally:
             with self._lock:
                 self._writers -= 1
                 self.written_bytes += len(data)
                 self.batches += 1
                 self._lock.notify_all()
-        return len(data)
+        return len(data), zeroed
 
     def _write(self, data: memoryview, regions: list[int], offsets: list[int], lengths: list[int]) -> None:
         files = self.layout.regions
@@ -189,18 +190,22 @@ class Session:
         """Wait (holding the lock) until no batch is being written."""
         self._lock.wait_for(lambda: self._writers == 0)
 
-    def _zero_received(self, index: int, offset: int, length: int) -> None:
-        """Zero the parts of a range that earlier batches wrote; leave the rest untouched."""
+    def _zero_received(self, index: int, offset: int, length: int) -> int:
+        """Zero the parts of a range that earlier batches wrote; leave the rest untouched.
+        Returns the bytes zeroed."""
         page_size = self.layout.page_size
         region = self.layout.regions[index]
         first_page = offset // page_size
         received = self._received[index][first_page : -(-(offset + length) // page_size)]
         padded = np.concatenate(([False], received, [False]))
         edges = np.flatnonzero(padded[1:] != padded[:-1]).tolist()
+        zeroed = 0
         for run_start, run_stop in zip(edges[0::2], edges[1::2], strict=True):
             start = max(offset, (first_page + run_start) * page_size)
             stop = min(offset + length, (first_page + run_stop) * page_size)
             _write_zeros(region.fd, start, stop - start)
+            zeroed += stop - start
+        return zeroed
 
     def complete(self, transmitted_bytes: int, batches: int, digest: bytes) -> tuple[bool, int]:
         """Check the sender's totals (and digest); returns (verified, allocated bytes)."""

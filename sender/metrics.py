@@ -11,7 +11,15 @@ NORMAL_PAGES = Counter("livemig_sender_normal_pages", "Pages transmitted with th
 TRANSMITTED_BYTES = Counter("livemig_sender_transmitted_bytes", "Page payload bytes transmitted")
 WIRE_BYTES = Counter("livemig_sender_wire_bytes", "Bytes written to page streams, payload and framing")
 BATCHES = Counter("livemig_sender_batches", "Page batches sent")
+MIGRATIONS_STARTED = Counter("livemig_sender_migrations_started", "Migrations accepted by StartMigration")
 MIGRATIONS = Counter("livemig_sender_migrations", "Migrations by final state", ["outcome"])
+for _outcome in ("completed", "failed", "cancelled"):
+    MIGRATIONS.labels(_outcome)  # export zeros, so rate() and increase() see every outcome from the start
+CONNECTION_WIRE_BYTES = Counter(
+    "livemig_sender_connection_wire_bytes",
+    "Bytes written to page streams, by connection index (0..127, bounded by the connection limit)",
+    ["connection"],
+)
 ACTIVE_MIGRATIONS = Gauge("livemig_sender_active_migrations", "Migrations pending or running")
 THROUGHPUT = Gauge(
     "livemig_sender_last_throughput_bytes_per_second",

@@ -113,6 +113,7 @@ class Migration:
 
     def start(self, on_final: Callable[[Migration], None]) -> None:
         self._on_final = on_final
+        metrics.MIGRATIONS_STARTED.inc()
         metrics.ACTIVE_MIGRATIONS.inc()
         self._thread.start()
 

@@ -24,6 +24,7 @@ from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import GRPC_MESSAGE_PREFIX, encode_batch
 from livemig.common.zeropages import EMPTY_RANGES, ZeroScan, count_pages, scan_guest_range, scan_pages
+from livemig.sender import metrics
 from livemig.sender.stats import ChunkOutcome, MigrationStats
 
 log = logging.getLogger("livemig.sender")
@@ -88,6 +89,7 @@ class ConnectionWorker:
         self._lock = threading.Lock()
         self._buffer = memoryview(bytearray(plan.chunk_bytes))
         self._region_starts = plan.layout.region_starts()
+        self._wire_metric = metrics.CONNECTION_WIRE_BYTES.labels(str(index))
 
     def run(self) -> None:
         """Thread body. Failures are kept in self.error and stop the whole migration."""
@@ -152,6 +154,7 @@ class ConnectionWorker:
                 self._in_flight[batch_id] = item.length
             self.stats.add_sent(outcome)
             self.stats.batch_in_flight()
+            self._wire_metric.inc(outcome.wire_bytes)
             yield frame
 
     def _prepare(self, item: WorkItem) -> tuple[int, bytes, ChunkOutcome] | None:

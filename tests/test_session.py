@@ -22,7 +22,7 @@ def new_session(directory: Path, layout: list[MemoryRange]) -> Session:
     return Session.create("id", "token", "migration", directory / "session", layout, PAGE, 4 << 20)
 
 
-def apply(session: Session, ranges, payload, zero_ranges=()) -> int:
+def apply(session: Session, ranges, payload, zero_ranges=()) -> tuple[int, int]:
     return session.apply(decode_batch(encode_batch("token", 1, ranges, payload, zero_ranges)))
 
 
@@ -35,7 +35,8 @@ def test_zero_ranges_zero_only_pages_received_before(shm_dir):
     apply(session, [MemoryRange(0, 2 * PAGE), MemoryRange(5 * PAGE + 10, 20)], [b"\x01" * (2 * PAGE), b"\x02" * 20])
     allocated_before = session.allocated_bytes()
     # The guest zeroed pages 1..7: pages 1 and 5 held data, the others never did.
-    apply(session, [], [], zero_ranges=[MemoryRange(PAGE, 7 * PAGE)])
+    written, zeroed = apply(session, [], [], zero_ranges=[MemoryRange(PAGE, 7 * PAGE)])
+    assert (written, zeroed) == (0, 2 * PAGE)  # pages 1 and 5 only
     memory = region_bytes(session)
     assert memory[:PAGE] == b"\x01" * PAGE
     assert not any(memory[PAGE:])
