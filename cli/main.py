@@ -6,7 +6,6 @@ e.g. LIVEMIG_RECEIVER_MEMORY_DIR.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -15,8 +14,6 @@ import click
 import grpc
 
 from livemig.common.proto import livemig_pb2 as pb
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def _serve(role: str, host, listen: str, metrics_port: int | None, on_stop=None) -> None:
@@ -35,9 +32,18 @@ def _serve(role: str, host, listen: str, metrics_port: int | None, on_stop=None)
 
 @click.group(context_settings={"auto_envvar_prefix": "LIVEMIG", "help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
-def cli(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object a line, with migration_id where a line concerns a migration.",
+)
+def cli(log_level: str, log_format: str) -> None:
     """Memory-transfer plane of VM live migration, with zero-page skipping."""
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stdout)
+    from livemig.common.logs import configure
+
+    configure(log_level, log_format)
 
 
 @cli.command()
@@ -234,6 +240,27 @@ def bench(
         markdown=markdown,
         destination_dir=memory_dir,
     )
+
+
+@cli.command()
+@click.option("--address", required=True, help="HOST:PORT of a livemig service.")
+@click.option("--service", default="", help="Service name to ask about (default: the server as a whole).")
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+def health(address: str, service: str, timeout: float) -> None:
+    """gRPC health check (grpc.health.v1); exits 0 only when SERVING. For container healthchecks."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(address) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+    except grpc.RpcError as error:
+        click.echo(f"{address}: {error.code().name}: {error.details()}", err=True)
+        sys.exit(1)
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    click.echo(f"{address}: {name}")
+    sys.exit(0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1)
 
 
 @cli.command("bench-live")

@@ -20,8 +20,16 @@ METRICS = re.compile(r"livemig (\w+) metrics on (\S+):(\d+)")
 class ServiceProcess:
     """A `livemig receiver` or `livemig sender` process on loopback."""
 
-    def __init__(self, role: str, args: Sequence[str], log_path: Path | None = None, timeout: float = 30.0) -> None:
-        command = [sys.executable, "-m", "livemig.cli.main", role, "--listen", "127.0.0.1:0", *args]
+    def __init__(
+        self,
+        role: str,
+        args: Sequence[str],
+        log_path: Path | None = None,
+        timeout: float = 30.0,
+        global_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        command = [sys.executable, "-m", "livemig.cli.main", *global_args, role, "--listen", "127.0.0.1:0", *args]
         self.role = role
         self.lines: list[str] = []
         self.process = subprocess.Popen(
@@ -29,7 +37,7 @@ class ServiceProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
         self._log = log_path.open("w") if log_path else None
         self._ready = threading.Event()

@@ -56,6 +56,7 @@ class ReceiverService(pb_grpc.ReceiverServicer):
             session.migration_id,
             session.layout.total_bytes,
             len(layout),
+            extra={"migration_id": session.migration_id},
         )
         return pb.PrepareMigrationResponse(
             session_token=session.token,
@@ -81,7 +82,9 @@ class ReceiverService(pb_grpc.ReceiverServicer):
                 written, zeroed = session.apply(batch)
             except ReceiverError as error:
                 metrics.REJECTED_BATCHES.labels(error.reason.value).inc()
-                log.warning("rejected batch: %s", error.message)
+                log.warning(
+                    "rejected batch: %s", error.message, extra={"migration_id": bound.migration_id if bound else ""}
+                )
                 _abort(context, error)
             metrics.WRITTEN_BYTES.inc(written)
             metrics.ZEROED_BYTES.inc(zeroed)
@@ -105,6 +108,7 @@ class ReceiverService(pb_grpc.ReceiverServicer):
             session.written_bytes,
             allocated,
             verified,
+            extra={"migration_id": session.migration_id},
         )
         return pb.CompleteMigrationResponse(
             verified=verified, written_bytes=session.written_bytes, allocated_bytes=allocated
@@ -118,5 +122,11 @@ class ReceiverService(pb_grpc.ReceiverServicer):
             _abort(context, error)
         metrics.SESSIONS.labels("aborted").inc()
         metrics.ACTIVE_SESSIONS.set(self.registry.active_count())
-        log.info("session %s (migration %s) aborted: %s", session.session_id, session.migration_id, request.reason)
+        log.info(
+            "session %s (migration %s) aborted: %s",
+            session.session_id,
+            session.migration_id,
+            request.reason,
+            extra={"migration_id": session.migration_id},
+        )
         return pb.AbortMigrationResponse()

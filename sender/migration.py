@@ -24,6 +24,7 @@ import grpc
 
 from livemig.common.digest import memory_digest
 from livemig.common.guest_memory import MemoryLayout
+from livemig.common.logs import for_migration
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.ranges import align_down
@@ -80,6 +81,7 @@ class Migration:
         migration_id: str | None = None,
     ) -> None:
         self.migration_id = migration_id or uuid.uuid4().hex
+        self._log = for_migration(log, self.migration_id)
         self.request = request
         self.layout = layout
         self.guest = guest or GuestControl(self.migration_id)
@@ -226,7 +228,7 @@ class Migration:
         page_size = self.request.page_size
         chunk_bytes = align_down(batch_bytes, page_size) if batch_bytes >= page_size else batch_bytes
         self._chunk_bytes = chunk_bytes
-        log.info(
+        self._log.info(
             "migration %s: session prepared on %s, %d connections, chunks of %d bytes, live=%s",
             self.migration_id,
             self.request.destination,
@@ -271,7 +273,7 @@ class Migration:
                 )
             if decision in (Decision.SWITCHOVER, Decision.FORCE_SWITCHOVER):
                 if decision is Decision.FORCE_SWITCHOVER:
-                    log.warning(
+                    self._log.warning(
                         "migration %s: forcing switchover, expected downtime %d ms", self.migration_id, expected
                     )
                 break
@@ -303,7 +305,7 @@ class Migration:
         iteration = self.stats.end_iteration(remaining, expected)
         metrics.ITERATIONS.inc()
         metrics.EXPECTED_DOWNTIME.set(expected / 1000)
-        log.info(
+        self._log.info(
             "migration %s: iteration %d sent %d of %d dirty bytes in %.0f ms; %d bytes dirty, "
             "expected downtime %d ms at %.0f MB/s (%s)",
             self.migration_id,
@@ -348,14 +350,14 @@ class Migration:
             pool.close()
         self.guest.resume()
         if state == State.FAILED:
-            log.error("migration %s failed: %s", self.migration_id, reason)
+            self._log.error("migration %s failed: %s", self.migration_id, reason)
         if token:
             try:
                 receiver.AbortMigration(
                     pb.AbortMigrationRequest(session_token=token, reason=reason), timeout=CONTROL_TIMEOUT_SECONDS
                 )
             except grpc.RpcError as error:
-                log.warning("migration %s: abort on receiver failed: %s", self.migration_id, error.details())
+                self._log.warning("migration %s: abort on receiver failed: %s", self.migration_id, error.details())
         self._finish(state, reason)
 
     def _finish(self, state: int, error: str = "") -> None:
@@ -369,7 +371,7 @@ class Migration:
             metrics.THROUGHPUT.set(self.stats.throughput())
             if self.live or self.guest.can_pause:
                 metrics.DOWNTIME.set(snapshot.downtime_ms / 1000)
-        log.info("migration %s %s %s", self.migration_id, State.Name(state), error)
+        self._log.info("migration %s %s %s", self.migration_id, State.Name(state), error)
         self._on_final(self)
 
 
