@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
@@ -38,6 +40,18 @@ def place_regions(memory: Sequence[MemoryArg], sizes: Sequence[int]) -> list[pb.
         regions.append(pb.GuestMemoryRegion(gpa=gpa, path=arg.path))
         next_gpa = gpa + size
     return regions
+
+
+def read_pid_file(path: str, wait_seconds: float = 60.0) -> int:
+    """The pid a guest wrote (memtouch --pid-file); waits for the file to appear."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return int(Path(path).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
 
 
 def run_migration(

@@ -98,6 +98,12 @@ def sender(listen: str, metrics_port: int | None, pause_hook: str, resume_hook: 
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as one JSON object.")
 @click.option("--dirty-log", is_flag=True, help="Live migration: each region's dirty map is FILE.dirty.")
 @click.option("--guest-pid", type=int, default=0, help="Process to pause at switchover (SIGSTOP/SIGCONT).")
+@click.option(
+    "--guest-pid-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read --guest-pid from this file (waits up to 60 s for it to appear).",
+)
 @click.option("--downtime", "downtime_ms", type=int, default=300, show_default=True, help="Downtime target, ms.")
 @click.option("--migration-timeout", "timeout_ms", type=int, default=0, help="Give up or force after this many ms.")
 @click.option("--timeout-strategy", type=click.Choice(["cancel", "force"]), default="cancel", show_default=True)
@@ -117,6 +123,7 @@ def send_migration(
     as_json: bool,
     dirty_log: bool,
     guest_pid: int,
+    guest_pid_file: str | None,
     downtime_ms: int,
     timeout_ms: int,
     timeout_strategy: str,
@@ -131,6 +138,8 @@ def send_migration(
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--memory") from error
     sizes = [os.stat(a.path).st_size if os.path.exists(a.path) else 0 for a in args]
+    if guest_pid_file:
+        guest_pid = client.read_pid_file(guest_pid_file)
     regions = client.place_regions(args, sizes)
     if dirty_log:
         for region in regions:
@@ -175,6 +184,7 @@ def send_migration(
 @click.option("--once", is_flag=True, help="Touch once, then write nothing more (stay alive).")
 @click.option("--duration", type=float, default=0.0, help="Exit after this many seconds (0: run until killed).")
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--pid-file", default=None, help="Write this process's pid here once memory is touched.")
 def memtouch(
     memory: str,
     dirty_log: str | None,
@@ -187,12 +197,13 @@ def memtouch(
     once: bool,
     duration: float,
     seed: int,
+    pid_file: str | None,
 ) -> None:
     """A running guest: touch memory, keep writing at a rate, mark the dirty map."""
     from livemig.cli.memtouch import TouchPlan, main_memtouch
 
     plan = TouchPlan(page_size, touch_ratio, rate_mib * (1 << 20), max(threads, 1), zero_ratio, once, duration, seed)
-    main_memtouch(memory, dirty_log, size_mib, plan)
+    main_memtouch(memory, dirty_log, size_mib, plan, pid_file)
 
 
 @cli.command()

@@ -73,12 +73,14 @@ class GuestMemoryWriter:
         self.writes += 1
 
 
-def run_memtouch(memory: Path, dirty_log: Path, size: int, plan: TouchPlan) -> int:
+def run_memtouch(memory: Path, dirty_log: Path, size: int, plan: TouchPlan, pid_file: Path | None = None) -> int:
     writer = GuestMemoryWriter(memory, dirty_log, size, plan.page_size)
     rng = np.random.default_rng(plan.seed)
     touched = np.flatnonzero(rng.random(writer.pages) < plan.touch_ratio)
     for stamp, page in enumerate(touched.tolist(), start=1):
         writer.write_page(page, zero=False, stamp=stamp)
+    if pid_file is not None:
+        pid_file.write_text(f"{os.getpid()}\n")
     print(f"livemig memtouch ready pid={os.getpid()} pages={writer.pages} touched={len(touched)}", flush=True)
     stop = threading.Event()
     # The handler only records the signal: it runs in the main thread between two
@@ -127,10 +129,11 @@ def _write_loop(
         done += burst
 
 
-def main_memtouch(memory: str, dirty_log: str | None, size_mib: int, plan: TouchPlan) -> None:
+def main_memtouch(memory: str, dirty_log: str | None, size_mib: int, plan: TouchPlan, pid_file: str | None) -> None:
     path = Path(memory)
     size = size_mib << 20 if size_mib else (path.stat().st_size if path.exists() else 0)
     if not size or size % plan.page_size:
         print("memtouch: give --size-mib (a multiple of the page size) or an existing file", file=sys.stderr)
         sys.exit(2)
-    sys.exit(run_memtouch(path, Path(dirty_log) if dirty_log else default_dirty_log(path), size, plan))
+    dirty = Path(dirty_log) if dirty_log else default_dirty_log(path)
+    sys.exit(run_memtouch(path, dirty, size, plan, Path(pid_file) if pid_file else None))
