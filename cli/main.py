@@ -253,6 +253,20 @@ def bench(
     )
 
 
+@cli.command("make-image")
+@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--size-mib", type=int, default=256, show_default=True)
+@click.option("--touched", type=float, default=0.5, show_default=True, help="Share of pages holding random data.")
+@click.option("--page-size", type=int, default=4096, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def make_image_command(output: Path, size_mib: int, touched: float, page_size: int, seed: int) -> None:
+    """Write a guest memory image (untouched 8 MiB blocks stay file holes)."""
+    from livemig.cli.images import make_image
+
+    pages = make_image(output, size_mib << 20, touched, page_size=page_size, seed=seed)
+    click.echo(f"{output}: {size_mib} MiB, {pages} pages touched")
+
+
 @cli.command()
 @click.option("--address", required=True, help="HOST:PORT of a livemig service.")
 @click.option("--service", default="", help="Service name to ask about (default: the server as a whole).")
