@@ -7,11 +7,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from google.protobuf import json_format
 
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
+from livemig.common.tls import INSECURE, Security
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +58,10 @@ def run_migration(
     sender: str,
     request: pb.StartMigrationRequest,
     on_update: Callable[[pb.MigrationStatus], None] | None = None,
+    security: Security = INSECURE,
 ) -> pb.MigrationStatus:
     """StartMigration, then WatchMigration until a final state. Raises grpc.RpcError."""
-    with grpc.insecure_channel(sender) as channel:
+    with security.channel(sender) as channel:
         stub = pb_grpc.SenderStub(channel)
         migration_id = stub.StartMigration(request, timeout=30).migration_id
         status = pb.MigrationStatus(migration_id=migration_id)

@@ -6,6 +6,7 @@ e.g. LIVEMIG_RECEIVER_MEMORY_DIR.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -16,16 +17,53 @@ import grpc
 from livemig.common.proto import livemig_pb2 as pb
 
 
-def _serve(role: str, host, listen: str, metrics_port: int | None, on_stop=None) -> None:
+def tls_options(server: bool):
+    """--tls-cert/--tls-key/--tls-ca/--insecure, resolved into a `security` argument."""
+
+    def decorate(command):
+        @click.option("--insecure", is_flag=True, help="Plaintext gRPC (no TLS). Only for tests and local demos.")
+        @click.option(
+            "--tls-ca",
+            default=None,
+            type=click.Path(exists=True, dir_okay=False),
+            help="CA bundle that peers' certificates must chain to"
+            + (" (clients must then present one: mutual TLS)." if server else "."),
+        )
+        @click.option(
+            "--tls-key", default=None, type=click.Path(exists=True, dir_okay=False), help="Private key of --tls-cert."
+        )
+        @click.option(
+            "--tls-cert",
+            default=None,
+            type=click.Path(exists=True, dir_okay=False),
+            help="Certificate (chain) this process presents" + ("." if server else " (mutual TLS)."),
+        )
+        @functools.wraps(command)
+        def wrapper(*args, tls_cert, tls_key, tls_ca, insecure, **kwargs):
+            from livemig.common.tls import Security, SecurityConfigError
+
+            try:
+                security = Security.from_files(tls_cert, tls_key, tls_ca, insecure, server=server)
+            except SecurityConfigError as error:
+                raise click.UsageError(str(error)) from error
+            return command(*args, security=security, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _serve(role: str, host, listen: str, metrics_port: int | None, security, on_stop=None) -> None:
     bind_host = listen.rpartition(":")[0]
+    security.warn_if_plaintext(f"livemig {role}")
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
         metrics_server, _thread = start_http_server(metrics_port, addr=bind_host.strip("[]") or "0.0.0.0")
         click.echo(f"livemig {role} metrics on {bind_host}:{metrics_server.server_port}")
-    port = host.start(listen)
+    port = host.start(listen, security.server_credentials())
     # The ready line: scripts and tests wait for it (and learn the port when it was 0).
-    click.echo(f"livemig {role} listening on {bind_host}:{port}")
+    click.echo(f"livemig {role} listening on {bind_host}:{port}" + (" (plaintext)" if security.insecure else " (TLS)"))
     sys.stdout.flush()
     host.serve_until_signalled(on_stop)
 
@@ -58,12 +96,13 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option(
     "--max-batch-bytes", type=int, default=4 << 20, show_default=True, help="Largest page payload one batch may carry."
 )
-def receiver(listen: str, memory_dir: Path, metrics_port: int | None, max_batch_bytes: int) -> None:
+@tls_options(server=True)
+def receiver(listen: str, memory_dir: Path, metrics_port: int | None, max_batch_bytes: int, security) -> None:
     """Run the receiver service (destination host)."""
     from livemig.receiver.server import build_receiver
 
     host, _registry = build_receiver(memory_dir, max_batch_bytes)
-    _serve("receiver", host, listen, metrics_port)
+    _serve("receiver", host, listen, metrics_port, security)
 
 
 @cli.command()
@@ -71,13 +110,18 @@ def receiver(listen: str, memory_dir: Path, metrics_port: int | None, max_batch_
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
 @click.option("--pause-hook", default="", help="Command that pauses the guest at switchover (when no guest_pid).")
 @click.option("--resume-hook", default="", help="Command that resumes the guest when a migration fails.")
-def sender(listen: str, metrics_port: int | None, pause_hook: str, resume_hook: str) -> None:
-    """Run the sender service (source host)."""
+@tls_options(server=True)
+def sender(listen: str, metrics_port: int | None, pause_hook: str, resume_hook: str, security) -> None:
+    """Run the sender service (source host).
+
+    Its TLS settings also secure its page streams to receivers: --tls-cert is its
+    client certificate there and --tls-ca must verify the receivers.
+    """
     from livemig.sender.guest import GuestHooks
     from livemig.sender.server import build_sender, cancel_all
 
-    host, registry = build_sender(GuestHooks(pause_hook, resume_hook))
-    _serve("sender", host, listen, metrics_port, on_stop=lambda: cancel_all(registry))
+    host, registry = build_sender(GuestHooks(pause_hook, resume_hook), security)
+    _serve("sender", host, listen, metrics_port, security, on_stop=lambda: cancel_all(registry))
 
 
 @cli.command("send-migration")
@@ -111,6 +155,7 @@ def sender(listen: str, metrics_port: int | None, pause_hook: str, resume_hook: 
 @click.option(
     "--available-bandwidth", type=float, default=0.0, help="Bytes/s to assume for the downtime estimate (0: measured)."
 )
+@tls_options(server=False)
 def send_migration(
     sender_address: str,
     destination: str,
@@ -129,6 +174,7 @@ def send_migration(
     timeout_strategy: str,
     max_iterations: int,
     available_bandwidth: float,
+    security,
 ) -> None:
     """Migrate guest memory and follow it to the end; exits 0 only when COMPLETED."""
     from livemig.cli import client, report
@@ -161,7 +207,7 @@ def send_migration(
     )
     try:
         with report.progress(enabled=not as_json and sys.stdout.isatty(), show_iterations=not as_json) as on_update:
-            status = client.run_migration(sender_address, request, on_update)
+            status = client.run_migration(sender_address, request, on_update, security)
     except grpc.RpcError as error:
         click.echo(f"error: {error.code().name}: {error.details()}", err=True)
         sys.exit(2)
@@ -271,12 +317,13 @@ def make_image_command(output: Path, size_mib: int, touched: float, page_size: i
 @click.option("--address", required=True, help="HOST:PORT of a livemig service.")
 @click.option("--service", default="", help="Service name to ask about (default: the server as a whole).")
 @click.option("--timeout", type=float, default=5.0, show_default=True)
-def health(address: str, service: str, timeout: float) -> None:
+@tls_options(server=False)
+def health(address: str, service: str, timeout: float, security) -> None:
     """gRPC health check (grpc.health.v1); exits 0 only when SERVING. For container healthchecks."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     try:
-        with grpc.insecure_channel(address) as channel:
+        with security.channel(address) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )

@@ -29,6 +29,8 @@ class ServiceProcess:
         global_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
     ) -> None:
+        if not any(a.startswith("--tls-") or a == "--insecure" for a in args):
+            args = [*args, "--insecure"]  # local processes of tests, demo and benchmarks
         command = [sys.executable, "-m", "livemig.cli.main", *global_args, role, "--listen", "127.0.0.1:0", *args]
         self.role = role
         self.lines: list[str] = []

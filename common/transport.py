@@ -71,8 +71,11 @@ class ServiceHost:
         )
         self.port = 0
 
-    def start(self, listen: str) -> int:
-        self.port = self.server.add_insecure_port(listen)
+    def start(self, listen: str, credentials: grpc.ServerCredentials | None = None) -> int:
+        if credentials is None:
+            self.port = self.server.add_insecure_port(listen)
+        else:
+            self.port = self.server.add_secure_port(listen, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
         self.server.start()

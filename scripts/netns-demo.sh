@@ -2,7 +2,8 @@
 # Two hosts for real, without Docker: network namespaces joined by a veth pair
 # with a bandwidth cap (tc tbf), the receiver in one, the sender in the other.
 # Migrates a generated guest image across the link and prints the result.
-# Needs root and iproute2. Everything it creates is removed on exit.
+# Needs root and iproute2. Everything it creates is removed on exit. Plaintext
+# (--insecure): the namespaces exist only on this machine; see README for TLS.
 #
 #   sudo scripts/netns-demo.sh                  # 256 MiB, half touched, 1 Gbit/s, 2 connections
 #   RATE=500mbit SIZE_MIB=128 scripts/netns-demo.sh
@@ -59,16 +60,16 @@ done
 echo "link: $SRC_NS ($SRC_IP) <-> $DST_NS ($DST_IP), $RATE each way"
 
 $LIVEMIG make-image --output "$WORK/guest.img" --size-mib "$SIZE_MIB" --touched "$TOUCHED"
-ip netns exec "$DST_NS" $LIVEMIG receiver --listen "$DST_IP:7868" --memory-dir "$WORK/destination" \
+ip netns exec "$DST_NS" $LIVEMIG receiver --insecure --listen "$DST_IP:7868" --memory-dir "$WORK/destination" \
   >"$WORK/receiver.log" 2>&1 &
 PIDS+=($!)
-ip netns exec "$SRC_NS" $LIVEMIG sender --listen "127.0.0.1:7867" >"$WORK/sender.log" 2>&1 &
+ip netns exec "$SRC_NS" $LIVEMIG sender --insecure --listen "127.0.0.1:7867" >"$WORK/sender.log" 2>&1 &
 PIDS+=($!)
 wait_ready "$WORK/receiver.log" receiver
 wait_ready "$WORK/sender.log" sender
 
 status=0
-ip netns exec "$SRC_NS" $LIVEMIG send-migration --sender 127.0.0.1:7867 --destination "$DST_IP:7868" \
+ip netns exec "$SRC_NS" $LIVEMIG send-migration --insecure --sender 127.0.0.1:7867 --destination "$DST_IP:7868" \
   --memory "$WORK/guest.img" --skip-zero-pages --connections "$CONNECTIONS" --verify --json \
   >"$WORK/result.json" || status=$?
 [ -n "$JSON_OUT" ] && cp "$WORK/result.json" "$JSON_OUT"

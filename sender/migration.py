@@ -28,6 +28,7 @@ from livemig.common.logs import for_migration
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.ranges import align_down
+from livemig.common.tls import INSECURE, Security
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES, channel_options
 from livemig.common.wire import to_pb_ranges
 from livemig.sender import metrics
@@ -79,10 +80,12 @@ class Migration:
         guest: GuestControl | None = None,
         dirty_log: DirtyLog | None = None,
         migration_id: str | None = None,
+        security: Security = INSECURE,
     ) -> None:
         self.migration_id = migration_id or uuid.uuid4().hex
         self._log = for_migration(log, self.migration_id)
         self.request = request
+        self.security = security
         self.layout = layout
         self.guest = guest or GuestControl(self.migration_id)
         self.dirty_log = dirty_log
@@ -174,7 +177,7 @@ class Migration:
 
     def _run(self) -> None:
         self._set(state=State.RUNNING)
-        control = grpc.insecure_channel(self.request.destination, options=channel_options(self.request.max_batch_bytes))
+        control = self.security.channel(self.request.destination, channel_options(self.request.max_batch_bytes))
         receiver = pb_grpc.ReceiverStub(control)
         token = ""
         pool: TransferPool | None = None
@@ -183,7 +186,9 @@ class Migration:
                 raise MigrationCancelled()
             token, chunk_bytes = self._prepare(receiver)
             plan = TransferPlan(token, self.layout, self.request.page_size, chunk_bytes, self.request.skip_zero_pages)
-            pool = TransferPool(self.request.destination, self.request.connections, plan, self.stats, self._stop)
+            pool = TransferPool(
+                self.request.destination, self.request.connections, plan, self.stats, self._stop, self.security
+            )
             pause_started = self._precopy(pool) if self.live else self._stop_and_copy(pool)
             pool.close()
             if (error := pool.first_error()) is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
+from livemig.common.tls import INSECURE, Security
 from livemig.common.transport import ServiceHost
 from livemig.sender.guest import GuestHooks
 from livemig.sender.service import MigrationRegistry, SenderService
@@ -12,10 +13,12 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Sender"].full_name
 CONTROL_WORKERS = 32  # each WatchMigration holds a thread while it streams
 
 
-def build_sender(hooks: GuestHooks | None = None) -> tuple[ServiceHost, MigrationRegistry]:
+def build_sender(
+    hooks: GuestHooks | None = None, security: Security = INSECURE
+) -> tuple[ServiceHost, MigrationRegistry]:
     registry = MigrationRegistry()
     host = ServiceHost([SERVICE_NAME], max_workers=CONTROL_WORKERS, max_message_bytes=16 << 20)
-    pb_grpc.add_SenderServicer_to_server(SenderService(registry, hooks), host.server)
+    pb_grpc.add_SenderServicer_to_server(SenderService(registry, hooks, security), host.server)
     return host, registry
 
 

@@ -12,6 +12,7 @@ from livemig.common.guest_memory import LayoutError, open_source_layout
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.ranges import effective_page_size
+from livemig.common.tls import INSECURE, Security
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 from livemig.sender.dirty_log import DirtyLog
 from livemig.sender.guest import GuestControl, GuestControlError, GuestHooks
@@ -94,9 +95,12 @@ class MigrationRegistry:
 
 
 class SenderService(pb_grpc.SenderServicer):
-    def __init__(self, registry: MigrationRegistry, hooks: GuestHooks | None = None) -> None:
+    def __init__(
+        self, registry: MigrationRegistry, hooks: GuestHooks | None = None, security: Security = INSECURE
+    ) -> None:
         self.registry = registry
         self.hooks = hooks or GuestHooks()
+        self.security = security  # for the sender's own channels to receivers
 
     def StartMigration(self, request: pb.StartMigrationRequest, context: grpc.ServicerContext):
         migration_id = uuid.uuid4().hex
@@ -124,7 +128,7 @@ class SenderService(pb_grpc.SenderServicer):
         except (LayoutError, ValueError, OSError) as error:
             _close(layout, dirty_log)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        migration = Migration(migration_request, layout, guest, dirty_log, migration_id)
+        migration = Migration(migration_request, layout, guest, dirty_log, migration_id, self.security)
         self.registry.add(migration)
         log.info(
             "migration %s: %d bytes in %d regions to %s (connections=%d skip_zero_pages=%s verify=%s live=%s)",

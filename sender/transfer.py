@@ -12,9 +12,8 @@ import queue
 import threading
 from collections.abc import Iterable
 
-import grpc
-
 from livemig.common.ranges import MemoryRange, RangeTable
+from livemig.common.tls import INSECURE, Security
 from livemig.common.transport import channel_options
 from livemig.sender.stats import MigrationStats
 from livemig.sender.worker import ConnectionWorker, TransferPlan, WorkItem
@@ -28,7 +27,13 @@ class TransferStopped(Exception):
 
 class TransferPool:
     def __init__(
-        self, destination: str, connections: int, plan: TransferPlan, stats: MigrationStats, stop: threading.Event
+        self,
+        destination: str,
+        connections: int,
+        plan: TransferPlan,
+        stats: MigrationStats,
+        stop: threading.Event,
+        security: Security = INSECURE,
     ) -> None:
         self.plan = plan
         self.stop = stop
@@ -38,8 +43,7 @@ class TransferPool:
         self._changed = threading.Condition()
         batch_ids = itertools.count(1)
         self._channels = [
-            grpc.insecure_channel(destination, options=channel_options(plan.chunk_bytes, index))
-            for index in range(connections)
+            security.channel(destination, channel_options(plan.chunk_bytes, index)) for index in range(connections)
         ]
         self.workers = [
             ConnectionWorker(i, channel, plan, self._work, stats, batch_ids, stop, self._chunk_done)

@@ -35,7 +35,17 @@ def test_health_and_reflection(sender, receiver):
             services = ProtoReflectionDescriptorDatabase(channel).get_services()
         assert name in services and "grpc.health.v1.Health" in services
         result = subprocess.run(
-            [sys.executable, "-m", "livemig.cli.main", "health", "--address", process.address, "--service", name],
+            [
+                sys.executable,
+                "-m",
+                "livemig.cli.main",
+                "health",
+                "--insecure",
+                "--address",
+                process.address,
+                "--service",
+                name,
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -45,7 +55,17 @@ def test_health_and_reflection(sender, receiver):
 
 def test_health_command_fails_on_a_dead_address():
     result = subprocess.run(
-        [sys.executable, "-m", "livemig.cli.main", "health", "--address", "127.0.0.1:1", "--timeout", "1"],
+        [
+            sys.executable,
+            "-m",
+            "livemig.cli.main",
+            "health",
+            "--insecure",
+            "--address",
+            "127.0.0.1:1",
+            "--timeout",
+            "1",
+        ],
         capture_output=True,
         text=True,
         check=False,
