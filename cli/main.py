@@ -96,13 +96,40 @@ def cli(log_level: str, log_format: str) -> None:
 @click.option(
     "--max-batch-bytes", type=int, default=4 << 20, show_default=True, help="Largest page payload one batch may carry."
 )
+@click.option("--max-sessions", type=int, default=16, show_default=True, help="Concurrent migrations accepted.")
+@click.option(
+    "--max-destination-bytes",
+    type=int,
+    default=0,
+    help="Guest memory all sessions together may hold (0: the free space of --memory-dir).",
+)
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds a session may go without an open stream or a call before it is dropped.",
+)
 @tls_options(server=True)
-def receiver(listen: str, memory_dir: Path, metrics_port: int | None, max_batch_bytes: int, security) -> None:
+def receiver(
+    listen: str,
+    memory_dir: Path,
+    metrics_port: int | None,
+    max_batch_bytes: int,
+    max_sessions: int,
+    max_destination_bytes: int,
+    idle_timeout: float,
+    security,
+) -> None:
     """Run the receiver service (destination host)."""
+    from livemig.receiver.registry import ReceiverLimits
     from livemig.receiver.server import build_receiver
 
-    host, _registry = build_receiver(memory_dir, max_batch_bytes)
-    _serve("receiver", host, listen, metrics_port, security)
+    limits = ReceiverLimits(max_batch_bytes, max_sessions, max_destination_bytes, idle_timeout)
+    host, registry = build_receiver(memory_dir, limits)
+    _serve(
+        "receiver", host, listen, metrics_port, security, on_stop=lambda: registry.abort_all("receiver shutting down")
+    )
 
 
 @cli.command()

@@ -19,6 +19,8 @@ class Reason(enum.Enum):
     TOTALS_MISMATCH = "totals_mismatch"
     DIGEST_MISMATCH = "digest_mismatch"
     STORAGE = "storage"
+    LIMIT = "limit"
+    EXPIRED = "expired"
 
 
 class ReceiverError(Exception):

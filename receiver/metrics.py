@@ -13,7 +13,7 @@ ZEROED_BYTES = Counter(
 BATCHES = Counter("livemig_receiver_batches", "Page batches accepted and written")
 REJECTED_BATCHES = Counter("livemig_receiver_rejected_batches", "Page batches refused, by reason", ["reason"])
 SESSIONS = Counter("livemig_receiver_sessions", "Sessions by outcome", ["outcome"])
-for _outcome in ("completed", "aborted"):
+for _outcome in ("completed", "aborted", "expired"):
     SESSIONS.labels(_outcome)
 ACTIVE_SESSIONS = Gauge("livemig_receiver_active_sessions", "Sessions accepting pages")
 ALLOCATED_BYTES = Gauge(

@@ -9,8 +9,8 @@ import grpc
 
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
-from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES, ServiceHost, message_limit
-from livemig.receiver.registry import SessionRegistry
+from livemig.common.transport import ServiceHost, message_limit
+from livemig.receiver.registry import ReceiverLimits, SessionRegistry
 from livemig.receiver.service import ReceiverService
 
 log = logging.getLogger("livemig.receiver")
@@ -45,11 +45,12 @@ def add_receiver_service(service: ReceiverService, server: grpc.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
-def build_receiver(
-    memory_dir: Path, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
-) -> tuple[ServiceHost, SessionRegistry]:
+def build_receiver(memory_dir: Path, limits: ReceiverLimits | None = None) -> tuple[ServiceHost, SessionRegistry]:
+    limits = limits or ReceiverLimits()
     memory_dir.mkdir(parents=True, exist_ok=True)
-    registry = SessionRegistry(memory_dir, max_batch_bytes)
-    host = ServiceHost([SERVICE_NAME], max_workers=MAX_STREAMS + 16, max_message_bytes=message_limit(max_batch_bytes))
+    registry = SessionRegistry(memory_dir, limits)
+    host = ServiceHost(
+        [SERVICE_NAME], max_workers=MAX_STREAMS + 16, max_message_bytes=message_limit(limits.max_batch_bytes)
+    )
     add_receiver_service(ReceiverService(registry), host.server)
     return host, registry

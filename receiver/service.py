@@ -32,6 +32,8 @@ STATUS_OF_REASON: dict[Reason, grpc.StatusCode] = {
     Reason.TOTALS_MISMATCH: grpc.StatusCode.DATA_LOSS,
     Reason.DIGEST_MISMATCH: grpc.StatusCode.DATA_LOSS,
     Reason.STORAGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.LIMIT: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.EXPIRED: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
@@ -67,29 +69,38 @@ class ReceiverService(pb_grpc.ReceiverServicer):
         )
 
     def TransferPages(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext):
-        """Raw bytes in (see common/wire.py), acknowledgements out; one stream, one session."""
+        """Raw bytes in (see common/wire.py), acknowledgements out; one stream, one session.
+
+        The first batch binds the stream to its session; while a stream is open the
+        session does not expire (gRPC keepalive ends the streams of dead peers).
+        """
         bound: Session | None = None
-        for raw in request_iterator:
-            try:
+        try:
+            for raw in request_iterator:
                 try:
-                    batch = decode_batch(raw)
-                except BatchDecodeError as error:
-                    raise ReceiverError(Reason.MALFORMED, str(error)) from error
-                session = self.registry.get(batch.header.session_token)
-                if bound is not None and session is not bound:
-                    raise ReceiverError(Reason.WRONG_SESSION, "stream is bound to another session")
-                bound = session
-                written, zeroed = session.apply(batch)
-            except ReceiverError as error:
-                metrics.REJECTED_BATCHES.labels(error.reason.value).inc()
-                log.warning(
-                    "rejected batch: %s", error.message, extra={"migration_id": bound.migration_id if bound else ""}
-                )
-                _abort(context, error)
-            metrics.WRITTEN_BYTES.inc(written)
-            metrics.ZEROED_BYTES.inc(zeroed)
-            metrics.BATCHES.inc()
-            yield pb.PageBatchAck(batch_id=batch.header.batch_id, bytes_written=written)
+                    try:
+                        batch = decode_batch(raw)
+                    except BatchDecodeError as error:
+                        raise ReceiverError(Reason.MALFORMED, str(error)) from error
+                    session = self.registry.get(batch.header.session_token)
+                    if bound is not None and session is not bound:
+                        raise ReceiverError(Reason.WRONG_SESSION, "stream is bound to another session")
+                    if bound is None:
+                        session.stream_opened()
+                        bound = session
+                    written, zeroed = session.apply(batch)
+                except ReceiverError as error:
+                    metrics.REJECTED_BATCHES.labels(error.reason.value).inc()
+                    migration_id = bound.migration_id if bound is not None else ""
+                    log.warning("rejected batch: %s", error.message, extra={"migration_id": migration_id})
+                    _abort(context, error)
+                metrics.WRITTEN_BYTES.inc(written)
+                metrics.ZEROED_BYTES.inc(zeroed)
+                metrics.BATCHES.inc()
+                yield pb.PageBatchAck(batch_id=batch.header.batch_id, bytes_written=written)
+        finally:
+            if bound is not None:
+                bound.stream_closed()
 
     def CompleteMigration(self, request: pb.CompleteMigrationRequest, context: grpc.ServicerContext):
         try:

@@ -13,6 +13,7 @@ import enum
 import os
 import shutil
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class SessionState(enum.Enum):
     ACTIVE = "active"
     COMPLETED = "completed"
     ABORTED = "aborted"
+    EXPIRED = "expired"  # aborted by the receiver: no stream and no traffic for the idle timeout
 
 
 class Session:
@@ -58,6 +60,9 @@ class Session:
         # before closing, so a closed (and reused) descriptor is never written.
         self._lock = threading.Condition()
         self._writers = 0
+        self._streams = 0
+        self.last_activity = time.monotonic()
+        self.expired_after = 0.0
         # One flag per page: has a batch written data there? A later zero range must
         # zero those pages, and only those (untouched pages are zero already).
         self._received = [np.zeros(r.length // layout.page_size, dtype=bool) for r in layout.regions]
@@ -121,8 +126,40 @@ class Session:
         return clipped.tolist(), offsets.tolist()
 
     def _check_active(self) -> None:
+        if self.state is SessionState.EXPIRED:
+            raise ReceiverError(
+                Reason.EXPIRED,
+                f"session expired after {self.expired_after:g} s without traffic; its destination was dropped",
+            )
         if self.state is not SessionState.ACTIVE:
             raise ReceiverError(Reason.NOT_ACTIVE, f"session is {self.state.value}; no more pages accepted")
+
+    def stream_opened(self) -> None:
+        with self._lock:
+            self._streams += 1
+            self.last_activity = time.monotonic()
+
+    def stream_closed(self) -> None:
+        with self._lock:
+            self._streams -= 1
+            self.last_activity = time.monotonic()
+
+    def expire_if_idle(self, idle_seconds: float) -> bool:
+        """Abort a session nobody is using: no open stream, no write, no call for idle_seconds.
+        An open stream keeps it alive (gRPC keepalive ends streams of dead peers)."""
+        with self._lock:
+            idle = time.monotonic() - self.last_activity
+            if self.state is not SessionState.ACTIVE or self._streams or self._writers or idle < idle_seconds:
+                return False
+            self.state = SessionState.EXPIRED
+            self.expired_after = idle_seconds
+            self.layout.close()
+            shutil.rmtree(self.directory, ignore_errors=True)
+            return True
+
+    def touch(self) -> None:
+        with self._lock:
+            self.last_activity = time.monotonic()
 
     def apply(self, batch: DecodedBatch) -> tuple[int, int]:
         """Validate the whole batch, then write it. Returns (payload bytes written, bytes zeroed)."""
@@ -150,6 +187,7 @@ class Session:
         with self._lock:
             self._check_active()  # an abort may have raced this batch
             self._writers += 1
+            self.last_activity = time.monotonic()
         zeroed = 0
         try:
             self._write(data, regions, offsets, lengths.tolist())
@@ -158,6 +196,7 @@ class Session:
         finally:
             with self._lock:
                 self._writers -= 1
+                self.last_activity = time.monotonic()
                 self.written_bytes += len(data)
                 self.batches += 1
                 self._lock.notify_all()

@@ -190,11 +190,13 @@ class Migration:
                 self.request.destination, self.request.connections, plan, self.stats, self._stop, self.security
             )
             pause_started = self._precopy(pool) if self.live else self._stop_and_copy(pool)
+            # Digest while the streams are still open: an idle receiver session expires.
+            digest, digest_seconds = self._digest()
             pool.close()
             if (error := pool.first_error()) is not None:
                 raise error
             pool = None
-            self._complete(receiver, token)
+            self._complete(receiver, token, digest, digest_seconds)
             if pause_started is not None:
                 self.stats.downtime_ms = int((time.monotonic() - pause_started) * 1000)
             self._finish(State.COMPLETED)
@@ -326,12 +328,18 @@ class Migration:
         self._set()  # wake watchers: a new iteration is in the statistics
         return expected
 
-    def _complete(self, receiver: pb_grpc.ReceiverStub, token: str) -> None:
+    def _digest(self) -> tuple[bytes, float]:
+        if not self.request.verify:
+            return b"", 0.0
+        self._set(phase="completing")
+        started = time.monotonic()
+        return memory_digest(self.layout), time.monotonic() - started
+
+    def _complete(self, receiver: pb_grpc.ReceiverStub, token: str, digest: bytes, digest_seconds: float) -> None:
         if self._cancel_requested:
             raise MigrationCancelled()
         self._set(phase="completing")
         started = time.monotonic()
-        digest = memory_digest(self.layout) if self.request.verify else b""
         response = receiver.CompleteMigration(
             pb.CompleteMigrationRequest(
                 session_token=token,
@@ -344,7 +352,7 @@ class Migration:
         if self.request.verify:
             if not response.verified:
                 raise RuntimeError("receiver did not verify the destination digest")
-            self.stats.verify_ms = int((time.monotonic() - started) * 1000)
+            self.stats.verify_ms = int((time.monotonic() - started + digest_seconds) * 1000)
         self.stats.verified = response.verified
 
     def _fail(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -56,7 +57,10 @@ def destination_is_zero(session: pb.PrepareMigrationResponse) -> bool:
 def session(receiver):
     channel, stub = receiver_stub(receiver.address)
     with channel:
-        yield stub, prepare(stub)
+        prepared = prepare(stub)
+        yield stub, prepared
+        with contextlib.suppress(grpc.RpcError):  # free the receiver's session slot
+            stub.AbortMigration(pb.AbortMigrationRequest(session_token=prepared.session_token))
 
 
 def test_prepare_creates_sparse_zero_destination_under_memory_dir(receiver, module_dir, session):
