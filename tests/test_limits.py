@@ -29,7 +29,7 @@ def limited(shm_dir: Path):
         "--max-sessions",
         "2",
         "--max-destination-bytes",
-        str(8 * MIB),
+        str(40 * MIB),
         "--idle-timeout",
         "1",
     ]
