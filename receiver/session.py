@@ -61,6 +61,10 @@ class Session:
         self._lock = threading.Condition()
         self._writers = 0
         self._streams = 0
+        # Batch ids applied or being applied: a sender that lost a stream resends its
+        # unacknowledged batches on a new one, and each must count (and land) once.
+        self._applied: set[int] = set()
+        self._applying: set[int] = set()
         self.last_activity = time.monotonic()
         self.expired_after = 0.0
         # One flag per page: has a batch written data there? A later zero range must
@@ -184,21 +188,35 @@ class Session:
             ordered = everything[np.argsort(everything[:, 0], kind="stable")]
             if (ordered[1:, 0] < ordered[:-1, 0] + ordered[:-1, 1]).any():
                 raise ReceiverError(Reason.OVERLAP, "ranges in the batch overlap")
+        batch_id = batch.header.batch_id
         with self._lock:
             self._check_active()  # an abort may have raced this batch
+            if batch_id and (batch_id in self._applied or batch_id in self._applying):
+                # A resend: wait until the first copy is written, then acknowledge again.
+                self._lock.wait_for(lambda: batch_id not in self._applying)
+                self.last_activity = time.monotonic()
+                return len(data), 0
+            if batch_id:
+                self._applying.add(batch_id)
             self._writers += 1
             self.last_activity = time.monotonic()
         zeroed = 0
+        written = False
         try:
             self._write(data, regions, offsets, lengths.tolist())
             for index, offset, length in zip(zero_regions, zero_offsets, zero_ranges[:, 1].tolist(), strict=True):
                 zeroed += self._zero_received(index, offset, length)
+            written = True
         finally:
             with self._lock:
                 self._writers -= 1
                 self.last_activity = time.monotonic()
-                self.written_bytes += len(data)
-                self.batches += 1
+                self._applying.discard(batch_id)
+                if written:  # a failed write is not applied: its resend must write again
+                    self.written_bytes += len(data)
+                    self.batches += 1
+                    if batch_id:
+                        self._applied.add(batch_id)
                 self._lock.notify_all()
         return len(data), zeroed
 

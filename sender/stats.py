@@ -117,6 +117,7 @@ class MigrationStats:
         self.iterations: list[Iteration] = []
         self.processed_bytes = 0
         self.verified = False
+        self.resent_batches = 0
         self.setup_ms = 0
         self.downtime_ms = 0
         self.verify_ms = 0
@@ -178,6 +179,15 @@ class MigrationStats:
         metrics.TRANSMITTED_BYTES.inc(outcome.transmitted_bytes)
         metrics.WIRE_BYTES.inc(outcome.wire_bytes)
         metrics.BATCHES.inc(outcome.batches)
+
+    def add_resent(self, wire_bytes: int) -> None:
+        """A batch written again after its stream broke: wire bytes, not new payload."""
+        with self._lock:
+            self.totals.wire_bytes += wire_bytes
+            self.resent_batches += 1
+            if self.iterations:
+                self.iterations[-1].counters.wire_bytes += wire_bytes
+        metrics.WIRE_BYTES.inc(wire_bytes)
 
     def batch_in_flight(self) -> None:
         with self._lock:

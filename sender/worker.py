@@ -63,6 +63,25 @@ class TransferFailed(Exception):
     """A stream ended without every batch acknowledged."""
 
 
+# A broken connection is retried; a refusal by the receiver is not.
+RETRIABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
+)
+MAX_RETRIES = 5
+RETRY_BACKOFF_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+@dataclass(slots=True)
+class Pending:
+    """A batch sent (or about to be) and not acknowledged yet: kept for a resend."""
+
+    chunk_bytes: int
+    frame: bytes
+    outcome: ChunkOutcome
+    holds_window: bool = False
+    counted: bool = False
+
+
 class ConnectionWorker:
     def __init__(
         self,
@@ -84,9 +103,13 @@ class ConnectionWorker:
         self.stop = stop
         self.chunk_done = chunk_done
         self.error: BaseException | None = None
+        self.reconnects = 0
         self._window = threading.Semaphore(WINDOW_BATCHES)
-        self._in_flight: dict[int, int] = {}  # batch id -> chunk bytes it completes
-        self._lock = threading.Lock()
+        self._in_flight: dict[int, Pending] = {}
+        self._lock = threading.Condition()
+        self._epoch = 0  # one per stream; a generator of an older stream stops producing
+        self._producing = False
+        self._input_done = False
         self._buffer = memoryview(bytearray(plan.chunk_bytes))
         self._region_starts = plan.layout.region_starts()
         self._wire_metric = metrics.CONNECTION_WIRE_BYTES.labels(str(index))
@@ -94,30 +117,73 @@ class ConnectionWorker:
     def run(self) -> None:
         """Thread body. Failures are kept in self.error and stop the whole migration."""
         try:
-            self._stream()
+            self._stream_with_retries()
         except BaseException as error:  # reported through the migration, never lost
             self.error = error
             self.stop.set()
 
-    def _stream(self) -> None:
+    def _stream_with_retries(self) -> None:
+        """One stream at a time; when a connection breaks, a new stream resends every
+        unacknowledged batch (writes are idempotent and the receiver ignores batch ids
+        it has applied), up to MAX_RETRIES times in a row without progress."""
+        failures = 0
+        while True:
+            try:
+                progressed = self._stream(self._epoch)
+                return
+            except grpc.RpcError as error:
+                progressed = getattr(error, "livemig_progressed", False)
+                if self.stop.is_set() or error.code() not in RETRIABLE:
+                    raise
+                failures = 1 if progressed else failures + 1
+                if failures > MAX_RETRIES:
+                    raise
+                with self._lock:
+                    self._epoch += 1
+                    # The old stream's generator must be parked (at a yield) or gone before
+                    # its unacknowledged batches are collected for the resend.
+                    self._lock.wait_for(lambda: not self._producing, timeout=5)
+                    pending = len(self._in_flight)
+                self.reconnects += 1
+                log.warning(
+                    "connection %d: stream broke (%s: %s); reconnecting (try %d of %d), resending %d batches",
+                    self.index,
+                    error.code().name,
+                    error.details(),
+                    failures,
+                    MAX_RETRIES,
+                    pending,
+                )
+                if self.stop.wait(RETRY_BACKOFF_SECONDS[min(failures, len(RETRY_BACKOFF_SECONDS)) - 1]):
+                    return
+
+    def _stream(self, epoch: int) -> bool:
         transfer = self.channel.stream_stream(
             TRANSFER_METHOD, request_serializer=None, response_deserializer=pb.PageBatchAck.FromString
         )
-        call = transfer(self._batches())
+        call = transfer(self._batches(epoch))
         watchdog = threading.Thread(target=self._cancel_on_stop, args=(call,), daemon=True)
         watchdog.start()
-        for ack in call:
-            with self._lock:
-                chunk_bytes = self._in_flight.pop(ack.batch_id, None)
-            if chunk_bytes is None:
-                raise TransferFailed(f"receiver acknowledged unknown batch {ack.batch_id}")
-            self.stats.batch_acknowledged()
-            self._window.release()
-            self._finish_chunk(chunk_bytes)
+        progressed = False
+        try:
+            for ack in call:
+                with self._lock:
+                    pending = self._in_flight.pop(ack.batch_id, None)
+                if pending is None:
+                    raise TransferFailed(f"receiver acknowledged unknown batch {ack.batch_id}")
+                progressed = True
+                self.stats.batch_acknowledged()
+                if pending.holds_window:
+                    self._window.release()
+                self._finish_chunk(pending.chunk_bytes)
+        except grpc.RpcError as error:
+            error.livemig_progressed = progressed
+            raise
         with self._lock:
             missing = len(self._in_flight)
         if missing and not self.stop.is_set():
             raise TransferFailed(f"stream ended with {missing} batches unacknowledged")
+        return progressed
 
     def _finish_chunk(self, chunk_bytes: int) -> None:
         self.stats.add_processed(chunk_bytes)
@@ -129,33 +195,73 @@ class ConnectionWorker:
                 call.cancel()
                 return
 
-    def _acquire_window(self) -> bool:
-        while not self._window.acquire(timeout=_POLL_SECONDS):
-            if self.stop.is_set():
-                return False
-        return not self.stop.is_set()
+    def _current(self, epoch: int) -> bool:
+        return epoch == self._epoch and not self.stop.is_set()
 
-    def _batches(self) -> Iterator[bytes]:
-        """Request stream: one batch per chunk that has anything to send."""
-        while not self.stop.is_set():
-            try:
-                item = self.work.get(timeout=_POLL_SECONDS)
-            except queue.Empty:
-                continue
-            if item is None:
-                return
-            prepared = self._prepare(item)
-            if prepared is None:
-                continue
-            batch_id, frame, outcome = prepared
-            if not self._acquire_window():
-                return
-            with self._lock:
-                self._in_flight[batch_id] = item.length
-            self.stats.add_sent(outcome)
+    def _acquire_window(self, epoch: int) -> bool:
+        while not self._window.acquire(timeout=_POLL_SECONDS):
+            if not self._current(epoch):
+                return False
+        if not self._current(epoch):
+            self._window.release()
+            return False
+        return True
+
+    def _set_producing(self, producing: bool) -> None:
+        with self._lock:
+            self._producing = producing
+            self._lock.notify_all()
+
+    def _emit(self, batch_id: int, pending: Pending) -> bytes:
+        """Account for a batch about to be written to the current stream."""
+        wire = len(pending.frame) + GRPC_MESSAGE_PREFIX
+        if not pending.counted:
+            pending.counted = True
+            self.stats.add_sent(pending.outcome)
             self.stats.batch_in_flight()
-            self._wire_metric.inc(outcome.wire_bytes)
-            yield frame
+        else:
+            self.stats.add_resent(wire)
+        self._wire_metric.inc(wire)
+        return pending.frame
+
+    def _batches(self, epoch: int) -> Iterator[bytes]:
+        """Request stream: first every batch a broken stream left unacknowledged, then
+        one batch per chunk that has anything to send."""
+        try:
+            self._set_producing(True)
+            with self._lock:
+                resend = sorted(self._in_flight.items())
+            for batch_id, pending in resend:
+                if not self._current(epoch):
+                    return
+                frame = self._emit(batch_id, pending)
+                self._set_producing(False)
+                yield frame
+                self._set_producing(True)
+            while self._current(epoch) and not self._input_done:
+                try:
+                    item = self.work.get(timeout=_POLL_SECONDS)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    self._input_done = True
+                    return
+                prepared = self._prepare(item)
+                if prepared is None:
+                    continue
+                batch_id, frame, outcome = prepared
+                pending = Pending(item.length, frame, outcome)
+                with self._lock:
+                    self._in_flight[batch_id] = pending  # from now on a broken stream resends it
+                if not self._acquire_window(epoch):
+                    return
+                pending.holds_window = True
+                frame = self._emit(batch_id, pending)
+                self._set_producing(False)
+                yield frame
+                self._set_producing(True)
+        finally:
+            self._set_producing(False)
 
     def _prepare(self, item: WorkItem) -> tuple[int, bytes, ChunkOutcome] | None:
         """Read and scan one chunk; returns its batch, or None when nothing needs sending."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -22,8 +23,12 @@ def new_session(directory: Path, layout: list[MemoryRange]) -> Session:
     return Session.create("id", "token", "migration", directory / "session", layout, PAGE, 4 << 20)
 
 
-def apply(session: Session, ranges, payload, zero_ranges=()) -> tuple[int, int]:
-    return session.apply(decode_batch(encode_batch("token", 1, ranges, payload, zero_ranges)))
+BATCH_IDS = itertools.count(1)
+
+
+def apply(session: Session, ranges, payload, zero_ranges=(), batch_id: int | None = None) -> tuple[int, int]:
+    batch_id = next(BATCH_IDS) if batch_id is None else batch_id
+    return session.apply(decode_batch(encode_batch("token", batch_id, ranges, payload, zero_ranges)))
 
 
 def region_bytes(session: Session, index: int = 0) -> bytes:
@@ -97,3 +102,12 @@ def test_abort_waits_for_nothing_and_forbids_more_writes(shm_dir):
         apply(session, [MemoryRange(0, 4)], [b"abcd"])
     assert raised.value.reason is Reason.NOT_ACTIVE
     assert not os.path.exists(session.destination_regions[0].path)
+
+
+def test_a_resent_batch_is_acknowledged_but_applied_and_counted_once(shm_dir):
+    session = new_session(shm_dir, [MemoryRange(0, 4 * PAGE)])
+    assert apply(session, [MemoryRange(0, 4)], [b"abcd"], batch_id=7) == (4, 0)
+    # The same batch id again (the sender lost the acknowledgement and resent it).
+    assert apply(session, [MemoryRange(0, 4)], [b"abcd"], batch_id=7) == (4, 0)
+    assert (session.written_bytes, session.batches) == (4, 1)
+    session.complete(transmitted_bytes=4, batches=1, digest=b"")
