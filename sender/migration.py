@@ -219,7 +219,7 @@ class Migration:
 
     def _prepare(self, receiver: pb_grpc.ReceiverStub) -> tuple[str, int]:
         started = time.monotonic()
-        response = receiver.PrepareMigration(
+        call = receiver.PrepareMigration.future(
             pb.PrepareMigrationRequest(
                 layout=pb.MemoryRangeTable(ranges=to_pb_ranges(self.layout.table.ranges)),
                 page_size=self.request.page_size,
@@ -227,6 +227,13 @@ class Migration:
             ),
             timeout=CONTROL_TIMEOUT_SECONDS,
         )
+        # Cancellable: a receiver that accepts connections but never answers must not
+        # hold a cancel for the whole control timeout.
+        while not call.done():
+            if self._stop.wait(0.05) and self._cancel_requested:
+                call.cancel()
+                raise MigrationCancelled()
+        response = call.result()
         self._round_trip = time.monotonic() - started
         self.stats.setup_done()
         with self._changed:

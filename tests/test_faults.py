@@ -1,0 +1,183 @@
+"""Faults on purpose: broken connections, dead peers, cancels. Real processes throughout."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from livemig.cli.images import make_image
+from livemig.cli.processes import ServiceProcess
+from livemig.common.proto import livemig_pb2 as pb
+from tests.helpers import assert_destination_equals_source, sender_stub
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.e2e
+MIB = 1 << 20
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+def wait_for_batches(stub, migration_id: str, count: int = 1, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while stub.GetMigration(pb.MigrationRequest(migration_id=migration_id)).stats.batches < count:
+        assert time.monotonic() < deadline, "migration never started sending"
+        time.sleep(0.005)
+
+
+def watch(stub, migration_id: str) -> pb.MigrationStatus:
+    return list(stub.WatchMigration(pb.MigrationRequest(migration_id=migration_id), timeout=120))[-1]
+
+
+def test_one_broken_connection_is_reconnected_and_resent(sender, receiver, shm_dir):
+    image = shm_dir / "guest.img"
+    make_image(image, 96 * MIB, 0.7, seed=11)
+    proxy = TcpProxy(receiver.port)
+    try:
+        channel, stub = sender_stub(sender.address)
+        with channel:
+            migration_id = stub.StartMigration(
+                pb.StartMigrationRequest(
+                    destination=proxy.address,
+                    regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
+                    connections=2,
+                    skip_zero_pages=True,
+                    verify=True,
+                    max_batch_bytes=65536,
+                )
+            ).migration_id
+            wait_for_batches(stub, migration_id, 50)
+            proxy.reset(proxy.busiest())  # one TCP connection dies mid-transfer
+            status = watch(stub, migration_id)
+    finally:
+        proxy.close()
+    assert status.state == pb.COMPLETED, status.error
+    assert status.stats.verified  # the receiver's totals and digest matched: nothing lost, nothing twice
+    assert_destination_equals_source(status, [(0, image)])
+    assert "reconnecting" in "".join(sender.lines)
+
+
+def test_receiver_killed_mid_transfer_fails_in_bounded_time(sender, shm_dir):
+    image = shm_dir / "guest.img"
+    make_image(image, 64 * MIB, 1.0)
+    before = file_hash(image)
+    guest = subprocess.Popen(["sleep", "600"])  # stands in for a VMM: paused for the copy
+    rx = ServiceProcess("receiver", ["--memory-dir", str(shm_dir / "dst")])
+    try:
+        channel, stub = sender_stub(sender.address)
+        with channel:
+            migration_id = stub.StartMigration(
+                pb.StartMigrationRequest(
+                    destination=rx.address,
+                    regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
+                    guest_pid=guest.pid,
+                    max_batch_bytes=65536,
+                )
+            ).migration_id
+            wait_for_batches(stub, migration_id, 10)
+            assert process_state(guest.pid) == "T"  # paused for the stop-and-copy
+            rx.process.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            status = watch(stub, migration_id)
+            failed_after = time.monotonic() - killed
+    finally:
+        rx.stop()
+        guest.kill()
+        guest.wait()
+    assert status.state == pb.FAILED
+    assert "unavailable" in status.error
+    assert failed_after < 15, f"took {failed_after:.1f} s to notice the dead receiver"
+    assert file_hash(image) == before  # source memory untouched
+    # (the guest was resumed: checked before it was killed below)
+
+
+def test_guest_is_resumed_when_the_receiver_dies(sender, shm_dir):
+    image = shm_dir / "guest.img"
+    make_image(image, 64 * MIB, 1.0)
+    guest = subprocess.Popen(["sleep", "600"])
+    rx = ServiceProcess("receiver", ["--memory-dir", str(shm_dir / "dst")])
+    try:
+        channel, stub = sender_stub(sender.address)
+        with channel:
+            migration_id = stub.StartMigration(
+                pb.StartMigrationRequest(
+                    destination=rx.address,
+                    regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
+                    guest_pid=guest.pid,
+                    max_batch_bytes=65536,
+                )
+            ).migration_id
+            wait_for_batches(stub, migration_id, 10)
+            rx.process.send_signal(signal.SIGKILL)
+            assert watch(stub, migration_id).state == pb.FAILED
+        assert process_state(guest.pid) != "T"
+    finally:
+        rx.stop()
+        guest.kill()
+        guest.wait()
+
+
+def test_cancel_while_preparing_on_an_unresponsive_receiver(sender, shm_dir):
+    """A receiver that accepts TCP but never answers: cancel still ends the migration at once."""
+    import socket
+
+    image = shm_dir / "guest.img"
+    make_image(image, MIB, 0.5)
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        channel, stub = sender_stub(sender.address)
+        with channel:
+            migration_id = stub.StartMigration(
+                pb.StartMigrationRequest(
+                    destination=f"127.0.0.1:{silent.getsockname()[1]}",
+                    regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
+                )
+            ).migration_id
+            time.sleep(0.3)
+            assert stub.GetMigration(pb.MigrationRequest(migration_id=migration_id)).phase == "setup"
+            started = time.monotonic()
+            status = stub.CancelMigration(pb.MigrationRequest(migration_id=migration_id), timeout=30)
+            assert status.state == pb.CANCELLED
+            assert time.monotonic() - started < 3
+    finally:
+        silent.close()
+
+
+def test_sigterm_to_receiver_during_a_migration_ends_it_cleanly(sender, shm_dir):
+    image = shm_dir / "guest.img"
+    make_image(image, 64 * MIB, 1.0)
+    guest = subprocess.Popen(["sleep", "600"])
+    rx = ServiceProcess("receiver", ["--memory-dir", str(shm_dir / "dst")])
+    try:
+        channel, stub = sender_stub(sender.address)
+        with channel:
+            migration_id = stub.StartMigration(
+                pb.StartMigrationRequest(
+                    destination=rx.address,
+                    regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
+                    guest_pid=guest.pid,
+                    max_batch_bytes=65536,
+                )
+            ).migration_id
+            wait_for_batches(stub, migration_id, 10)
+            rx.process.send_signal(signal.SIGTERM)
+            status = watch(stub, migration_id)
+            assert rx.process.wait(30) == 0
+        assert status.state == pb.FAILED, status.error
+        assert process_state(guest.pid) != "T"  # resumed
+        assert not any((shm_dir / "dst").iterdir())  # the half-written destination was dropped
+        assert "aborted: receiver shutting down" in "".join(rx.lines)
+    finally:
+        rx.stop()
+        guest.kill()
+        guest.wait()
