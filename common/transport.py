@@ -20,6 +20,7 @@ from livemig.common.wire import HEADER_ALLOWANCE
 log = logging.getLogger("livemig.transport")
 
 DEFAULT_MAX_BATCH_BYTES = 4 << 20
+KEEPALIVE_SECONDS = 5
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
@@ -38,9 +39,15 @@ def channel_options(max_batch_bytes: int, connection_index: int | None = None) -
     options: list[tuple[str, object]] = [
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        # A dead peer or a cut link is noticed within keepalive time + timeout (~10 s).
+        ("grpc.keepalive_time_ms", KEEPALIVE_SECONDS * 1000),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_SECONDS * 1000),
+        ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # Reconnect quickly after a broken connection instead of gRPC's 20 s connect floor.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 1000),
+        ("grpc.max_reconnect_backoff_ms", 2000),
     ]
     if connection_index is not None:
         options.append(("grpc.use_local_subchannel_pool", 1))
@@ -58,7 +65,11 @@ class ServiceHost:
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_SECONDS * 1000 - 1000),
+                ("grpc.http2.max_ping_strikes", 0),
+                # The server pings too, so streams of a dead client end and its session can expire.
+                ("grpc.keepalive_time_ms", KEEPALIVE_SECONDS * 1000),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_SECONDS * 1000),
                 ("grpc.so_reuseport", 0),
             ],
         )

@@ -44,6 +44,7 @@ log = logging.getLogger("livemig.sender")
 State = pb.MigrationState
 FINAL_STATES = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED})
 CONTROL_TIMEOUT_SECONDS = 15.0
+ABORT_TIMEOUT_SECONDS = 5.0  # best effort on a failure path: the receiver may be gone
 COMPLETE_TIMEOUT_SECONDS = 600.0  # the receiver digests all destination memory
 
 
@@ -229,12 +230,15 @@ class Migration:
         )
         # Cancellable: a receiver that accepts connections but never answers must not
         # hold a cancel for the whole control timeout.
-        while not call.done():
-            if self._stop.wait(0.05) and self._cancel_requested:
+        answered = threading.Event()
+        finished_at: list[float] = []
+        call.add_done_callback(lambda _call: (finished_at.append(time.monotonic()), answered.set()))
+        while not answered.wait(0.05):
+            if self._cancel_requested:
                 call.cancel()
                 raise MigrationCancelled()
         response = call.result()
-        self._round_trip = time.monotonic() - started
+        self._round_trip = finished_at[0] - started
         self.stats.setup_done()
         with self._changed:
             self.destination_regions = list(response.destination_regions)
@@ -374,7 +378,7 @@ class Migration:
         if token:
             try:
                 receiver.AbortMigration(
-                    pb.AbortMigrationRequest(session_token=token, reason=reason), timeout=CONTROL_TIMEOUT_SECONDS
+                    pb.AbortMigrationRequest(session_token=token, reason=reason), timeout=ABORT_TIMEOUT_SECONDS
                 )
             except grpc.RpcError as error:
                 self._log.warning("migration %s: abort on receiver failed: %s", self.migration_id, error.details())
@@ -397,10 +401,11 @@ class Migration:
 
 def describe_failure(error: BaseException, destination: str) -> str:
     """One human sentence for the status's error field."""
-    if isinstance(error, grpc.RpcError):
-        code = error.code()
-        details = error.details() or ""
-        if code == grpc.StatusCode.UNAVAILABLE:
+    cause = error if isinstance(error, grpc.RpcError) else error.__cause__
+    if isinstance(cause, grpc.RpcError):
+        code = cause.code()
+        details = str(error) if cause is not error else (cause.details() or "")
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL):
             return f"receiver at {destination} is unavailable: {details}"
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return f"receiver at {destination} did not answer in time: {details}"

@@ -69,6 +69,11 @@ RETRIABLE = frozenset(
 )
 MAX_RETRIES = 5
 RETRY_BACKOFF_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
+# Batches in flight and no acknowledgement for this long: the stream is treated as
+# broken (a cut link can leave TCP silent for minutes).
+ACK_TIMEOUT_SECONDS = 10.0
+# Give up once a connection has made no progress for this long, however it fails.
+RETRY_BUDGET_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -110,6 +115,7 @@ class ConnectionWorker:
         self._epoch = 0  # one per stream; a generator of an older stream stops producing
         self._producing = False
         self._input_done = False
+        self._last_progress = time.monotonic()
         self._buffer = memoryview(bytearray(plan.chunk_bytes))
         self._region_starts = plan.layout.region_starts()
         self._wire_metric = metrics.CONNECTION_WIRE_BYTES.labels(str(index))
@@ -129,15 +135,19 @@ class ConnectionWorker:
         failures = 0
         while True:
             try:
-                progressed = self._stream(self._epoch)
+                self._stream(self._epoch)
                 return
             except grpc.RpcError as error:
                 progressed = getattr(error, "livemig_progressed", False)
                 if self.stop.is_set() or error.code() not in RETRIABLE:
                     raise
                 failures = 1 if progressed else failures + 1
-                if failures > MAX_RETRIES:
-                    raise
+                stalled = time.monotonic() - self._last_progress
+                if failures > MAX_RETRIES or stalled > RETRY_BUDGET_SECONDS:
+                    raise TransferFailed(
+                        f"connection {self.index} lost: {error.code().name}: {error.details()} "
+                        f"({failures - 1} reconnects, no progress for {stalled:.0f} s)"
+                    ) from error
                 with self._lock:
                     self._epoch += 1
                     # The old stream's generator must be parked (at a yield) or gone before
@@ -172,6 +182,7 @@ class ConnectionWorker:
                 if pending is None:
                     raise TransferFailed(f"receiver acknowledged unknown batch {ack.batch_id}")
                 progressed = True
+                self._last_progress = time.monotonic()
                 self.stats.batch_acknowledged()
                 if pending.holds_window:
                     self._window.release()
@@ -190,8 +201,16 @@ class ConnectionWorker:
         self.chunk_done(chunk_bytes)
 
     def _cancel_on_stop(self, call: grpc.Future) -> None:
+        """Ends the call when the migration stops, or when acknowledgements stall."""
         while call.running():
             if self.stop.wait(_POLL_SECONDS):
+                call.cancel()
+                return
+            with self._lock:
+                waiting = bool(self._in_flight)
+            if waiting and time.monotonic() - self._last_progress > ACK_TIMEOUT_SECONDS:
+                log.warning("connection %d: no acknowledgement for %.0f s", self.index, ACK_TIMEOUT_SECONDS)
+                self._last_progress = time.monotonic() - RETRY_BUDGET_SECONDS / 2  # counts against the budget
                 call.cancel()
                 return
 
