@@ -54,3 +54,90 @@ def test_migration_across_a_rate_limited_link(tmp_path):
     assert "over a 200mbit link" in run.stdout
     leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "lm-src-" not in leftovers and "lm-dst-" not in leftovers
+
+
+@pytest.mark.skipif(REASON is not None, reason=f"two-host test skipped: {REASON}")
+def test_cut_link_fails_the_migration_in_bounded_time(shm_dir):
+    """veth down mid-transfer: no RST ever arrives; keepalive and the acknowledgement watchdog
+    must notice. The guest is resumed, nothing hangs."""
+    import time
+
+    from livemig.cli.images import make_image
+    from tests.netns import TwoHosts
+
+    hosts = TwoHosts(rate="100mbit")
+    guest = subprocess.Popen(["sleep", "600"])
+    livemig = [sys.executable, "-m", "livemig.cli.main"]
+    processes = []
+    try:
+        image = shm_dir / "guest.img"
+        make_image(image, 128 * (1 << 20), 1.0)
+        receiver = subprocess.Popen(
+            hosts.command(
+                hosts.dst,
+                [
+                    *livemig,
+                    "receiver",
+                    "--insecure",
+                    "--listen",
+                    f"{hosts.dst_ip}:7868",
+                    "--memory-dir",
+                    str(shm_dir / "dst"),
+                ],
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        sender = subprocess.Popen(
+            hosts.command(hosts.src, [*livemig, "sender", "--insecure", "--listen", "127.0.0.1:7867"]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        processes += [receiver, sender]
+        for process in (receiver, sender):
+            while "listening" not in (line := process.stdout.readline()):
+                assert line, "service did not start"
+        client = subprocess.Popen(
+            hosts.command(
+                hosts.src,
+                [
+                    *livemig,
+                    "send-migration",
+                    "--insecure",
+                    "--sender",
+                    "127.0.0.1:7867",
+                    "--destination",
+                    f"{hosts.dst_ip}:7868",
+                    "--memory",
+                    str(image),
+                    "--guest-pid",
+                    str(guest.pid),
+                    "--json",
+                ],
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        processes.append(client)
+        time.sleep(2)  # ~25 MB of 128 MiB across 100 Mbit/s: mid-transfer
+        assert client.poll() is None, "migration finished before the cut"
+        hosts.cut()
+        cut_at = time.monotonic()
+        output, _ = client.communicate(timeout=90)
+        noticed = time.monotonic() - cut_at
+        print(f"cut link noticed, migration FAILED after {noticed:.1f} s")
+        status = json.loads(output)
+        assert status["state"] == "FAILED" and "unavailable" in status["error"]
+        assert noticed < 60, f"took {noticed:.0f} s to notice the cut link"
+        state = Path(f"/proc/{guest.pid}/stat").read_text().rpartition(")")[2].split()[0]
+        assert state != "T"  # resumed
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+        guest.kill()
+        guest.wait()
+        hosts.close()
