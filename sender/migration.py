@@ -13,6 +13,7 @@ and the receiver's half-written destination aborted.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -217,6 +218,9 @@ class Migration:
             self.layout.close()
             if self.dirty_log is not None:
                 self.dirty_log.close()
+            # gRPC calls and generators leave reference cycles holding buffers and
+            # frames; collect them now so a long-lived sender does not accumulate them.
+            gc.collect()
 
     def _prepare(self, receiver: pb_grpc.ReceiverStub) -> tuple[str, int]:
         started = time.monotonic()

@@ -127,6 +127,12 @@ class ConnectionWorker:
         except BaseException as error:  # reported through the migration, never lost
             self.error = error
             self.stop.set()
+        finally:
+            # gRPC's call objects and this worker's generators form reference cycles that
+            # only a full collection frees; drop the big buffers now rather than then.
+            with self._lock:
+                self._in_flight.clear()
+            self._buffer = memoryview(b"")
 
     def _stream_with_retries(self) -> None:
         """One stream at a time; when a connection breaks, a new stream resends every

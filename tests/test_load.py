@@ -1,0 +1,99 @@
+"""Several migrations at once, the one too many refused, and a soak without leaks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from livemig.cli.images import make_image
+from livemig.cli.processes import ServiceProcess
+from livemig.common.proto import livemig_pb2 as pb
+from livemig.common.proto import livemig_pb2_grpc as pb_grpc
+from livemig.common.ranges import MemoryRange
+from tests.helpers import assert_destination_equals_source, migrate
+from tests.test_bad_input import prepare
+
+pytestmark = pytest.mark.e2e
+MIB = 1 << 20
+
+
+def resources(pid: int) -> dict[str, int]:
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {
+        "fds": len(list(Path(f"/proc/{pid}/fd").iterdir())),
+        "threads": int(status["Threads"].strip()),
+        "rss_kib": int(status["VmRSS"].split()[0]),
+    }
+
+
+@pytest.fixture
+def services(shm_dir: Path):
+    with (
+        ServiceProcess("receiver", ["--memory-dir", str(shm_dir / "dst"), "--max-sessions", "4"]) as rx,
+        ServiceProcess("sender", []) as tx,
+    ):
+        yield tx, rx
+
+
+def test_four_guests_at_once_and_the_fifth_refused(services, shm_dir):
+    tx, rx = services
+    guests = []
+    for index in range(4):
+        image = shm_dir / f"guest{index}.img"
+        make_image(image, 48 * MIB, 0.6, seed=index)
+        guests.append(image)
+    results: dict[int, pb.MigrationStatus] = {}
+
+    def run(index: int) -> None:
+        results[index] = migrate(
+            tx.address, rx.address, [(0, guests[index])], connections=2, skip_zero_pages=True, verify=True
+        )
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, image in enumerate(guests):
+        assert results[index].state == pb.COMPLETED, results[index].error
+        assert_destination_equals_source(results[index], [(0, image)])
+    # Fill every slot, then one more migration: refused cleanly, with the reason.
+    with grpc.insecure_channel(rx.address) as channel:
+        stub = pb_grpc.ReceiverStub(channel)
+        held = [prepare(stub, [MemoryRange(0, MIB)]) for _ in range(4)]
+        status = migrate(tx.address, rx.address, [(0, guests[0])])
+        assert status.state == pb.FAILED
+        assert "RESOURCE_EXHAUSTED" in status.error and "limit of 4 concurrent migrations" in status.error
+        for session in held:
+            stub.AbortMigration(pb.AbortMigrationRequest(session_token=session.session_token))
+    assert migrate(tx.address, rx.address, [(0, guests[0])]).state == pb.COMPLETED
+
+
+def test_soak_fifty_migrations_leak_nothing(services, shm_dir):
+    tx, rx = services
+    image = shm_dir / "guest.img"
+    make_image(image, 4 * MIB, 0.5)
+
+    def one() -> None:
+        status = migrate(tx.address, rx.address, [(0, image)], connections=2, skip_zero_pages=True)
+        assert status.state == pb.COMPLETED, status.error
+        for region in status.destination_regions:
+            Path(region.path).unlink()
+
+    for _ in range(20):  # warm-up: thread pools and allocators reach their working size
+        one()
+    time.sleep(1)  # per-stream watchdog threads wind down
+    before = {role: resources(p.pid) for role, p in (("sender", tx), ("receiver", rx))}
+    for _ in range(50):
+        one()
+    time.sleep(1)
+    after = {role: resources(p.pid) for role, p in (("sender", tx), ("receiver", rx))}
+    print(f"\nsoak, 50 migrations: before {before}, after {after}")
+    for role in before:
+        assert after[role]["fds"] <= before[role]["fds"] + 2, role
+        assert after[role]["threads"] <= before[role]["threads"] + 2, role
+        assert after[role]["rss_kib"] <= before[role]["rss_kib"] + 20 * 1024, role
