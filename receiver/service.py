@@ -37,6 +37,12 @@ STATUS_OF_REASON: dict[Reason, grpc.StatusCode] = {
 }
 
 
+def _peer(context: grpc.ServicerContext) -> tuple[bytes, ...] | None:
+    """The caller's verified certificate identities (mutual TLS), or None."""
+    identities = context.peer_identities()
+    return tuple(identities) if identities else None
+
+
 def _abort(context: grpc.ServicerContext, error: ReceiverError) -> None:
     context.abort(STATUS_OF_REASON[error.reason], error.message)
 
@@ -45,12 +51,24 @@ class ReceiverService(pb_grpc.ReceiverServicer):
     def __init__(self, registry: SessionRegistry) -> None:
         self.registry = registry
 
+    def _owned(self, token: str, context: grpc.ServicerContext) -> Session:
+        """The session of a token, if the caller is the client that prepared it.
+
+        Under mutual TLS a session belongs to the certificate identity that prepared
+        it: another trusted client holding the token still cannot write into it.
+        """
+        session = self.registry.get(token)
+        if session.owner is not None and _peer(context) != session.owner:
+            raise ReceiverError(Reason.WRONG_SESSION, "session was prepared by another client certificate; refused")
+        return session
+
     def PrepareMigration(self, request: pb.PrepareMigrationRequest, context: grpc.ServicerContext):
         layout = [MemoryRange(r.gpa, r.length) for r in request.layout.ranges]
         try:
             session = self.registry.prepare(layout, request.page_size, request.migration_id)
         except ReceiverError as error:
             _abort(context, error)
+        session.owner = _peer(context)
         metrics.ACTIVE_SESSIONS.set(self.registry.active_count())
         log.info(
             "prepared session %s for migration %s: %d bytes in %d regions",
@@ -82,7 +100,7 @@ class ReceiverService(pb_grpc.ReceiverServicer):
                         batch = decode_batch(raw)
                     except BatchDecodeError as error:
                         raise ReceiverError(Reason.MALFORMED, str(error)) from error
-                    session = self.registry.get(batch.header.session_token)
+                    session = self._owned(batch.header.session_token, context)
                     if bound is not None and session is not bound:
                         raise ReceiverError(Reason.WRONG_SESSION, "stream is bound to another session")
                     if bound is None:
@@ -104,7 +122,7 @@ class ReceiverService(pb_grpc.ReceiverServicer):
 
     def CompleteMigration(self, request: pb.CompleteMigrationRequest, context: grpc.ServicerContext):
         try:
-            session = self.registry.get(request.session_token)
+            session = self._owned(request.session_token, context)
             verified, allocated = session.complete(request.transmitted_bytes, request.batches, request.digest)
         except ReceiverError as error:
             log.warning("completion refused: %s", error.message)
@@ -127,7 +145,7 @@ class ReceiverService(pb_grpc.ReceiverServicer):
 
     def AbortMigration(self, request: pb.AbortMigrationRequest, context: grpc.ServicerContext):
         try:
-            session = self.registry.get(request.session_token)
+            session = self._owned(request.session_token, context)
             session.abort()
         except ReceiverError as error:
             _abort(context, error)

@@ -54,6 +54,7 @@ class Session:
         self.layout = layout
         self.max_batch_bytes = max_batch_bytes
         self.state = SessionState.ACTIVE
+        self.owner: tuple[bytes, ...] | None = None  # certificate identities of the preparing client
         self.written_bytes = 0
         self.batches = 0
         # Writers in flight hold the files open: abort and complete wait for them

@@ -94,6 +94,7 @@ def test_receiver_killed_mid_transfer_fails_in_bounded_time(sender, shm_dir):
         rx.stop()
         guest.kill()
         guest.wait()
+    print(f"\nreceiver killed: migration FAILED after {failed_after:.1f} s")
     assert status.state == pb.FAILED
     assert "unavailable" in status.error
     assert failed_after < 15, f"took {failed_after:.1f} s to notice the dead receiver"

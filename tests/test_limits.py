@@ -105,6 +105,7 @@ def test_sender_killed_mid_transfer_frees_the_receiver(limited, shm_dir):
     while any(directory.iterdir()):
         assert time.monotonic() - killed < 15, "receiver kept the dead sender's session"
         time.sleep(0.1)
+    print(f"\nsender killed: receiver dropped the session after {time.monotonic() - killed:.1f} s (idle timeout 1 s)")
     # The receiver still serves the next migration.
     with ServiceProcess("sender", []) as tx2:
         status = migrate(tx2.address, rx.address, [(0, image)], skip_zero_pages=True, verify=True)

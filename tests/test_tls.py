@@ -157,3 +157,31 @@ def test_plaintext_needs_to_be_asked_for():
 
 def test_plaintext_warns(receiver):
     assert "plaintext gRPC (--insecure)" in "".join(receiver.lines)
+
+
+def test_session_belongs_to_the_certificate_that_prepared_it(pki, secured):
+    """Another trusted client holding the token still cannot write into the session."""
+    from livemig.common.ranges import MemoryRange
+    from livemig.common.transport import channel_options
+    from livemig.common.wire import encode_batch
+
+    _tx, rx = secured
+    target = f"localhost:{rx.port}"
+    with client(pki, "sender").channel(target) as owner_channel:
+        prepared = pb_grpc.ReceiverStub(owner_channel).PrepareMigration(
+            pb.PrepareMigrationRequest(layout=pb.MemoryRangeTable(ranges=[pb.MemoryRange(gpa=0, length=4096)])),
+            timeout=5,
+        )
+    frame = encode_batch(prepared.session_token, 1, [MemoryRange(0, 4)], [b"evil"])
+    with client(pki, "client").channel(target, channel_options(1 << 20)) as other:
+        transfer = other.stream_stream("/livemig.v1.Receiver/TransferPages", request_serializer=None)
+        with pytest.raises(grpc.RpcError) as raised:
+            list(transfer(iter([frame]), timeout=10))
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert not any(Path(prepared.destination_regions[0].path).read_bytes())
+    with client(pki, "sender").channel(target, channel_options(1 << 20)) as owner_channel:
+        transfer = owner_channel.stream_stream("/livemig.v1.Receiver/TransferPages", request_serializer=None)
+        assert len(list(transfer(iter([frame]), timeout=10))) == 1  # the owner may
+        pb_grpc.ReceiverStub(owner_channel).AbortMigration(
+            pb.AbortMigrationRequest(session_token=prepared.session_token)
+        )
