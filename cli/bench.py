@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from livemig.cli import ceiling
 from livemig.cli.client import run_migration
 from livemig.cli.images import make_image, tmpfs_dir
 from livemig.cli.processes import ServiceProcess, cpu_seconds, peak_rss_bytes, reset_peak_rss
-from livemig.cli.report import human_bytes
+from livemig.cli.report import human_bytes, print_table
 from livemig.common.proto import livemig_pb2 as pb
 
 MIB = 1 << 20
@@ -200,15 +199,5 @@ def _print(
                 *[""] * (len(headers) - 7),
             ]
         )
-    if markdown:
-        console.print("| " + " | ".join(headers) + " |", soft_wrap=True)
-        console.print("|" + "---|" * len(headers), soft_wrap=True)
-        for row in rows:
-            console.print("| " + " | ".join(row) + " |", soft_wrap=True)
-        return
-    table = Table(title=f"livemig bench: {human_bytes(size)} guest, {human_bytes(batch_bytes)} batches")
-    for header in headers:
-        table.add_column(header, justify="left" if header == "setup" else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    title = f"livemig bench: {human_bytes(size)} guest, {human_bytes(batch_bytes)} batches"
+    print_table(console, title, headers, rows, markdown)

@@ -8,22 +8,17 @@ targets: within 25 % or 20 ms of it, and at most target + 50 ms).
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from livemig.cli.client import run_migration
 from livemig.cli.images import tmpfs_dir
-from livemig.cli.processes import ServiceProcess
-from livemig.cli.report import human_bytes
+from livemig.cli.processes import GuestProcess, ServiceProcess
+from livemig.cli.report import human_bytes, print_table
 from livemig.common.proto import livemig_pb2 as pb
 
 
@@ -47,35 +42,6 @@ class LiveCase:
         return error <= max(20, 0.25 * self.estimate_ms)
 
 
-def _start_guest(memory: Path, size: int, touched: float, rate_mib: float) -> subprocess.Popen:
-    guest = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "livemig.cli.main",
-            "memtouch",
-            "--memory",
-            str(memory),
-            "--size-mib",
-            str(size >> 20),
-            "--touch-ratio",
-            str(touched),
-            "--rate",
-            str(rate_mib),
-            "--threads",
-            "2",
-            "--zero-ratio",
-            "0.1",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert guest.stdout is not None
-    if "ready" not in guest.stdout.readline():
-        raise RuntimeError("memtouch did not start")
-    return guest
-
-
 def run_live_bench(
     size: int,
     touched: list[float],
@@ -95,7 +61,21 @@ def run_live_bench(
         ):
             for ratio in touched:
                 memory = workdir / "guest.img"
-                guest = _start_guest(memory, size, ratio, rate_mib)
+                guest = GuestProcess(
+                    memory,
+                    [
+                        "--size-mib",
+                        str(size >> 20),
+                        "--touch-ratio",
+                        str(ratio),
+                        "--rate",
+                        str(rate_mib),
+                        "--threads",
+                        "2",
+                        "--zero-ratio",
+                        "0.1",
+                    ],
+                )
                 try:
                     for _ in range(repeat):
                         for count in connections:
@@ -114,14 +94,12 @@ def run_live_bench(
                                         timeout_strategy=pb.TIMEOUT_STRATEGY_FORCE,
                                     ),
                                 )
-                                os.kill(guest.pid, signal.SIGCONT)
+                                guest.resume()
                                 for region_out in status.destination_regions:
                                     shutil.rmtree(Path(region_out.path).parent, ignore_errors=True)
                                 cases.append(LiveCase(ratio, count, skip, status))
                 finally:
-                    os.kill(guest.pid, signal.SIGCONT)
-                    guest.terminate()
-                    guest.wait(10)
+                    guest.close()
                     memory.unlink(missing_ok=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -167,15 +145,4 @@ def _print(
                 "yes" if case.downtime_ms <= downtime_ms + 50 else "no",
             ]
         )
-    if markdown:
-        console.print("| " + " | ".join(headers) + " |", soft_wrap=True)
-        console.print("|" + "---|" * len(headers), soft_wrap=True)
-        for row in rows:
-            console.print("| " + " | ".join(row) + " |", soft_wrap=True)
-        return
-    table = Table(title=f"livemig bench-live: downtime target {downtime_ms} ms")
-    for header in headers:
-        table.add_column(header, justify="left" if header == "setup" else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    print_table(console, f"livemig bench-live: downtime target {downtime_ms} ms", headers, rows, markdown)

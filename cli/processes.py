@@ -113,3 +113,48 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class GuestProcess:
+    """A running `livemig memtouch` guest (a child process), ready once its memory is touched."""
+
+    def __init__(self, memory: Path, args: Sequence[str] = ()) -> None:
+        self.memory = memory
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "livemig.cli.main", "memtouch", "--memory", str(memory), *args],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if "ready" not in line:
+            self.close()
+            raise RuntimeError(f"memtouch did not start: {line!r}")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def dirty_log(self) -> Path:
+        return self.memory.with_name(self.memory.name + ".dirty")
+
+    @property
+    def stopped(self) -> bool:
+        return Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()[0] == "T"
+
+    def resume(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.resume()
+            self.process.terminate()
+            self.process.wait(10)
+
+    def __enter__(self) -> GuestProcess:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

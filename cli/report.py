@@ -117,3 +117,19 @@ def print_status(status: pb.MigrationStatus, console: Console | None = None) -> 
     console.print(table)
     for region in status.destination_regions:
         console.print(f"destination region gpa={region.gpa:#x} length={region.length}: {region.path}")
+
+
+def print_table(console: Console, title: str, headers: list[str], rows: list[list[str]], markdown: bool) -> None:
+    """A benchmark table: rich on a terminal, Markdown for docs/benchmarks.md."""
+    if markdown:
+        console.print("| " + " | ".join(headers) + " |", soft_wrap=True)
+        console.print("|" + "---|" * len(headers), soft_wrap=True)
+        for row in rows:
+            console.print("| " + " | ".join(row) + " |", soft_wrap=True)
+        return
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, justify="left" if header == "setup" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.sender import metrics
@@ -24,7 +24,7 @@ from livemig.sender import metrics
 class ChunkOutcome:
     """What one connection worker did with one chunk of guest memory."""
 
-    chunk_bytes: int = 0
+    chunk_bytes: int = 0  # bytes of guest memory prepared (read and, with skipping, scanned)
     scanned_bytes: int = 0
     zero_bytes: int = 0
     zero_pages: int = 0
@@ -36,33 +36,17 @@ class ChunkOutcome:
     scan_seconds: float = 0.0
 
 
+_OUTCOME_FIELDS = tuple(f.name for f in fields(ChunkOutcome))
+
+
 @dataclass(slots=True)
-class Counters:
-    chunk_bytes: int = 0  # bytes of guest memory prepared (read and, with skipping, scanned)
-    scanned_bytes: int = 0
-    zero_bytes: int = 0
-    zero_pages: int = 0
-    normal_pages: int = 0
-    transmitted_bytes: int = 0
-    wire_bytes: int = 0
-    batches: int = 0
-    zeroed_bytes: int = 0
-    scan_seconds: float = 0.0
-    busy_seconds: float = 0.0
+class Counters(ChunkOutcome):
+    """Sums of chunk outcomes (an iteration's or the migration's), plus link busy time."""
+
+    busy_seconds: float = 0.0  # time at least one batch was in flight
 
     def add(self, outcome: ChunkOutcome) -> None:
-        for name in (
-            "chunk_bytes",
-            "scanned_bytes",
-            "zero_bytes",
-            "zero_pages",
-            "normal_pages",
-            "transmitted_bytes",
-            "wire_bytes",
-            "batches",
-            "zeroed_bytes",
-            "scan_seconds",
-        ):
+        for name in _OUTCOME_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(outcome, name))
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -55,3 +58,27 @@ def receiver_stub(address: str) -> tuple[grpc.Channel, pb_grpc.ReceiverStub]:
 def sender_stub(address: str) -> tuple[grpc.Channel, pb_grpc.SenderStub]:
     channel = grpc.insecure_channel(address)
     return channel, pb_grpc.SenderStub(channel)
+
+
+def wait_for(stub: pb_grpc.SenderStub, migration_id: str, ready, timeout: float = 30) -> pb.MigrationStatus:
+    """Poll GetMigration until ready(status) holds (e.g. batches are flowing)."""
+    deadline = time.monotonic() + timeout
+    while not ready(status := stub.GetMigration(pb.MigrationRequest(migration_id=migration_id))):
+        assert time.monotonic() < deadline, f"migration never reached the awaited point: {status}"
+        time.sleep(0.005)
+    return status
+
+
+def wait_for_batches(stub: pb_grpc.SenderStub, migration_id: str, count: int = 1) -> pb.MigrationStatus:
+    return wait_for(stub, migration_id, lambda status: status.stats.batches >= count)
+
+
+def watch(stub: pb_grpc.SenderStub, migration_id: str) -> pb.MigrationStatus:
+    """The final status, from WatchMigration."""
+    return list(stub.WatchMigration(pb.MigrationRequest(migration_id=migration_id), timeout=120))[-1]
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "livemig.cli.main", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )

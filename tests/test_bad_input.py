@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from pathlib import Path
 
 import grpc
@@ -17,7 +16,7 @@ from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
 from livemig.common.transport import channel_options
 from livemig.common.wire import encode_batch
-from tests.helpers import migrate, receiver_stub, sender_stub
+from tests.helpers import migrate, receiver_stub, sender_stub, wait_for_batches
 
 pytestmark = pytest.mark.e2e
 MIB = 1 << 20
@@ -303,10 +302,7 @@ def test_cancel_running_migration_aborts_receiver_session(sender, receiver, shm_
                 max_batch_bytes=64 * 1024,  # many small batches: the migration is surely still running
             )
         ).migration_id
-        deadline = time.monotonic() + 20
-        while stub.GetMigration(pb.MigrationRequest(migration_id=migration_id)).stats.batches == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for_batches(stub, migration_id)
         status = stub.CancelMigration(pb.MigrationRequest(migration_id=migration_id), timeout=60)
         assert status.state == pb.CANCELLED
         assert status.stats.processed_bytes < status.stats.total_bytes

@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from livemig.cli.processes import ServiceProcess
+from livemig.cli.processes import GuestProcess, ServiceProcess
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import encode_batch
@@ -142,30 +141,11 @@ def test_every_panel_has_data_during_a_real_migration(prometheus, shm_dir):
         time.sleep(0.2)
     started = time.time()
     memory = shm_dir / "guest.img"
-    guest = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "livemig.cli.main",
-            "memtouch",
-            "--memory",
-            str(memory),
-            "--size-mib",
-            "64",
-            "--touch-ratio",
-            "0.5",
-            "--rate",
-            "8",
-            "--threads",
-            "2",
-            "--zero-ratio",
-            "0.3",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    guest = GuestProcess(
+        memory,
+        ["--size-mib", "64", "--touch-ratio", "0.5", "--rate", "8", "--threads", "2", "--zero-ratio", "0.3"],
     )
     try:
-        assert "ready" in guest.stdout.readline()
         channel, stub = sender_stub(tx.address)
         with channel:
             # A live migration kept in pre-copy for ~4 s (a slow assumed link), then forced.
@@ -199,9 +179,7 @@ def test_every_panel_has_data_during_a_real_migration(prometheus, shm_dir):
             final = list(stub.WatchMigration(pb.MigrationRequest(migration_id=live_id), timeout=120))[-1]
         assert final.state == pb.COMPLETED, final.error
     finally:
-        os.kill(guest.pid, signal.SIGCONT)
-        guest.terminate()
-        guest.wait(10)
+        guest.close()
     time.sleep(4 * SCRAPE_SECONDS + 3)  # let the last samples be scraped and rate windows close
     end = time.time()
     empty, flat = [], []

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +10,9 @@ import grpc
 import pytest
 
 from livemig.cli.images import files_equal
+from livemig.cli.processes import GuestProcess
 from livemig.common.proto import livemig_pb2 as pb
-from tests.helpers import assert_destination_equals_source, sender_stub
+from tests.helpers import assert_destination_equals_source, sender_stub, wait_for, wait_for_batches, watch
 
 pytestmark = pytest.mark.e2e
 MIB = 1 << 20
@@ -30,51 +27,17 @@ SUMMED = [
 ]
 
 
-class Guest:
-    def __init__(self, memory: Path, *args: str) -> None:
-        self.memory = memory
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "livemig.cli.main", "memtouch", "--memory", str(memory), *args],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        assert "ready" in line, line
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def stopped(self) -> bool:
-        return Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()[0] == "T"
-
+class Guest(GuestProcess):
     @property
     def region(self) -> pb.GuestMemoryRegion:
-        return pb.GuestMemoryRegion(gpa=0, path=str(self.memory), dirty_log=str(self.memory) + ".dirty")
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGCONT)
-            self.process.terminate()
-            self.process.wait(10)
+        return pb.GuestMemoryRegion(gpa=0, path=str(self.memory), dirty_log=str(self.dirty_log))
 
 
 @pytest.fixture
 def guest(shm_dir: Path) -> Iterator[Guest]:
     running = Guest(
         shm_dir / "guest.img",
-        "--size-mib",
-        "48",
-        "--touch-ratio",
-        "0.5",
-        "--rate",
-        "6",
-        "--threads",
-        "2",
-        "--zero-ratio",
-        "0.3",
+        ["--size-mib", "48", "--touch-ratio", "0.5", "--rate", "6", "--threads", "2", "--zero-ratio", "0.3"],
     )
     yield running
     running.close()
@@ -84,10 +47,6 @@ def start(sender_address: str, **fields) -> tuple[grpc.Channel, object, str]:
     channel, stub = sender_stub(sender_address)
     migration_id = stub.StartMigration(pb.StartMigrationRequest(**fields), timeout=10).migration_id
     return channel, stub, migration_id
-
-
-def watch(stub, migration_id: str) -> pb.MigrationStatus:
-    return list(stub.WatchMigration(pb.MigrationRequest(migration_id=migration_id), timeout=120))[-1]
 
 
 def assert_iteration_invariants(status: pb.MigrationStatus, skip: bool) -> None:
@@ -193,10 +152,7 @@ def test_cancel_during_precopy_resumes_guest(sender, receiver, guest):
         max_iterations=100000,
     )
     with channel:
-        deadline = time.monotonic() + 30
-        while stub.GetMigration(pb.MigrationRequest(migration_id=migration_id)).stats.iterations < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(stub, migration_id, lambda status: status.stats.iterations >= 2)
         status = stub.CancelMigration(pb.MigrationRequest(migration_id=migration_id), timeout=60)
     assert status.state == pb.CANCELLED
     assert not guest.stopped
@@ -268,10 +224,7 @@ def test_pause_and_resume_hooks_of_the_sender(receiver, shm_dir):
             max_batch_bytes=65536,
         )
         with channel:
-            deadline = time.monotonic() + 30
-            while stub.GetMigration(pb.MigrationRequest(migration_id=cancelled_id)).stats.batches == 0:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            wait_for_batches(stub, cancelled_id)
             assert stub.CancelMigration(pb.MigrationRequest(migration_id=cancelled_id)).state == pb.CANCELLED
     assert log.read_text().splitlines() == [
         f"pause {completed_id}",  # completed: paused and left paused

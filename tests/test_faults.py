@@ -13,7 +13,7 @@ import pytest
 from livemig.cli.images import make_image
 from livemig.cli.processes import ServiceProcess
 from livemig.common.proto import livemig_pb2 as pb
-from tests.helpers import assert_destination_equals_source, sender_stub
+from tests.helpers import assert_destination_equals_source, sender_stub, wait_for_batches, watch
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
@@ -26,17 +26,6 @@ def file_hash(path: Path) -> str:
 
 def process_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-
-
-def wait_for_batches(stub, migration_id: str, count: int = 1, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while stub.GetMigration(pb.MigrationRequest(migration_id=migration_id)).stats.batches < count:
-        assert time.monotonic() < deadline, "migration never started sending"
-        time.sleep(0.005)
-
-
-def watch(stub, migration_id: str) -> pb.MigrationStatus:
-    return list(stub.WatchMigration(pb.MigrationRequest(migration_id=migration_id), timeout=120))[-1]
 
 
 def test_one_broken_connection_is_reconnected_and_resent(sender, receiver, shm_dir):
@@ -68,6 +57,7 @@ def test_one_broken_connection_is_reconnected_and_resent(sender, receiver, shm_d
 
 
 def test_receiver_killed_mid_transfer_fails_in_bounded_time(sender, shm_dir):
+    """The receiver dies mid-copy: FAILED within seconds, the guest resumed, source memory untouched."""
     image = shm_dir / "guest.img"
     make_image(image, 64 * MIB, 1.0)
     before = file_hash(image)
@@ -90,6 +80,7 @@ def test_receiver_killed_mid_transfer_fails_in_bounded_time(sender, shm_dir):
             killed = time.monotonic()
             status = watch(stub, migration_id)
             failed_after = time.monotonic() - killed
+        assert process_state(guest.pid) != "T"  # resumed
     finally:
         rx.stop()
         guest.kill()
@@ -99,33 +90,6 @@ def test_receiver_killed_mid_transfer_fails_in_bounded_time(sender, shm_dir):
     assert "unavailable" in status.error
     assert failed_after < 15, f"took {failed_after:.1f} s to notice the dead receiver"
     assert file_hash(image) == before  # source memory untouched
-    # (the guest was resumed: checked before it was killed below)
-
-
-def test_guest_is_resumed_when_the_receiver_dies(sender, shm_dir):
-    image = shm_dir / "guest.img"
-    make_image(image, 64 * MIB, 1.0)
-    guest = subprocess.Popen(["sleep", "600"])
-    rx = ServiceProcess("receiver", ["--memory-dir", str(shm_dir / "dst")])
-    try:
-        channel, stub = sender_stub(sender.address)
-        with channel:
-            migration_id = stub.StartMigration(
-                pb.StartMigrationRequest(
-                    destination=rx.address,
-                    regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
-                    guest_pid=guest.pid,
-                    max_batch_bytes=65536,
-                )
-            ).migration_id
-            wait_for_batches(stub, migration_id, 10)
-            rx.process.send_signal(signal.SIGKILL)
-            assert watch(stub, migration_id).state == pb.FAILED
-        assert process_state(guest.pid) != "T"
-    finally:
-        rx.stop()
-        guest.kill()
-        guest.wait()
 
 
 def test_cancel_while_preparing_on_an_unresponsive_receiver(sender, shm_dir):

@@ -14,7 +14,7 @@ from livemig.cli.processes import ServiceProcess
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import encode_batch
-from tests.helpers import migrate, receiver_stub, sender_stub
+from tests.helpers import migrate, receiver_stub, sender_stub, wait_for_batches
 from tests.test_bad_input import prepare, send_raw
 
 pytestmark = pytest.mark.e2e
@@ -96,9 +96,7 @@ def test_sender_killed_mid_transfer_frees_the_receiver(limited, shm_dir):
                 max_batch_bytes=65536,
             )
         ).migration_id
-        while stub.GetMigration(pb.MigrationRequest(migration_id=migration_id)).stats.batches == 0:
-            time.sleep(0.005)
-        assert stub.GetMigration(pb.MigrationRequest(migration_id=migration_id)).state == pb.RUNNING
+        assert wait_for_batches(stub, migration_id).state == pb.RUNNING
     tx.process.send_signal(signal.SIGKILL)
     tx.process.wait(10)
     killed = time.monotonic()

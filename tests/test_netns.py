@@ -4,32 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests import netns
+
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def netns_unavailable() -> str | None:
-    """Why two-host tests cannot run here, or None when they can."""
-    if os.geteuid() != 0:
-        return "needs root for ip netns"
-    if shutil.which("ip") is None or shutil.which("tc") is None:
-        return "needs iproute2 (ip, tc)"
-    probe = f"lm-probe-{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if made.returncode != 0:
-        return f"ip netns add refused: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-REASON = netns_unavailable()
+REASON = netns.unavailable()
 
 
 @pytest.mark.skipif(REASON is not None, reason=f"two-host test skipped: {REASON}")

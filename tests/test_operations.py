@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from livemig.cli.images import make_image
 from livemig.cli.processes import ServiceProcess
 from livemig.common.proto import livemig_pb2 as pb
-from tests.helpers import migrate, sender_stub
+from tests.helpers import migrate, sender_stub, wait_for_batches
 
 pytestmark = pytest.mark.e2e
 MIB = 1 << 20
@@ -87,10 +87,7 @@ def test_sigterm_to_sender_cancels_its_migration_and_exits(receiver, shm_dir, mo
                 max_batch_bytes=65536,
             )
         ).migration_id
-        deadline = time.monotonic() + 20
-        while stub.GetMigration(pb.MigrationRequest(migration_id=migration_id)).stats.batches == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for_batches(stub, migration_id)
     tx.process.send_signal(signal.SIGTERM)
     assert tx.process.wait(30) == 0
     output = "".join(tx.lines)
