@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from livemig.cli.images import make_image
 from livemig.common.proto import livemig_pb2 as pb
-from tests.helpers import assert_destination_equals_source, assert_stats_invariants, migrate
+from tests.helpers import assert_destination_equals_source, assert_stats_invariants, migrate, run_cli
 
 pytestmark = pytest.mark.e2e
 MIB = 1 << 20
@@ -96,29 +94,21 @@ def test_unset_fields_take_documented_defaults(sender, receiver, shm_dir):
 def test_cli_send_migration_json(sender, receiver, shm_dir):
     image = shm_dir / "guest.img"
     make_image(image, 4 * MIB, 0.25)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "livemig.cli.main",
-            "send-migration",
-            "--insecure",
-            "--sender",
-            sender.address,
-            "--destination",
-            receiver.address,
-            "--memory",
-            f"{image}@0x100000",
-            "--skip-zero-pages",
-            "--verify",
-            "--connections",
-            "2",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "send-migration",
+        "--insecure",
+        "--sender",
+        sender.address,
+        "--destination",
+        receiver.address,
+        "--memory",
+        f"{image}@0x100000",
+        "--skip-zero-pages",
+        "--verify",
+        "--connections",
+        "2",
+        "--json",
         timeout=120,
-        check=False,
     )
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
@@ -132,24 +122,16 @@ def test_cli_send_migration_json(sender, receiver, shm_dir):
 def test_cli_exits_nonzero_when_not_completed(sender, shm_dir):
     image = shm_dir / "guest.img"
     make_image(image, MIB, 0.5)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "livemig.cli.main",
-            "send-migration",
-            "--insecure",
-            "--sender",
-            sender.address,
-            "--destination",
-            "127.0.0.1:1",
-            "--memory",
-            str(image),
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "send-migration",
+        "--insecure",
+        "--sender",
+        sender.address,
+        "--destination",
+        "127.0.0.1:1",
+        "--memory",
+        str(image),
         timeout=120,
-        check=False,
     )
     assert result.returncode == 1
     assert "FAILED" in result.stdout and "unavailable" in result.stdout

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import grpc
@@ -16,7 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from livemig.cli.images import make_image
 from livemig.cli.processes import ServiceProcess
 from livemig.common.proto import livemig_pb2 as pb
-from tests.helpers import migrate, sender_stub, wait_for_batches
+from tests.helpers import migrate, run_cli, sender_stub, wait_for_batches
 
 pytestmark = pytest.mark.e2e
 MIB = 1 << 20
@@ -34,42 +32,12 @@ def test_health_and_reflection(sender, receiver):
         with grpc.insecure_channel(process.address) as channel:
             services = ProtoReflectionDescriptorDatabase(channel).get_services()
         assert name in services and "grpc.health.v1.Health" in services
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "livemig.cli.main",
-                "health",
-                "--insecure",
-                "--address",
-                process.address,
-                "--service",
-                name,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        result = run_cli("health", "--insecure", "--address", process.address, "--service", name)
         assert result.returncode == 0 and "SERVING" in result.stdout
 
 
 def test_health_command_fails_on_a_dead_address():
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "livemig.cli.main",
-            "health",
-            "--insecure",
-            "--address",
-            "127.0.0.1:1",
-            "--timeout",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_cli("health", "--insecure", "--address", "127.0.0.1:1", "--timeout", "1")
     assert result.returncode == 1
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -15,6 +14,7 @@ from livemig.cli.processes import ServiceProcess
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.tls import Security
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,25 +78,17 @@ def test_cli_with_client_certificate(pki, secured, shm_dir):
     tx, rx = secured
     image = shm_dir / "guest.img"
     make_image(image, MIB, 0.5)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "livemig.cli.main",
-            "send-migration",
-            "--sender",
-            f"localhost:{tx.port}",
-            "--destination",
-            f"localhost:{rx.port}",
-            "--memory",
-            str(image),
-            "--json",
-            *tls_args(pki, "client"),
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "send-migration",
+        "--sender",
+        f"localhost:{tx.port}",
+        "--destination",
+        f"localhost:{rx.port}",
+        "--memory",
+        str(image),
+        "--json",
+        *tls_args(pki, "client"),
         timeout=60,
-        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert '"COMPLETED"' in result.stdout
@@ -144,13 +136,7 @@ def test_sender_refuses_a_receiver_it_does_not_trust(pki, secured, shm_dir, modu
 
 
 def test_plaintext_needs_to_be_asked_for():
-    result = subprocess.run(
-        [sys.executable, "-m", "livemig.cli.main", "receiver", "--listen", "127.0.0.1:0", "--memory-dir", "/tmp/x"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_cli("receiver", "--listen", "127.0.0.1:0", "--memory-dir", "/tmp/x", timeout=30)
     assert result.returncode != 0
     assert "--insecure" in result.stderr and "refusing to serve plaintext" in result.stderr
 
