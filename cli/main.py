@@ -54,9 +54,6 @@ def tls_options(server: bool):
 
 
 def _serve(role: str, host, listen: str, metrics_port: int | None, security, on_stop=None) -> None:
-    from livemig.common.allocator import fix_mmap_threshold
-
-    fix_mmap_threshold()
     bind_host = listen.rpartition(":")[0]
     security.warn_if_plaintext(f"livemig {role}")
     if metrics_port is not None:

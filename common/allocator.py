@@ -1,35 +1,37 @@
-"""glibc allocator setting for long-lived services that move megabyte buffers.
+"""Give freed memory back to the system after each migration (glibc).
 
-glibc raises its mmap threshold each time a large mmapped block is freed, so after
-the first few batches every 1-4 MiB frame comes from the heap arenas instead,
-whose freed memory is rarely returned: a soak of 50 migrations grew the sender
-from 117 to 174 MiB RSS. A fixed threshold keeps large buffers on mmap, returned
-to the system when freed (same soak: 60.8 -> 61.6 MiB).
+A migration allocates and frees megabyte frames and read buffers from many
+threads. glibc keeps freed heap memory in its arenas, so a long-lived sender's
+RSS crept up migration after migration (a soak of 50 grew it from 117 to 174
+MiB). Forcing large blocks onto mmap cured that but halved throughput (a page
+fault per 4 KiB of every fresh buffer: 508 -> 254 MiB/s measured side by side);
+trimming the arenas once a migration has ended costs nothing on the data path.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
-
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 256 * 1024
-
-log = logging.getLogger("livemig.allocator")
+import functools
 
 
-def fix_mmap_threshold() -> bool:
-    """Returns False where the C library has no mallopt (not glibc)."""
+@functools.cache
+def _malloc_trim():
     name = ctypes.util.find_library("c")
     if not name:
-        return False
+        return None
     try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return trim
+
+
+def release_free_memory() -> bool:
+    """malloc_trim(0): returns False where the C library has none."""
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    if not ok:
-        log.warning("mallopt(M_MMAP_THRESHOLD) refused; memory may grow with long uptimes")
-    return ok
+    trim(0)
+    return True

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from livemig.common.allocator import release_free_memory
 from livemig.common.digest import memory_digest
 from livemig.common.guest_memory import MemoryLayout
 from livemig.common.logs import for_migration
@@ -203,6 +204,8 @@ class Migration:
                 self.stats.downtime_ms = int((time.monotonic() - pause_started) * 1000)
             self._finish(State.COMPLETED)
         except (MigrationCancelled, TransferStopped) as stopped:
+            if pool is not None:
+                pool.close()  # every worker has recorded its error (or none) once this returns
             error = pool.first_error() if pool is not None else None
             if self._cancel_requested or error is None:
                 self._fail(receiver, token, pool, State.CANCELLED, "cancelled by the client")
@@ -219,8 +222,10 @@ class Migration:
             if self.dirty_log is not None:
                 self.dirty_log.close()
             # gRPC calls and generators leave reference cycles holding buffers and
-            # frames; collect them now so a long-lived sender does not accumulate them.
+            # frames; collect them, then hand the freed memory back to the system, so a
+            # long-lived sender does not grow with the number of migrations.
             gc.collect()
+            release_free_memory()
 
     def _prepare(self, receiver: pb_grpc.ReceiverStub) -> tuple[str, int]:
         started = time.monotonic()

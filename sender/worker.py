@@ -115,6 +115,7 @@ class ConnectionWorker:
         self._epoch = 0  # one per stream; a generator of an older stream stops producing
         self._producing = False
         self._input_done = False
+        self._source_error: BaseException | None = None  # reading guest memory failed
         self._last_progress = time.monotonic()
         self._buffer = memoryview(bytearray(plan.chunk_bytes))
         self._region_starts = plan.layout.region_starts()
@@ -144,8 +145,12 @@ class ConnectionWorker:
                 self._stream(self._epoch)
                 return
             except grpc.RpcError as error:
+                if self._source_error is not None:
+                    raise self._source_error from error
+                if self.stop.is_set():
+                    return  # stopped by a cancel or by another connection's failure: not ours to report
                 progressed = getattr(error, "livemig_progressed", False)
-                if self.stop.is_set() or error.code() not in RETRIABLE:
+                if error.code() not in RETRIABLE:
                     raise
                 failures = 1 if progressed else failures + 1
                 stalled = time.monotonic() - self._last_progress
@@ -196,6 +201,8 @@ class ConnectionWorker:
         except grpc.RpcError as error:
             error.livemig_progressed = progressed
             raise
+        if self._source_error is not None:
+            raise self._source_error
         with self._lock:
             missing = len(self._in_flight)
         if missing and not self.stop.is_set():
@@ -271,7 +278,12 @@ class ConnectionWorker:
                 if item is None:
                     self._input_done = True
                     return
-                prepared = self._prepare(item)
+                try:
+                    prepared = self._prepare(item)
+                except Exception as error:  # e.g. a guest memory file shrank: fatal, not a network fault
+                    self._source_error = error
+                    self.stop.set()
+                    return
                 if prepared is None:
                     continue
                 batch_id, frame, outcome = prepared

@@ -146,3 +146,25 @@ def test_sigterm_to_receiver_during_a_migration_ends_it_cleanly(sender, shm_dir)
         rx.stop()
         guest.kill()
         guest.wait()
+
+
+def test_guest_memory_file_shrinking_mid_transfer_fails_the_migration(sender, receiver, shm_dir):
+    """A source file truncated under the sender: FAILED with the reason, not a retry loop or a cancel."""
+    import os
+
+    image = shm_dir / "guest.img"
+    make_image(image, 64 * MIB, 1.0)
+    channel, stub = sender_stub(sender.address)
+    with channel:
+        migration_id = stub.StartMigration(
+            pb.StartMigrationRequest(
+                destination=receiver.address,
+                regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
+                max_batch_bytes=65536,
+            )
+        ).migration_id
+        wait_for_batches(stub, migration_id, 10)
+        os.truncate(image, MIB)
+        status = watch(stub, migration_id)
+    assert status.state == pb.FAILED
+    assert "short read" in status.error
