@@ -84,16 +84,24 @@ def test_soak_fifty_migrations_leak_nothing(services, shm_dir):
         for region in status.destination_regions:
             Path(region.path).unlink()
 
-    for _ in range(20):  # warm-up: thread pools and allocators reach their working size
+    for _ in range(40):  # warm-up: thread pools and allocator arenas reach their working size (measured)
         one()
     time.sleep(1)  # per-stream watchdog threads wind down
     before = {role: resources(p.pid) for role, p in (("sender", tx), ("receiver", rx))}
-    for _ in range(50):
+    # RSS wanders by tens of MiB with allocator arenas; a leak shows as a higher peak
+    # in the second half of the run than in the first.
+    peaks = {"sender": [0, 0], "receiver": [0, 0]}
+    for index in range(50):
         one()
+        for role, process in (("sender", tx), ("receiver", rx)):
+            half = peaks[role]
+            half[index // 25] = max(half[index // 25], resources(process.pid)["rss_kib"])
     time.sleep(1)
     after = {role: resources(p.pid) for role, p in (("sender", tx), ("receiver", rx))}
-    print(f"\nsoak, 50 migrations: before {before}, after {after}")
+    print(f"\nsoak, 50 migrations: before {before}, after {after}, RSS peaks per half (KiB) {peaks}")
     for role in before:
         assert after[role]["fds"] <= before[role]["fds"] + 2, role
         assert after[role]["threads"] <= before[role]["threads"] + 2, role
-        assert after[role]["rss_kib"] <= before[role]["rss_kib"] + 20 * 1024, role
+        first, second = peaks[role]
+        # The leak this guards against (glibc arenas, before malloc_trim) grew ~28 MiB per 25.
+        assert second <= first + 16 * 1024, f"{role} RSS peak grew from {first} to {second} KiB"
