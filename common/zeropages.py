@@ -135,6 +135,9 @@ def scan_guest_range(layout: MemoryLayout, gpa: int, buffer: memoryview, page_si
     data_start = max(gpa, align_down(layout.data_start(gpa, length), page_size))
     data = EMPTY_RANGES
     normal_pages = 0
+    if data_start == gpa:  # no hole in front (the common case): one read, one scan
+        layout.read_into(gpa, buffer)
+        return scan_zero_pages(gpa, buffer, page_size)
     if data_start < gpa + length:
         piece = buffer[data_start - gpa :]
         layout.read_into(data_start, piece)
