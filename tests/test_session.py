@@ -111,16 +111,3 @@ def test_a_resent_batch_is_acknowledged_but_applied_and_counted_once(shm_dir):
     assert apply(session, [MemoryRange(0, 4)], [b"abcd"], batch_id=7) == (4, 0)
     assert (session.written_bytes, session.batches) == (4, 1)
     session.complete(transmitted_bytes=4, batches=1, digest=b"")
-
-
-def test_sender_registry_keeps_running_and_latest_finished_migrations():
-    from types import SimpleNamespace
-
-    from livemig.sender.service import MigrationRegistry
-
-    registry = MigrationRegistry(keep_finished=2)
-    migrations = [SimpleNamespace(migration_id=str(i), finished=i != 1) for i in range(5)]
-    for migration in migrations:
-        registry.add(migration)
-    # "1" is still running and stays; of the finished ones only the newest two remain.
-    assert sorted(m.migration_id for m in registry.all()) == ["1", "3", "4"]
