@@ -108,6 +108,7 @@ def run_bench(
     repeat: int,
     markdown: bool,
     destination_dir: Path | None = None,
+    pattern: str = "random",
 ) -> None:
     console = Console(width=200)
     workdir = Path(tempfile.mkdtemp(prefix="livemig-bench-", dir=tmpfs_dir()))
@@ -124,7 +125,7 @@ def run_bench(
                 images.insert(touched.index(0.0) + 1, (0.0, True))
             for ratio, allocate in images:
                 image = workdir / "guest.img"
-                make_image(image, size, ratio, seed=7, allocate=allocate)
+                make_image(image, size, ratio, seed=7, allocate=allocate, pattern=pattern)
                 # Warm-up: the first migration after an image is written runs slow (the
                 # kernel is still settling the fresh tmpfs pages); it is not measured.
                 _run_case(tx, rx, image, ratio, connections[0], False, batch_bytes)
@@ -140,11 +141,17 @@ def run_bench(
     finally:
         shutil.rmtree(destination, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
-    _print(console, cases, ceilings, size, batch_bytes, markdown)
+    _print(console, cases, ceilings, size, batch_bytes, markdown, pattern)
 
 
 def _print(
-    console: Console, cases: list[Case], ceilings: dict[int, float], size: int, batch_bytes: int, markdown: bool
+    console: Console,
+    cases: list[Case],
+    ceilings: dict[int, float],
+    size: int,
+    batch_bytes: int,
+    markdown: bool,
+    pattern: str = "random",
 ) -> None:
     headers = [
         "setup",
@@ -169,7 +176,9 @@ def _print(
             baseline[key] = max(case.duration_ms, 1)
         rows.append(
             [
-                f"{human_bytes(size)}, {case.touched:.0%} touched{' (zeros written)' if case.allocated_zeros else ''}, "
+                f"{human_bytes(size)}, {case.touched:.0%} touched"
+                f"{' in runs' if pattern == 'runs' and 0 < case.touched < 1 else ''}"
+                f"{' (zeros written)' if case.allocated_zeros else ''}, "
                 f"{'with' if case.skip else 'no'} skip, "
                 f"{case.connections} conn",
                 f"{case.duration_ms} ms",

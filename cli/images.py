@@ -10,10 +10,30 @@ import numpy as np
 BLOCK_BYTES = 8 << 20
 
 
+RUN_PAGES = 64  # pattern "runs": touched memory comes in 256 KiB stretches, like allocations
+
+
+def touched_pages(pages: int, touched_ratio: float, rng: np.random.Generator, pattern: str) -> np.ndarray:
+    """Which pages hold data: each page at random ("random", the worst case for range
+    counts), or whole runs of RUN_PAGES pages at random ("runs", closer to real guests)."""
+    if pattern == "random":
+        return rng.random(pages) < touched_ratio
+    if pattern == "runs":
+        runs = -(-pages // RUN_PAGES)
+        return np.repeat(rng.random(runs) < touched_ratio, RUN_PAGES)[:pages]
+    raise ValueError(f"unknown pattern {pattern!r}")
+
+
 def make_image(
-    path: Path, size: int, touched_ratio: float, page_size: int = 4096, seed: int = 0, allocate: bool = False
+    path: Path,
+    size: int,
+    touched_ratio: float,
+    page_size: int = 4096,
+    seed: int = 0,
+    allocate: bool = False,
+    pattern: str = "random",
 ) -> int:
-    """Write a guest memory file where `touched_ratio` of the pages (chosen at random) hold data.
+    """Write a guest memory file where `touched_ratio` of the pages hold data (see touched_pages).
 
     Touched pages hold random bytes and end in a non-zero marker, so each is non-zero
     for certain. Blocks with no touched page are left as holes (memory the guest never
@@ -24,7 +44,7 @@ def make_image(
         raise ValueError("image size must be a multiple of the page size")
     rng = np.random.default_rng(seed)
     pages = size // page_size
-    touched = rng.random(pages) < touched_ratio
+    touched = touched_pages(pages, touched_ratio, rng, pattern)
     pages_per_block = BLOCK_BYTES // page_size
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

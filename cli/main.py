@@ -303,6 +303,13 @@ def demo(size_mib: int, touched: float, connections: int) -> None:
     default=None,
     help="Receiver's destination folder (default: a tmpfs folder).",
 )
+@click.option(
+    "--pattern",
+    type=click.Choice(["random", "runs"]),
+    default="random",
+    show_default=True,
+    help="Touched pages one by one at random (worst case) or in 256 KiB runs (closer to real guests).",
+)
 def bench(
     size_mib: int,
     connection_counts: str,
@@ -311,6 +318,7 @@ def bench(
     repeat: int,
     markdown: bool,
     memory_dir: Path | None,
+    pattern: str,
 ) -> None:
     """Reproduce the seed's table: zero share x skip x connections, plus the bare gRPC ceiling."""
     from livemig.cli.bench import run_bench
@@ -323,6 +331,7 @@ def bench(
         repeat=repeat,
         markdown=markdown,
         destination_dir=memory_dir,
+        pattern=pattern,
     )
 
 
