@@ -203,7 +203,7 @@ class Migration:
             if pause_started is not None:
                 self.stats.downtime_ms = int((time.monotonic() - pause_started) * 1000)
             self._finish(State.COMPLETED)
-        except (MigrationCancelled, TransferStopped) as stopped:
+        except (MigrationCancelled, TransferStopped):
             if pool is not None:
                 pool.close()  # every worker has recorded its error (or none) once this returns
             error = pool.first_error() if pool is not None else None
@@ -211,7 +211,6 @@ class Migration:
                 self._fail(receiver, token, pool, State.CANCELLED, "cancelled by the client")
             else:
                 self._fail(receiver, token, pool, State.FAILED, describe_failure(error, self.request.destination))
-            del stopped
         except MigrationGaveUp as gave_up:
             self._fail(receiver, token, pool, State.FAILED, str(gave_up))
         except Exception as error:
