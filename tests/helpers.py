@@ -82,3 +82,21 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "livemig.cli.main", *args], capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+SMALL_BATCH_BYTES = 64 * 1024  # the smallest batch the sender accepts: many round trips per MiB
+
+
+def start_mid_transfer(stub: pb_grpc.SenderStub, destination: str, image: Path, batches: int = 1, **fields) -> str:
+    """Start a one-region migration in small batches and return once `batches` are out:
+    the moment a fault test breaks something, with the migration surely still running."""
+    migration_id = stub.StartMigration(
+        pb.StartMigrationRequest(
+            destination=destination,
+            regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
+            max_batch_bytes=SMALL_BATCH_BYTES,
+            **fields,
+        )
+    ).migration_id
+    wait_for_batches(stub, migration_id, batches)
+    return migration_id

@@ -16,7 +16,7 @@ from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
 from livemig.common.transport import channel_options
 from livemig.common.wire import encode_batch
-from tests.helpers import migrate, receiver_stub, sender_stub, wait_for_batches
+from tests.helpers import migrate, receiver_stub, sender_stub, start_mid_transfer
 
 pytestmark = pytest.mark.e2e
 MIB = 1 << 20
@@ -295,14 +295,7 @@ def test_cancel_running_migration_aborts_receiver_session(sender, receiver, shm_
     before = set((module_dir / "destination").iterdir())
     channel, stub = sender_stub(sender.address)
     with channel:
-        migration_id = stub.StartMigration(
-            pb.StartMigrationRequest(
-                destination=receiver.address,
-                regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
-                max_batch_bytes=64 * 1024,  # many small batches: the migration is surely still running
-            )
-        ).migration_id
-        wait_for_batches(stub, migration_id)
+        migration_id = start_mid_transfer(stub, receiver.address, image)
         status = stub.CancelMigration(pb.MigrationRequest(migration_id=migration_id), timeout=60)
         assert status.state == pb.CANCELLED
         assert status.stats.processed_bytes < status.stats.total_bytes

@@ -12,7 +12,14 @@ import pytest
 from livemig.cli.images import files_equal
 from livemig.cli.processes import GuestProcess
 from livemig.common.proto import livemig_pb2 as pb
-from tests.helpers import assert_destination_equals_source, sender_stub, wait_for, wait_for_batches, watch
+from tests.helpers import (
+    SMALL_BATCH_BYTES,
+    assert_destination_equals_source,
+    sender_stub,
+    wait_for,
+    wait_for_batches,
+    watch,
+)
 
 pytestmark = pytest.mark.e2e
 MIB = 1 << 20
@@ -221,7 +228,7 @@ def test_pause_and_resume_hooks_of_the_sender(receiver, shm_dir):
             tx.address,
             destination=receiver.address,
             regions=[pb.GuestMemoryRegion(gpa=0, path=str(big))],
-            max_batch_bytes=65536,
+            max_batch_bytes=SMALL_BATCH_BYTES,
         )
         with channel:
             wait_for_batches(stub, cancelled_id)

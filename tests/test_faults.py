@@ -13,7 +13,7 @@ import pytest
 from livemig.cli.images import make_image
 from livemig.cli.processes import ServiceProcess
 from livemig.common.proto import livemig_pb2 as pb
-from tests.helpers import assert_destination_equals_source, sender_stub, wait_for_batches, watch
+from tests.helpers import assert_destination_equals_source, sender_stub, start_mid_transfer, watch
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
@@ -35,17 +35,9 @@ def test_one_broken_connection_is_reconnected_and_resent(sender, receiver, shm_d
     try:
         channel, stub = sender_stub(sender.address)
         with channel:
-            migration_id = stub.StartMigration(
-                pb.StartMigrationRequest(
-                    destination=proxy.address,
-                    regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
-                    connections=2,
-                    skip_zero_pages=True,
-                    verify=True,
-                    max_batch_bytes=65536,
-                )
-            ).migration_id
-            wait_for_batches(stub, migration_id, 50)
+            migration_id = start_mid_transfer(
+                stub, proxy.address, image, 50, connections=2, skip_zero_pages=True, verify=True
+            )
             proxy.reset(proxy.busiest())  # one TCP connection dies mid-transfer
             status = watch(stub, migration_id)
     finally:
@@ -66,15 +58,7 @@ def test_receiver_killed_mid_transfer_fails_in_bounded_time(sender, shm_dir):
     try:
         channel, stub = sender_stub(sender.address)
         with channel:
-            migration_id = stub.StartMigration(
-                pb.StartMigrationRequest(
-                    destination=rx.address,
-                    regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
-                    guest_pid=guest.pid,
-                    max_batch_bytes=65536,
-                )
-            ).migration_id
-            wait_for_batches(stub, migration_id, 10)
+            migration_id = start_mid_transfer(stub, rx.address, image, 10, guest_pid=guest.pid)
             assert process_state(guest.pid) == "T"  # paused for the stop-and-copy
             rx.process.send_signal(signal.SIGKILL)
             killed = time.monotonic()
@@ -126,15 +110,7 @@ def test_sigterm_to_receiver_during_a_migration_ends_it_cleanly(sender, shm_dir)
     try:
         channel, stub = sender_stub(sender.address)
         with channel:
-            migration_id = stub.StartMigration(
-                pb.StartMigrationRequest(
-                    destination=rx.address,
-                    regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
-                    guest_pid=guest.pid,
-                    max_batch_bytes=65536,
-                )
-            ).migration_id
-            wait_for_batches(stub, migration_id, 10)
+            migration_id = start_mid_transfer(stub, rx.address, image, 10, guest_pid=guest.pid)
             rx.process.send_signal(signal.SIGTERM)
             status = watch(stub, migration_id)
             assert rx.process.wait(30) == 0
@@ -156,14 +132,7 @@ def test_guest_memory_file_shrinking_mid_transfer_fails_the_migration(sender, re
     make_image(image, 64 * MIB, 1.0)
     channel, stub = sender_stub(sender.address)
     with channel:
-        migration_id = stub.StartMigration(
-            pb.StartMigrationRequest(
-                destination=receiver.address,
-                regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
-                max_batch_bytes=65536,
-            )
-        ).migration_id
-        wait_for_batches(stub, migration_id, 10)
+        migration_id = start_mid_transfer(stub, receiver.address, image, 10)
         os.truncate(image, MIB)
         status = watch(stub, migration_id)
     assert status.state == pb.FAILED

@@ -14,7 +14,7 @@ from livemig.cli.processes import ServiceProcess
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import encode_batch
-from tests.helpers import migrate, receiver_stub, sender_stub, wait_for_batches
+from tests.helpers import migrate, receiver_stub, sender_stub, start_mid_transfer
 from tests.test_bad_input import prepare, send_raw
 
 pytestmark = pytest.mark.e2e
@@ -89,14 +89,8 @@ def test_sender_killed_mid_transfer_frees_the_receiver(limited, shm_dir):
     tx = ServiceProcess("sender", [])
     channel, stub = sender_stub(tx.address)
     with channel:
-        migration_id = stub.StartMigration(
-            pb.StartMigrationRequest(
-                destination=rx.address,
-                regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
-                max_batch_bytes=65536,
-            )
-        ).migration_id
-        assert wait_for_batches(stub, migration_id).state == pb.RUNNING
+        migration_id = start_mid_transfer(stub, rx.address, image)
+        assert stub.GetMigration(pb.MigrationRequest(migration_id=migration_id)).state == pb.RUNNING
     tx.process.send_signal(signal.SIGKILL)
     tx.process.wait(10)
     killed = time.monotonic()

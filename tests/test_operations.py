@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from livemig.cli.images import make_image
 from livemig.cli.processes import ServiceProcess
 from livemig.common.proto import livemig_pb2 as pb
-from tests.helpers import migrate, run_cli, sender_stub, wait_for_batches
+from tests.helpers import migrate, run_cli, sender_stub, start_mid_transfer
 
 pytestmark = pytest.mark.e2e
 MIB = 1 << 20
@@ -48,14 +48,7 @@ def test_sigterm_to_sender_cancels_its_migration_and_exits(receiver, shm_dir, mo
     tx = ServiceProcess("sender", [])
     channel, stub = sender_stub(tx.address)
     with channel:
-        migration_id = stub.StartMigration(
-            pb.StartMigrationRequest(
-                destination=receiver.address,
-                regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
-                max_batch_bytes=65536,
-            )
-        ).migration_id
-        wait_for_batches(stub, migration_id)
+        migration_id = start_mid_transfer(stub, receiver.address, image)
     tx.process.send_signal(signal.SIGTERM)
     assert tx.process.wait(30) == 0
     output = "".join(tx.lines)
