@@ -21,6 +21,7 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.forkserver
+import signal
 import threading
 from collections.abc import Sequence
 
@@ -30,7 +31,7 @@ LOG_MESSAGE = "log"
 def worker_context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
     """The fork-server context, with `preload` imported once in the fork server."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(preload))
+    context.set_forkserver_preload(["livemig.common.forkserver_signals", *preload])
     return context
 
 
@@ -72,6 +73,17 @@ class PipeLogHandler(logging.Handler):
             self.sender.send((LOG_MESSAGE, record.name, record.levelno, text))
         except Exception:  # logging must never break the data path
             self.handleError(record)
+
+
+def ignore_stop_signals() -> None:
+    """In a worker: SIGINT and SIGTERM are for the parent, which stops its workers in order.
+
+    A terminal's Ctrl-C and systemd's stop signal the whole process group; a worker
+    that died on them would look like a crash to its parent mid-shutdown. A worker
+    whose parent is gone sees its pipe close and stops by itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def log_through_parent(sender: PipeSender, level: int) -> None:

@@ -29,7 +29,7 @@ from livemig.common.guest_memory import LayoutError, MemoryLayout, open_source_l
 from livemig.common.ranges import MemoryRange
 from livemig.common.tls import Security
 from livemig.common.transport import channel_options
-from livemig.common.worker_processes import PipeSender, log_through_parent
+from livemig.common.worker_processes import PipeSender, ignore_stop_signals, log_through_parent
 from livemig.sender.batch_builder import BatchBuilder, Chunk, TransferPlan
 from livemig.sender.stream import ChunkReport, ConnectionStream, SourceReadFailed, TransferFailed
 
@@ -120,6 +120,7 @@ def describe_error(error: BaseException) -> tuple[str, str, str]:
 
 def run_connection(spec: ConnectionSpec, pipe) -> None:
     """Process entry point (started by the transfer pool through the fork server)."""
+    ignore_stop_signals()
     sender = PipeSender(pipe)
     log_through_parent(sender, spec.log_level)
     stop = threading.Event()
