@@ -617,7 +617,20 @@ name_envvars(cli)
 
 
 def main() -> None:
-    cli(prog_name="livemig")
+    """Run the CLI; usage errors are one line on stderr (exit 2), not click's four."""
+    try:
+        code = cli.main(prog_name="livemig", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as error:
+        click.echo(error.format_message(), err=True)
+        code = error.exit_code
+    except click.ClickException as error:
+        context = getattr(error, "ctx", None)
+        where = context.command_path if context is not None else "livemig"
+        click.echo(f"{where}: error: {error.format_message()}", err=True)
+        code = error.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
