@@ -9,13 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from livemig.cli.images import make_image
 from livemig.cli.processes import GuestProcess, ServiceProcess
 from livemig.common.proto import livemig_pb2 as pb
-from tests.helpers import run_cli, sender_stub, wait_for
+from tests.helpers import migrate, run_cli, sender_stub, wait_for
 
 MIB = 1 << 20
 TARGET = ["--sender", "127.0.0.1:1", "--destination", "127.0.0.1:2", "--memory", "/nonexistent.img", "--insecure"]
@@ -233,3 +234,33 @@ def test_output_is_not_wrapped_off_a_terminal(shm_dir):
     assert result.returncode == 1
     assert len(status.error) > 80
     assert any(status.error in line for line in result.stdout.splitlines()), result.stdout
+
+
+def test_netns_demo_says_how_to_point_it_at_livemig():
+    script = Path(__file__).resolve().parent.parent / "scripts" / "netns-demo.sh"
+    result = subprocess.run(
+        ["bash", str(script)], env={"PATH": "/usr/bin:/bin", "LIVEMIG": "/nonexistent/livemig"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "LIVEMIG=/nonexistent/livemig does not run livemig" in assert_one_line_error(result, code=1)
+
+
+@pytest.mark.e2e
+def test_json_log_format_makes_every_service_line_json(shm_dir):
+    image = shm_dir / "guest.img"
+    make_image(image, MIB, 0.5)
+    json_mode = ["--log-format", "json"]
+    with (
+        ServiceProcess(
+            "receiver", ["--memory-dir", str(shm_dir / "dst"), "--metrics-port", "0"], global_args=json_mode
+        ) as rx,
+        ServiceProcess("sender", ["--metrics-port", "0"], global_args=json_mode) as tx,
+    ):
+        status = migrate(tx.address, rx.address, [(0, image)])
+        assert status.state == pb.COMPLETED
+    for process in (tx, rx):
+        records = [json.loads(line) for line in process.lines]  # every line parses, the ready lines included
+        messages = [record["message"] for record in records]
+        assert any("listening on" in m for m in messages) and any("metrics on" in m for m in messages)
+    about = [r for r in (json.loads(line) for line in tx.lines) if status.migration_id in r["message"]]
+    assert about and all(r.get("migration_id") == status.migration_id for r in about)
