@@ -75,3 +75,18 @@ def test_click_types_enforce_ranges():
         Duration(max_seconds=10).convert("1m", None, None)
     assert Size(default_unit="M").convert("1.5G", None, None) == 3 << 29
     assert Duration(default_unit="ms").convert("300", None, None) == pytest.approx(0.3)
+
+
+def test_bar_speed_is_wire_bytes_not_processed_bytes():
+    from livemig.cli.report import WireSpeed, planned_bytes
+    from livemig.common.proto import livemig_pb2 as pb
+
+    speed = WireSpeed()
+    speed.update(0, now=0.0)
+    assert speed.update(1 << 20, now=1.0) == 1 << 20  # 1 MiB on the wire in 1 s, whatever was skipped
+    assert speed.update(1 << 20, now=2.0) < 1 << 20  # nothing new on the wire: the speed falls
+    status = pb.MigrationStatus(
+        stats=pb.MigrationStats(total_bytes=100),
+        iterations=[pb.IterationStats(dirty_bytes=100), pb.IterationStats(dirty_bytes=30)],
+    )
+    assert planned_bytes(status) == 130  # all memory, then each later iteration's dirty pages
