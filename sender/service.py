@@ -17,6 +17,7 @@ from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 from livemig.sender.dirty_log import DirtyLog
 from livemig.sender.guest import GuestControl, GuestControlError, GuestHooks
 from livemig.sender.migration import FINAL_STATES, Migration, MigrationRequest
+from livemig.sender.placement import place_request_regions
 
 log = logging.getLogger("livemig.sender")
 
@@ -115,7 +116,7 @@ class SenderService(pb_grpc.SenderServicer):
         layout = dirty_log = None
         try:
             migration_request = validate_request(request)
-            regions = sorted(request.regions, key=lambda r: r.gpa)
+            regions = place_request_regions(request.regions)  # sorted by gpa
             layout = open_source_layout([(r.gpa, r.path) for r in regions], migration_request.page_size)
             if regions[0].dirty_log:
                 dirty_log = DirtyLog(layout, [r.dirty_log for r in regions])
@@ -148,6 +149,7 @@ class SenderService(pb_grpc.SenderServicer):
             migration_request.skip_zero_pages,
             migration_request.verify,
             migration.live,
+            extra={"migration_id": migration.migration_id},
         )
         migration.start(on_final=lambda _m: None)
         return pb.StartMigrationResponse(migration_id=migration.migration_id)
