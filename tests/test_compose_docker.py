@@ -332,3 +332,4 @@ def test_private_engine_stops_and_restores_the_host(demo: Demo):
     demo.engine.private.stop()
     assert host_before.differences(HostNetwork.capture()) == []
     assert not os.path.exists(demo.engine.private.socket)
+    assert not [path for path in demo.engine.private.created_paths if path.exists()]
