@@ -72,7 +72,11 @@ def _version() -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
-@click.version_option(_version(), "--version", "-V", prog_name="livemig", message="%(prog)s %(version)s")
+# The version is looked up when asked for: importlib.metadata costs ~25 ms at import,
+# and worker processes import this module again (multiprocessing re-imports __main__).
+@click.version_option(
+    None, "--version", "-V", package_name="livemig", prog_name="livemig", message="%(prog)s %(version)s"
+)
 @click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),

@@ -22,16 +22,24 @@ import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.forkserver
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 
 LOG_MESSAGE = "log"
 
 
+# multiprocessing imports the parent's __main__ again in every worker; when that is
+# the command line, its imports (click, rich, ...) would cost every worker ~90 ms.
+_MAIN_MODULES = ("livemig.cli.main",)
+
+
 def worker_context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
-    """The fork-server context, with `preload` imported once in the fork server."""
+    """The fork-server context, with `preload` (and the command line, when it is what runs)
+    imported once in the fork server."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["livemig.common.forkserver_signals", *preload])
+    mains = [name for name in _MAIN_MODULES if name in sys.modules]
+    context.set_forkserver_preload(["livemig.common.forkserver_signals", *preload, *mains])
     return context
 
 

@@ -6,16 +6,22 @@ is given and streams them on its own TCP connection. What crosses the process
 boundary is small: chunk ids and range tables in; per-chunk reports (counters
 and timings), log records and a final word out. Page data never does.
 
+Connection processes live in a pool (sender/connection_pool.py) and serve one
+migration's connection at a time, so a migration does not pay for starting them.
+
 Messages on the pipe (tuples):
   parent -> child: ("begin", ConnectionSpec), then
-                   ("chunk", chunk_id, ranges (n x 2 uint64 array), zero_records) | ("close",) | ("stop",)
-  child -> parent: ("done", ChunkReport) | ("log", ...) | ("finished", reconnects) | ("failed", reason)
+                   ("chunk", chunk_id, ranges (n x 2 uint64 array), zero_records) | ("close",) | ("stop",);
+                   ("exit",) between migrations
+  child -> parent: ("done", ChunkReport) | ("log", ...), then ("finished", reconnects) or
+                   ("failed", kind, message, gRPC status name) ends the migration's part
 A closed pipe means the other side died: the child stops, the parent treats the
 connection as broken.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
@@ -90,26 +96,6 @@ class _PipeReporter:
         self.sender.send(("done", report))
 
 
-def _read_commands(pipe, inbox: queue.Queue[Chunk | None], stop: threading.Event) -> None:
-    """Chunks into the inbox; stop on ("stop",) or when the parent is gone."""
-    while True:
-        try:
-            message = pipe.recv()
-        except (EOFError, OSError):
-            stop.set()
-            return
-        kind = message[0]
-        if kind == "chunk":
-            _kind, chunk_id, table, zero_records = message
-            ranges = tuple(MemoryRange(gpa, length) for gpa, length in np.asarray(table).tolist())
-            inbox.put(Chunk(chunk_id, ranges, zero_records))
-        elif kind == "close":
-            inbox.put(None)
-        elif kind == "stop":
-            stop.set()
-            return
-
-
 def describe_error(error: BaseException) -> tuple[str, str, str]:
     """(kind, message, gRPC status name or "") of a connection's failure, picklable."""
     cause = error if isinstance(error, grpc.RpcError) else error.__cause__
@@ -118,45 +104,91 @@ def describe_error(error: BaseException) -> tuple[str, str, str]:
     return type(error).__name__, message, code
 
 
-def run_connection(index: int, log_level: int, pipe) -> None:
-    """Process entry point (started by the transfer pool through the fork server).
+class _Session:
+    """One migration's connection inside a (reused) connection process."""
 
-    The pool starts connection processes while the receiver prepares the session;
-    the first message, ("begin", ConnectionSpec), says where to stream what.
+    def __init__(self, spec: ConnectionSpec, sender: PipeSender) -> None:
+        self.spec = spec
+        self.sender = sender
+        self.stop = threading.Event()
+        self.inbox: queue.Queue[Chunk | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name=f"connection-{spec.index}", daemon=True)
+        self.thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def handle(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "chunk":
+            _kind, chunk_id, table, zero_records = message
+            ranges = tuple(MemoryRange(gpa, length) for gpa, length in np.asarray(table).tolist())
+            self.inbox.put(Chunk(chunk_id, ranges, zero_records))
+        elif kind == "close":
+            self.inbox.put(None)
+        elif kind == "stop":
+            self.stop.set()
+
+    def _run(self) -> None:
+        spec = self.spec
+        layout = None
+        channel = None
+        try:
+            layout = open_pinned_layout(spec.regions, spec.page_size)
+            plan = TransferPlan(spec.session_token, layout, spec.page_size, spec.chunk_bytes, spec.skip_zero_pages)
+            channel = spec.security.channel(spec.endpoint, channel_options(spec.chunk_bytes, spec.index))
+            stream = ConnectionStream(
+                spec.index,
+                channel,
+                spec.session_token,
+                BatchBuilder(plan),
+                self.inbox,
+                _PipeReporter(self.sender),
+                self.stop,
+            )
+            stream.run()
+            outcome: tuple = ("finished", stream.reconnects)
+        except BaseException as error:
+            if not isinstance(error, (TransferFailed, SourceReadFailed, LayoutError, OSError, grpc.RpcError)):
+                log.exception("connection %d failed", spec.index)
+            outcome = ("failed", *describe_error(error))
+        finally:
+            if channel is not None:
+                channel.close()
+            if layout is not None:
+                layout.close()
+        # gRPC calls and generators leave reference cycles holding frames: collect them and
+        # give the memory back before this process waits, idle, for its next migration.
+        gc.collect()
+        release_free_memory()
+        self.sender.send(outcome)  # the last word of this migration: the pool may reuse us now
+
+
+def run_connection(log_level: int, pipe) -> None:
+    """Process entry point (started by the connection pool through the fork server).
+
+    A connection process serves one migration's connection at a time and then waits
+    for the next ("begin", ConnectionSpec); messages that arrive between migrations
+    (a late "stop" or "close") are ignored. ("exit",) or a closed pipe ends it.
     """
     ignore_stop_signals()
     sender = PipeSender(pipe)
     log_through_parent(sender, log_level)
-    try:
-        first = pipe.recv()
-    except (EOFError, OSError):
-        return
-    if first[0] != "begin":
-        sender.send(("finished", 0))
-        return
-    spec: ConnectionSpec = first[1]
-    stop = threading.Event()
-    inbox: queue.Queue[Chunk | None] = queue.Queue()
-    layout = None
-    channel = None
-    try:
-        layout = open_pinned_layout(spec.regions, spec.page_size)
-        plan = TransferPlan(spec.session_token, layout, spec.page_size, spec.chunk_bytes, spec.skip_zero_pages)
-        channel = spec.security.channel(spec.endpoint, channel_options(spec.chunk_bytes, spec.index))
-        threading.Thread(target=_read_commands, args=(pipe, inbox, stop), daemon=True).start()
-        stream = ConnectionStream(
-            spec.index, channel, spec.session_token, BatchBuilder(plan), inbox, _PipeReporter(sender), stop
-        )
-        stream.run()
-        sender.send(("finished", stream.reconnects))
-    except BaseException as error:
-        if not isinstance(error, (TransferFailed, SourceReadFailed, LayoutError, OSError, grpc.RpcError)):
-            log.exception("connection %d failed", spec.index)
-        sender.send(("failed", *describe_error(error)))
-    finally:
-        if channel is not None:
-            channel.close()
-        if layout is not None:
-            layout.close()
-        release_free_memory()
-        pipe.close()
+    session: _Session | None = None
+    while True:
+        try:
+            message = pipe.recv()
+        except (EOFError, OSError):
+            break  # the sender is gone
+        kind = message[0]
+        if kind == "begin":
+            session = _Session(message[1], sender)
+        elif kind == "exit":
+            break
+        elif session is not None and session.running:
+            session.handle(message)
+    if session is not None and session.running:
+        session.stop.set()
+        session.thread.join(10)
+    pipe.close()

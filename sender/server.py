@@ -7,6 +7,7 @@ from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.tls import INSECURE, Security
 from livemig.common.transport import ServiceHost
 from livemig.common.worker_processes import start_fork_server
+from livemig.sender.connection_pool import default_pool
 from livemig.sender.connection_process import PRELOAD as CONNECTION_PRELOAD
 from livemig.sender.guest import GuestHooks
 from livemig.sender.service import MigrationRegistry, SenderService
@@ -20,6 +21,7 @@ def build_sender(
 ) -> tuple[ServiceHost, MigrationRegistry]:
     registry = MigrationRegistry()
     start_fork_server(CONNECTION_PRELOAD)  # connection processes fork from it in milliseconds
+    default_pool()  # and are kept between migrations
     host = ServiceHost([SERVICE_NAME], max_workers=CONTROL_WORKERS, max_message_bytes=16 << 20)
     pb_grpc.add_SenderServicer_to_server(SenderService(registry, hooks, security), host.server)
     return host, registry

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from livemig.common.ranges import MemoryRange, RangeTable
-from livemig.common.worker_processes import LOG_MESSAGE, relog, worker_context
+from livemig.common.worker_processes import LOG_MESSAGE, relog
 from livemig.sender.batch_builder import Chunk
-from livemig.sender.connection_process import PRELOAD, ConnectionSpec, run_connection
+from livemig.sender.connection_pool import ConnectionPool, PooledProcess, default_pool
+from livemig.sender.connection_process import ConnectionSpec
 from livemig.sender.stats import MigrationStats
 from livemig.sender.stream import MAX_RETRIES, RETRY_BUDGET_SECONDS, WINDOW_BATCHES, ChunkReport
 
@@ -61,10 +62,17 @@ class ConnectionFailed(Exception):
 class _Connection:
     """The migration process's view of one connection process."""
 
+    @property
+    def process(self) -> multiprocessing.process.BaseProcess:
+        return self.worker.process
+
+    @property
+    def pipe(self) -> multiprocessing.connection.Connection:
+        return self.worker.pipe
+
     index: int
     spec: ConnectionSpec | None
-    process: multiprocessing.process.BaseProcess
-    pipe: multiprocessing.connection.Connection
+    worker: PooledProcess
     outstanding: dict[int, Chunk] = field(default_factory=dict)
     finished: bool = False
     failed: bool = False
@@ -81,20 +89,20 @@ class TransferPool:
         stop: threading.Event,
         split: Callable[[Iterable[MemoryRange]], list[MemoryRange]],
         log_extra: dict[str, str] | None = None,
+        processes: ConnectionPool | None = None,
     ) -> None:
         self.stats = stats
         self._split = split  # cuts ranges where guest memory regions (files) meet
         self.stop = stop
         self._log_extra = log_extra or {}
-        self._context = worker_context(PRELOAD)
+        self._processes = processes or default_pool()
         self._changed = threading.Condition()
         self._chunk_ids = itertools.count(1)
         self._errors: list[BaseException] = []
         self._closed = False
         self._closing = False
         self._abandoned = False  # close() gave up waiting: deaths are no longer restarts
-        self._log_level = logging.getLogger().getEffectiveLevel()
-        # Started now, while the receiver prepares the session: begin() says where to stream.
+        # Taken (or started) now, while the receiver prepares the session: begin() says where to stream.
         self._connections = [self._start(index) for index in range(connections)]
         self._reader = threading.Thread(target=self._read, name="transfer-reports", daemon=True)
         self._reader.start()
@@ -102,15 +110,10 @@ class TransferPool:
     # -- processes -----------------------------------------------------------------
 
     def _start(self, index: int, spec: ConnectionSpec | None = None) -> _Connection:
-        parent_end, child_end = self._context.Pipe(duplex=True)
-        process = self._context.Process(
-            target=run_connection, args=(index, self._log_level, child_end), name=f"livemig-conn-{index}", daemon=True
-        )
-        process.start()
-        child_end.close()
+        worker = self._processes.acquire()
         if spec is not None:
-            parent_end.send(("begin", spec))
-        return _Connection(index, spec, process, parent_end)
+            worker.pipe.send(("begin", spec))
+        return _Connection(index, spec, worker)
 
     def begin(self, specs: list[ConnectionSpec]) -> None:
         """The session is prepared: each connection learns its endpoint, token and guest files."""
@@ -121,7 +124,6 @@ class TransferPool:
 
     def _restart(self, connection: _Connection) -> None:
         """A connection process died: start another and give it the dead one's chunks."""
-        connection.pipe.close()
         connection.restarts += 1
         stalled = time.monotonic() - connection.last_progress
         index = connection.index
@@ -143,9 +145,10 @@ class TransferPool:
             len(connection.outstanding),
             extra=self._log_extra,
         )
+        self._processes.discard(connection.worker)
         fresh = self._start(index, connection.spec)
         with self._changed:  # send() adds and sends chunks under this lock: none is sent twice
-            connection.process, connection.pipe = fresh.process, fresh.pipe
+            connection.worker = fresh.worker
             for chunk_id in sorted(connection.outstanding):
                 self._send_chunk(connection, connection.outstanding[chunk_id])
             if self._closing:
@@ -273,25 +276,32 @@ class TransferPool:
         return sum(c.reconnects + c.restarts for c in self._connections)
 
     def close(self) -> None:
-        """End the streams (half-close after the last batch) and wait for the processes."""
+        """End the streams (half-close after the last batch), wait for every connection's
+        last word, and give the processes back to the pool (or end those that misbehaved)."""
         if self._closed:
             return
         self._closed = True
         with self._changed:
             self._closing = True
             connections = list(self._connections)
+            for connection in connections:
+                if connection.spec is None:
+                    connection.finished = True  # never began (the prepare failed): idle as it was
+            self._changed.notify_all()
         for connection in connections:
-            self._send(connection, ("close",))
+            if connection.spec is not None:
+                self._send(connection, ("close",))
         self._reader.join(JOIN_SECONDS)
         if self._reader.is_alive():
             self._abandoned = True
             self.stop.set()
             self._fail(ConnectionFailed("connection processes did not finish in time", "DEADLINE_EXCEEDED"))
+            for connection in connections:
+                self._processes.discard(connection.worker)  # killed: the reader sees them go
+            self._reader.join(JOIN_SECONDS)
+            return
         for connection in connections:
-            connection.process.join(JOIN_SECONDS)
-            if connection.process.is_alive():
-                connection.process.kill()
-                connection.process.join()
-        self._reader.join(JOIN_SECONDS)
-        for connection in connections:
-            connection.pipe.close()
+            if (connection.finished or connection.failed) and connection.worker.usable:
+                self._processes.release(connection.worker)
+            else:
+                self._processes.discard(connection.worker)

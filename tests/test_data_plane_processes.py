@@ -269,3 +269,18 @@ def test_long_all_zero_scan_does_not_expire_its_session(sender, shm_dir):
     assert status.stats.zero_bytes == 1024 * MIB and status.stats.batches == 0
     # The scan outlasted the idle timeout, so the session lived on its open stream alone.
     assert status.stats.transfer_ms > 200, status.stats
+
+
+def test_connection_processes_are_kept_for_the_next_migration(shm_dir):
+    image = shm_dir / "guest.img"
+    make_image(image, 16 * MIB, 0.5, seed=9)
+    with (
+        ServiceProcess("sender", []) as tx,
+        ServiceProcess("receiver", ["--memory-dir", str(shm_dir / "dst")]) as rx,
+    ):
+        first = migrate(tx.address, rx.address, [(0, image)], connections=2, skip_zero_pages=True, verify=True)
+        kept = sorted(fork_server_children(tx.pid))
+        second = migrate(tx.address, rx.address, [(0, image)], connections=2, skip_zero_pages=True, verify=True)
+        assert sorted(fork_server_children(tx.pid)) == kept  # the same two processes served both
+    assert first.state == second.state == pb.COMPLETED
+    assert len(kept) == 2

@@ -1,0 +1,121 @@
+"""Connection processes kept between migrations.
+
+Starting a process costs tens of milliseconds even from the fork server (more on
+a loaded host: three context switches per start), which a short migration
+would feel for every connection. So the sender keeps finished connection
+processes idle and hands them to the next migration; each serves one
+migration's connection at a time (sender/connection_process.py). At most
+`max_idle` wait (default: one per core), each for at most `idle_seconds`; a
+process that died or ended badly is never reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing.connection
+import multiprocessing.process
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from livemig.common.worker_processes import worker_context
+from livemig.sender.connection_process import PRELOAD, run_connection
+
+IDLE_SECONDS = 120.0
+EXIT_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class PooledProcess:
+    process: multiprocessing.process.BaseProcess
+    pipe: multiprocessing.connection.Connection
+    idle_since: float = field(default_factory=time.monotonic)
+
+    @property
+    def usable(self) -> bool:
+        return self.process.is_alive() and not self.pipe.closed
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class ConnectionPool:
+    def __init__(self, max_idle: int | None = None, idle_seconds: float = IDLE_SECONDS) -> None:
+        self.max_idle = max_idle if max_idle is not None else max(2, _cores())
+        self.idle_seconds = idle_seconds
+        self._context = worker_context(PRELOAD)
+        self._idle: list[PooledProcess] = []
+        self._lock = threading.Lock()
+        self._reaper = threading.Thread(target=self._reap, name="connection-pool-reaper", daemon=True)
+        self._reaper.start()
+
+    def acquire(self) -> PooledProcess:
+        """An idle connection process, or a new one."""
+        with self._lock:
+            while self._idle:
+                worker = self._idle.pop()
+                if worker.usable:
+                    return worker
+                self._retire(worker)
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=run_connection,
+            args=(logging.getLogger().getEffectiveLevel(), child_end),
+            name="livemig-connection",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        return PooledProcess(process, parent_end)
+
+    def release(self, worker: PooledProcess) -> None:
+        """A process whose migration part ended cleanly: keep it for the next migration."""
+        with self._lock:
+            if worker.usable and len(self._idle) < self.max_idle:
+                worker.idle_since = time.monotonic()
+                self._idle.append(worker)
+                return
+        self._retire(worker)
+
+    def discard(self, worker: PooledProcess) -> None:
+        """A process that died or did not end its part: never reused."""
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join(EXIT_SECONDS)
+        worker.pipe.close()
+
+    def _retire(self, worker: PooledProcess) -> None:
+        with contextlib.suppress(OSError, EOFError, ValueError):
+            worker.pipe.send(("exit",))
+        worker.process.join(EXIT_SECONDS)
+        self.discard(worker)
+
+    def _reap(self) -> None:
+        while True:
+            time.sleep(min(self.idle_seconds, 10.0))
+            now = time.monotonic()
+            with self._lock:
+                stale = [w for w in self._idle if now - w.idle_since > self.idle_seconds]
+                self._idle = [w for w in self._idle if w not in stale]
+            for worker in stale:
+                self._retire(worker)
+
+    def idle_count(self) -> int:
+        with self._lock:
+            return len(self._idle)
+
+
+_default: ConnectionPool | None = None
+_default_lock = threading.Lock()
+
+
+def default_pool() -> ConnectionPool:
+    """The sender's pool (one per sender process)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = ConnectionPool()
+        return _default
