@@ -12,6 +12,7 @@ it reported before dying stays counted.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import multiprocessing.connection
@@ -50,10 +51,14 @@ class DataWorkerPool:
         self._context = worker_context(PRELOAD)
         self._changed = threading.Condition()
         self._stopping = False
+        self._stopped = False
         self._ended: dict[str, set[int]] = {}  # session id -> workers that have ended it
         self._workers = [self._start(spec) for spec in specs]
         self._reader = threading.Thread(target=self._read, name="data-worker-reports", daemon=True)
         self._reader.start()
+        # Before multiprocessing's own exit handler, which would SIGTERM the workers (they
+        # ignore it: it is their parent's to act on) and wait for them forever.
+        atexit.register(self.stop, 0.0)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         with self._changed:
             while not all(w.port for w in self._workers):
@@ -193,7 +198,11 @@ class DataWorkerPool:
             del self._ended[session_id]
 
     def stop(self, grace: float) -> None:
+        """Stop every worker (idempotent): in order, then by SIGKILL after grace + 5 s."""
         with self._changed:
+            if self._stopped:
+                return
+            self._stopped = True
             self._stopping = True
             workers = list(self._workers)
         for worker in workers:

@@ -62,11 +62,21 @@ class NoDataPlane:
         pass
 
 
+STATE_PREFIX = "livemig-receiver-state-"
+
+
 def private_state_dir() -> Path:
     """A fresh folder for session records and received-pages maps, on tmpfs where there is
-    one (the memory directory may be hugetlbfs, which holds no small files)."""
+    one (the memory directory may be hugetlbfs, which holds no small files). Its name
+    carries the receiver's pid; folders of receivers that died without cleaning up
+    (SIGKILL) are swept here."""
     shm = Path("/dev/shm")
-    return Path(tempfile.mkdtemp(prefix="livemig-receiver-state-", dir=shm if shm.is_dir() else None))
+    parent = shm if shm.is_dir() else Path(tempfile.gettempdir())
+    for stale in parent.glob(f"{STATE_PREFIX}*"):
+        pid = stale.name.removeprefix(STATE_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{STATE_PREFIX}{os.getpid()}-", dir=parent))
 
 
 def record_name(token: str) -> str:

@@ -11,6 +11,7 @@ process that died or ended badly is never reused.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import multiprocessing.connection
@@ -49,8 +50,12 @@ class ConnectionPool:
         self._context = worker_context(PRELOAD)
         self._idle: list[PooledProcess] = []
         self._lock = threading.Lock()
+        self._closed = False
         self._reaper = threading.Thread(target=self._reap, name="connection-pool-reaper", daemon=True)
         self._reaper.start()
+        # Before multiprocessing's own exit handler (registered earlier, so run later), which
+        # would SIGTERM the workers (they ignore it: it is their parent's to act on) and wait.
+        atexit.register(self.close)
 
     def acquire(self) -> PooledProcess:
         """An idle connection process, or a new one."""
@@ -74,7 +79,7 @@ class ConnectionPool:
     def release(self, worker: PooledProcess) -> None:
         """A process whose migration part ended cleanly: keep it for the next migration."""
         with self._lock:
-            if worker.usable and len(self._idle) < self.max_idle:
+            if worker.usable and not self._closed and len(self._idle) < self.max_idle:
                 worker.idle_since = time.monotonic()
                 self._idle.append(worker)
                 return
@@ -102,6 +107,14 @@ class ConnectionPool:
                 self._idle = [w for w in self._idle if w not in stale]
             for worker in stale:
                 self._retire(worker)
+
+    def close(self) -> None:
+        """End every idle process (at shutdown); processes in use end with their migration."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            self._retire(worker)
 
     def idle_count(self) -> int:
         with self._lock:

@@ -158,11 +158,11 @@ class _Session:
                 channel.close()
             if layout is not None:
                 layout.close()
+        self.sender.send(outcome)  # the last word of this migration: the pool may reuse us now
         # gRPC calls and generators leave reference cycles holding frames: collect them and
-        # give the memory back before this process waits, idle, for its next migration.
+        # give the memory back (after the last word, off the migration's critical path).
         gc.collect()
         release_free_memory()
-        self.sender.send(outcome)  # the last word of this migration: the pool may reuse us now
 
 
 def run_connection(log_level: int, pipe) -> None:

@@ -33,3 +33,4 @@ def cancel_all(registry: MigrationRegistry) -> None:
         migration.cancel()
     for migration in registry.all():
         migration.join(timeout=30)
+    default_pool().close()  # idle connection processes end with the sender
