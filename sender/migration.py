@@ -137,16 +137,21 @@ class Migration:
 
     def status(self) -> pb.MigrationStatus:
         with self._changed:
+            try:
+                stats, iterations = self.stats.to_proto(), self.stats.iterations_proto()
+            except Exception:  # a bad figure must not break GetMigration and ListMigrations
+                self._log.exception("migration %s: statistics cannot be reported", self.migration_id)
+                stats, iterations = pb.MigrationStats(), []
             return pb.MigrationStatus(
                 migration_id=self.migration_id,
                 state=self.state,
                 error=self.error,
-                stats=self.stats.to_proto(),
+                stats=stats,
                 destination_regions=self.destination_regions,
                 destination=self.request.destination,
                 skip_zero_pages=self.request.skip_zero_pages,
                 page_size=self.request.page_size,
-                iterations=self.stats.iterations_proto(),
+                iterations=iterations,
                 phase=self.phase,
                 live=self.live,
             )
@@ -179,6 +184,24 @@ class Migration:
     # -- the run -----------------------------------------------------------------
 
     def _run(self) -> None:
+        """The migration thread: whatever goes wrong, even while finishing, the
+        migration ends in a final state with its reason (the registry never holds a
+        migration whose thread died RUNNING)."""
+        try:
+            self._attempt()
+        except BaseException as error:
+            self._log.exception("migration %s: failed while finishing", self.migration_id)
+            with self._changed:
+                ended_now = self.state not in FINAL_STATES
+                if ended_now:
+                    self.state, self.error = State.FAILED, f"failed while finishing: {type(error).__name__}: {error}"
+                self.phase = "done"
+                self._changed.notify_all()
+            if ended_now:
+                metrics.ACTIVE_MIGRATIONS.dec()
+                metrics.MIGRATIONS.labels("failed").inc()
+
+    def _attempt(self) -> None:
         self._set(state=State.RUNNING)
         control = self.security.channel(self.request.destination, channel_options(self.request.max_batch_bytes))
         receiver = pb_grpc.ReceiverStub(control)
