@@ -9,6 +9,7 @@ destination's allocated bytes close to the non-zero bytes sent.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import shutil
@@ -24,6 +25,7 @@ from livemig.common.guest_memory import LayoutError, MemoryLayout, RegionFile
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import DecodedBatch
 from livemig.receiver.errors import Reason, ReceiverError
+from livemig.receiver.storage import storage_fault
 
 _ZERO_BLOCK = bytes(1 << 20)
 
@@ -98,13 +100,15 @@ class Session:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 regions.append(RegionFile(memory_range.gpa, memory_range.length, str(path), fd))
                 os.ftruncate(fd, memory_range.length)  # sparse: reads as zero, allocates nothing
-        except OSError as error:
+            layout = MemoryLayout(regions, page_size)
+            return cls(session_id, token, migration_id, directory, layout, max_batch_bytes)
+        except BaseException as error:  # nothing of a failed session stays behind
             for region in regions:
                 os.close(region.fd)
             shutil.rmtree(directory, ignore_errors=True)
-            raise ReceiverError(Reason.STORAGE, f"cannot create destination memory: {error}") from error
-        layout = MemoryLayout(regions, page_size)
-        return cls(session_id, token, migration_id, directory, layout, max_batch_bytes)
+            if isinstance(error, OSError):
+                raise ReceiverError(Reason.STORAGE, f"cannot create destination memory: {error}") from error
+            raise
 
     def _locate(self, ranges: np.ndarray, what: str) -> tuple[list[int], list[int]]:
         """Region index and file offset of every range; refuses any byte outside the layout."""
@@ -203,11 +207,15 @@ class Session:
             self.last_activity = time.monotonic()
         zeroed = 0
         written = False
+        fault = None
         try:
             self._write(data, regions, offsets, lengths.tolist())
             for index, offset, length in zip(zero_regions, zero_offsets, zero_ranges[:, 1].tolist(), strict=True):
                 zeroed += self._zero_received(index, offset, length)
             written = True
+        except OSError as error:
+            if (fault := storage_fault(error, self.directory)) is None:
+                raise
         finally:
             with self._lock:
                 self._writers -= 1
@@ -219,6 +227,10 @@ class Session:
                     if batch_id:
                         self._applied.add(batch_id)
                 self._lock.notify_all()
+        if fault is not None:
+            with contextlib.suppress(ReceiverError):  # another batch's fault may have aborted it
+                self.abort()
+            raise fault
         return len(data), zeroed
 
     def _write(self, data: memoryview, regions: list[int], offsets: list[int], lengths: list[int]) -> None:
