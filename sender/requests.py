@@ -56,7 +56,7 @@ class Rule:
 
 def host_port(text: str) -> bool:
     """A TCP "host:port": no gRPC target schemes (unix:, ...) that would name host objects."""
-    match = _HOST_PORT.match(text)
+    match = _HOST_PORT.fullmatch(text)
     return match is not None and 1 <= int(match.group(1)) <= 65535 and len(text) <= MAX_DESTINATION_CHARS
 
 
@@ -163,7 +163,7 @@ MIGRATION_ID_RULES: tuple[Rule, ...] = (
     Rule(
         "migration_id",
         f"must be at most {MAX_MIGRATION_ID_CHARS} characters of [A-Za-z0-9_-]",
-        lambda m, c: len(m.migration_id) <= MAX_MIGRATION_ID_CHARS and bool(_MIGRATION_ID.match(m.migration_id)),
+        lambda m, c: len(m.migration_id) <= MAX_MIGRATION_ID_CHARS and bool(_MIGRATION_ID.fullmatch(m.migration_id)),
     ),
 )
 
