@@ -102,7 +102,7 @@ def test_cancel_while_preparing_on_an_unresponsive_receiver(sender, shm_dir):
             started = time.monotonic()
             status = stub.CancelMigration(pb.MigrationRequest(migration_id=migration_id), timeout=30)
             assert status.state == pb.CANCELLED
-            assert time.monotonic() - started < 3
+            assert time.monotonic() - started < 10  # far below the 15 s control timeout it rules out
     finally:
         silent.close()
 
