@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import grpc
 
 from livemig.common.transport import ServiceHost, channel_options, message_limit
-from livemig.sender.worker import WINDOW_BATCHES
+from livemig.sender.stream import WINDOW_BATCHES
 
 METHOD = "/livemig.bench.Ceiling/Stream"
 

@@ -110,6 +110,27 @@ def cli(log_level: str, log_format: str) -> None:
     show_default=True,
     help="Seconds a session may go without an open stream or a call before it is dropped.",
 )
+@click.option(
+    "--data-workers",
+    type=click.IntRange(0, 1024),
+    default=0,
+    show_default=True,
+    help="Processes that serve page streams, each on a port of its own (0: one per core).",
+)
+@click.option(
+    "--data-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="First data-worker port (worker k listens on it + k); 0: free ports, announced to senders.",
+)
+@click.option(
+    "--max-streams-per-worker",
+    type=click.IntRange(1, 4096),
+    default=128,
+    show_default=True,
+    help="Page streams one data worker serves at once; one more is refused (RESOURCE_EXHAUSTED).",
+)
 @tls_options(server=True)
 def receiver(
     listen: str,
@@ -119,17 +140,20 @@ def receiver(
     max_sessions: int,
     max_destination_bytes: int,
     idle_timeout: float,
+    data_workers: int,
+    data_port: int,
+    max_streams_per_worker: int,
     security,
 ) -> None:
     """Run the receiver service (destination host)."""
     from livemig.receiver.registry import ReceiverLimits
-    from livemig.receiver.server import build_receiver
+    from livemig.receiver.server import Receiver
 
-    limits = ReceiverLimits(max_batch_bytes, max_sessions, max_destination_bytes, idle_timeout)
-    host, registry = build_receiver(memory_dir, limits)
-    _serve(
-        "receiver", host, listen, metrics_port, security, on_stop=lambda: registry.abort_all("receiver shutting down")
+    limits = ReceiverLimits(
+        max_batch_bytes, max_sessions, max_destination_bytes, idle_timeout, data_workers, max_streams_per_worker
     )
+    service = Receiver(memory_dir, limits, security, listen.rpartition(":")[0], data_port)
+    _serve("receiver", service.host, listen, metrics_port, security, on_stop=service.shut_down)
 
 
 @cli.command()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 READY = re.compile(r"livemig (\w+) listening on (\S+):(\d+)")
 METRICS = re.compile(r"livemig (\w+) metrics on (\S+):(\d+)")
+DATA_WORKER = re.compile(r"data worker (\d+) listening on (\S+):(\d+)")
 
 
 class ServiceProcess:
@@ -45,6 +46,7 @@ class ServiceProcess:
         self._ready = threading.Event()
         self.port = 0
         self.metrics_port = 0
+        self.data_ports: dict[int, int] = {}  # receiver: data worker index -> port
         threading.Thread(target=self._pump, daemon=True).start()
         if not self._ready.wait(timeout) or not self.port:
             self.stop()
@@ -57,6 +59,9 @@ class ServiceProcess:
             if self._log:
                 self._log.write(line)
                 self._log.flush()
+            data_worker = DATA_WORKER.search(line)
+            if data_worker:
+                self.data_ports[int(data_worker.group(1))] = int(data_worker.group(3))
             metrics = METRICS.search(line)
             if metrics:
                 self.metrics_port = int(metrics.group(3))
@@ -69,6 +74,11 @@ class ServiceProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def data_address(self) -> str:
+        """A receiver's first data worker (page streams are served there, not on the API port)."""
+        return f"127.0.0.1:{self.data_ports[0]}"
 
     @property
     def pid(self) -> int:

@@ -58,9 +58,18 @@ def channel_options(max_batch_bytes: int, connection_index: int | None = None) -
 class ServiceHost:
     """A gRPC server with health checking, reflection and a SIGTERM drain."""
 
-    def __init__(self, service_names: list[str], max_workers: int, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        service_names: list[str],
+        max_workers: int,
+        max_message_bytes: int,
+        maximum_concurrent_rpcs: int | None = None,
+    ) -> None:
+        # maximum_concurrent_rpcs: calls beyond it are refused at once with
+        # RESOURCE_EXHAUSTED instead of waiting for a thread.
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+            maximum_concurrent_rpcs=maximum_concurrent_rpcs,
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import enum
+import errno
+
+import grpc
 
 
 class Reason(enum.Enum):
@@ -23,6 +26,25 @@ class Reason(enum.Enum):
     EXPIRED = "expired"
 
 
+STATUS_OF_REASON: dict[Reason, grpc.StatusCode] = {
+    Reason.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.UNKNOWN_SESSION: grpc.StatusCode.NOT_FOUND,
+    Reason.WRONG_SESSION: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.OUT_OF_RANGE: grpc.StatusCode.OUT_OF_RANGE,
+    Reason.LENGTH_MISMATCH: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.OVERLAP: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.OVERSIZED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.NOT_ACTIVE: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.BAD_LAYOUT: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.TOTALS_MISMATCH: grpc.StatusCode.DATA_LOSS,
+    Reason.DIGEST_MISMATCH: grpc.StatusCode.DATA_LOSS,
+    Reason.STORAGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.LIMIT: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.EXPIRED: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
 class ReceiverError(Exception):
     """A refused request. Raised before anything is written."""
 
@@ -30,3 +52,13 @@ class ReceiverError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+_FULL = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded"}
+
+
+def storage_error(error: OSError, doing: str) -> ReceiverError:
+    """A storage fault while writing destination memory: a storage fault, not a network one
+    (RESOURCE_EXHAUSTED; the sender does not retry it)."""
+    what = _FULL.get(error.errno or 0, error.strerror or str(error))
+    return ReceiverError(Reason.STORAGE, f"{doing}: {what} ({error.filename or 'destination file'})")

@@ -1,16 +1,28 @@
-"""All sessions of one receiver, looked up by their token."""
+"""All sessions of one receiver (control process), looked up by their token.
+
+The registry creates and ends sessions; ending one tells every data worker first
+(DataPlane.end_session waits until each has finished its writes and closed its
+files), so nothing is written into a session after it completed, was aborted or
+expired. It publishes each session's record under the private state folder,
+named by a hash of the token, where data workers find sessions they have not
+seen yet.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
+import shutil
+import tempfile
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from livemig.common.ranges import MemoryRange, effective_page_size
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
@@ -32,14 +44,54 @@ class ReceiverLimits:
     max_sessions: int = 16
     max_destination_bytes: int = 0  # 0: the free space of the memory directory
     idle_timeout_seconds: float = 60.0
+    data_workers: int = 0  # 0: one per core
+    max_streams_per_worker: int = 128
+
+
+class DataPlane(Protocol):
+    """The data workers, as the registry sees them."""
+
+    def end_session(self, session_id: str, state: str, expired_after: float) -> None:
+        """Tell every worker the session ended; returns when each has closed its files."""
+
+
+class NoDataPlane:
+    """No data workers (sessions written in this process, as tests do)."""
+
+    def end_session(self, session_id: str, state: str, expired_after: float) -> None:
+        pass
+
+
+def private_state_dir() -> Path:
+    """A fresh folder for session records and received-pages maps, on tmpfs where there is
+    one (the memory directory may be hugetlbfs, which holds no small files)."""
+    shm = Path("/dev/shm")
+    return Path(tempfile.mkdtemp(prefix="livemig-receiver-state-", dir=shm if shm.is_dir() else None))
+
+
+def record_name(token: str) -> str:
+    """A session record's file name: a hash, so the token itself is never stored."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class SessionRegistry:
-    def __init__(self, memory_dir: Path, limits: ReceiverLimits | None = None) -> None:
+    def __init__(
+        self,
+        memory_dir: Path,
+        limits: ReceiverLimits | None = None,
+        state_dir: Path | None = None,
+        data_plane: DataPlane | None = None,
+    ) -> None:
         self.memory_dir = memory_dir
         self.limits = limits or ReceiverLimits()
         self.max_batch_bytes = self.limits.max_batch_bytes
+        # Private to the receiver: received-pages maps and session records.
+        self.state_dir = state_dir or private_state_dir()
+        self.records_dir = self.state_dir / "sessions"
+        self.records_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_plane: DataPlane = data_plane or NoDataPlane()
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._by_id: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._reaper_stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="session-reaper", daemon=True)
@@ -75,7 +127,13 @@ class SessionRegistry:
                     f"and {in_use - allocated} promised to migrations in flight",
                 )
 
-    def prepare(self, layout: Sequence[MemoryRange], page_size: int, migration_id: str) -> Session:
+    def prepare(
+        self,
+        layout: Sequence[MemoryRange],
+        page_size: int,
+        migration_id: str,
+        owner: tuple[bytes, ...] | None = None,
+    ) -> Session:
         try:
             size = effective_page_size(page_size)
         except ValueError as error:
@@ -91,33 +149,70 @@ class SessionRegistry:
             layout_ranges=layout,
             page_size=size,
             max_batch_bytes=self.max_batch_bytes,
+            state_directory=self.state_dir / session_id,
+            owner=owner,
         )
         with self._lock:
             try:
                 self._check_limits(layout)  # again: another prepare may have won the race meanwhile
-            except ReceiverError:
+                self._publish(session, SessionState.ACTIVE)
+            except (ReceiverError, OSError) as error:
                 session.abort()
+                if isinstance(error, OSError):
+                    raise ReceiverError(Reason.STORAGE, f"cannot record the session: {error}") from error
                 raise
             self._sessions[session.token] = session
+            self._by_id[session.session_id] = session
             self._forget_old_finished()
         return session
+
+    def _publish(self, session: Session, state: SessionState | None = None, expired_after: float = 0.0) -> None:
+        """(Re)write the session's record where data workers look it up."""
+        session.ended_record(state, expired_after).dump(self.records_dir / record_name(session.token))
+
+    # -- ending sessions -------------------------------------------------------------
+
+    def _end_in_workers(self, session: Session, state: SessionState, idle_seconds: float = 0.0) -> None:
+        """Called with session.lock held and the session active. The record says the session
+        ended before any worker is told, so a worker that loads it afterwards refuses too;
+        returns once every worker has finished its writes and closed its files."""
+        self._publish(session, state, idle_seconds)
+        self.data_plane.end_session(session.session_id, state.value, idle_seconds)
+
+    def complete(self, session: Session, transmitted_bytes: int, batches: int, digest: bytes) -> tuple[bool, int]:
+        with session.lock:
+            session.check_active()
+            self._end_in_workers(session, SessionState.COMPLETED)
+            return session.complete(transmitted_bytes, batches, digest)
+
+    def abort(self, session: Session, state: SessionState = SessionState.ABORTED, idle_seconds: float = 0.0) -> None:
+        with session.lock:
+            session.check_active()
+            self._end_in_workers(session, state, idle_seconds)
+            session.abort(state, idle_seconds)
 
     def _reap(self) -> None:
         interval = max(0.05, min(1.0, self.limits.idle_timeout_seconds / 4))
         while not self._reaper_stop.wait(interval):
             with self._lock:
-                sessions = list(self._sessions.values())
+                sessions = [s for s in self._sessions.values() if s.active]
             for session in sessions:
-                if session.expire_if_idle(self.limits.idle_timeout_seconds):
-                    log.warning(
-                        "session %s (migration %s) expired after %g s without traffic; destination dropped",
-                        session.session_id,
-                        session.migration_id,
-                        self.limits.idle_timeout_seconds,
-                        extra={"migration_id": session.migration_id},
-                    )
-                    metrics.SESSIONS.labels("expired").inc()
-                    metrics.ACTIVE_SESSIONS.set(self.active_count())
+                idle = session.ledger.idle_seconds()
+                if idle is None or idle < self.limits.idle_timeout_seconds:
+                    continue
+                with session.lock:
+                    if not session.active or (session.ledger.idle_seconds() or 0.0) < self.limits.idle_timeout_seconds:
+                        continue
+                    self.abort(session, SessionState.EXPIRED, self.limits.idle_timeout_seconds)
+                log.warning(
+                    "session %s (migration %s) expired after %g s without traffic; destination dropped",
+                    session.session_id,
+                    session.migration_id,
+                    self.limits.idle_timeout_seconds,
+                    extra={"migration_id": session.migration_id},
+                )
+                metrics.SESSIONS.labels("expired").inc()
+                metrics.ACTIVE_SESSIONS.set(self.active_count())
 
     def abort_all(self, reason: str) -> int:
         """On shutdown: drop every unfinished session's destination; returns how many."""
@@ -126,7 +221,7 @@ class SessionRegistry:
         aborted = 0
         for session in sessions:
             try:
-                session.abort()
+                self.abort(session)
                 aborted += 1
             except ReceiverError:
                 continue
@@ -145,6 +240,17 @@ class SessionRegistry:
             raise ReceiverError(Reason.UNKNOWN_SESSION, "session token does not name a session on this receiver")
         return session
 
+    def worker_gone(self, worker: int) -> None:
+        """A data worker died: its streams are closed."""
+        with self._lock:
+            sessions = [s for s in self._sessions.values() if s.active]
+        for session in sessions:
+            session.ledger.worker_gone(worker)
+
+    def by_id(self, session_id: str) -> Session | None:
+        with self._lock:
+            return self._by_id.get(session_id)
+
     def active_count(self) -> int:
         with self._lock:
             return sum(1 for s in self._sessions.values() if s.state is SessionState.ACTIVE)
@@ -152,4 +258,10 @@ class SessionRegistry:
     def _forget_old_finished(self) -> None:
         finished = [t for t, s in self._sessions.items() if s.state is not SessionState.ACTIVE]
         for token in finished[: max(0, len(finished) - FINISHED_SESSIONS_KEPT)]:
-            del self._sessions[token]
+            session = self._sessions.pop(token)
+            self._by_id.pop(session.session_id, None)
+            (self.records_dir / record_name(token)).unlink(missing_ok=True)
+
+    def remove_state(self) -> None:
+        """On shutdown, after every session ended: the private state folder goes."""
+        shutil.rmtree(self.state_dir, ignore_errors=True)

@@ -1,56 +1,78 @@
-"""Receiver process: gRPC server and metrics endpoint."""
+"""Receiver: the control process's gRPC server and its pool of data-worker processes.
+
+Who owns what (docs/architecture.md has the whole table): the control process
+owns sessions (creation, limits, state, ledger, completion, expiry), the
+destination files' creation and removal, and every Prometheus series; data
+workers own their page streams and the writes into destination memory.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-
-import grpc
 
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
+from livemig.common.tls import INSECURE, Security
 from livemig.common.transport import ServiceHost, message_limit
+from livemig.common.worker_processes import start_fork_server
+from livemig.receiver.data_worker import PRELOAD, WorkerSpec
+from livemig.receiver.data_workers import DataWorkerPool
 from livemig.receiver.registry import ReceiverLimits, SessionRegistry
 from livemig.receiver.service import ReceiverService
 
 log = logging.getLogger("livemig.receiver")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Receiver"].full_name
-MAX_STREAMS = 256  # 128 connections from each of two senders at once
+CONTROL_WORKERS = 32  # unary control calls only: page streams go to the data workers
 
 
-class _HandlerRecorder:
-    """Captures the generated handler table so one entry can be swapped."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
-
-    def add_generic_rpc_handlers(self, _handlers: object) -> None:
-        pass
-
-    def add_registered_method_handlers(self, _service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        self.handlers = dict(handlers)
+def default_data_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def add_receiver_service(service: ReceiverService, server: grpc.Server) -> None:
-    """Register the servicer with TransferPages taking raw bytes (decoded in common/wire.py)."""
-    recorder = _HandlerRecorder()
-    pb_grpc.add_ReceiverServicer_to_server(service, recorder)
-    handlers = recorder.handlers
-    handlers["TransferPages"] = grpc.stream_stream_rpc_method_handler(
-        service.TransferPages,
-        request_deserializer=None,
-        response_serializer=pb.PageBatchAck.SerializeToString,
-    )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+class Receiver:
+    """The running receiver: control server, registry and data workers."""
 
+    def __init__(
+        self,
+        memory_dir: Path,
+        limits: ReceiverLimits | None = None,
+        security: Security = INSECURE,
+        bind_host: str = "127.0.0.1",
+        data_port: int = 0,
+    ) -> None:
+        self.limits = limits or ReceiverLimits()
+        memory_dir.mkdir(parents=True, exist_ok=True)
+        self.registry = SessionRegistry(memory_dir, self.limits)
+        start_fork_server(PRELOAD)
+        workers = self.limits.data_workers or default_data_workers()
+        specs = [
+            WorkerSpec(
+                index=index,
+                host=bind_host,
+                port=data_port + index if data_port else 0,
+                security=security,
+                records_dir=self.registry.records_dir,
+                max_streams=self.limits.max_streams_per_worker,
+                max_message_bytes=message_limit(self.limits.max_batch_bytes),
+                log_level=logging.getLogger().getEffectiveLevel(),
+            )
+            for index in range(workers)
+        ]
+        self.workers = DataWorkerPool(specs, self.registry)
+        self.registry.data_plane = self.workers
+        self.host = ServiceHost(
+            [SERVICE_NAME],
+            max_workers=CONTROL_WORKERS,
+            max_message_bytes=message_limit(self.limits.max_batch_bytes),
+            maximum_concurrent_rpcs=CONTROL_WORKERS * 4,
+        )
+        pb_grpc.add_ReceiverServicer_to_server(ReceiverService(self.registry, self.workers), self.host.server)
 
-def build_receiver(memory_dir: Path, limits: ReceiverLimits | None = None) -> tuple[ServiceHost, SessionRegistry]:
-    limits = limits or ReceiverLimits()
-    memory_dir.mkdir(parents=True, exist_ok=True)
-    registry = SessionRegistry(memory_dir, limits)
-    host = ServiceHost(
-        [SERVICE_NAME], max_workers=MAX_STREAMS + 16, max_message_bytes=message_limit(limits.max_batch_bytes)
-    )
-    add_receiver_service(ReceiverService(registry), host.server)
-    return host, registry
+    def shut_down(self, reason: str = "receiver shutting down") -> None:
+        """Abort unfinished sessions, stop the workers, remove the private state folder."""
+        self.registry.abort_all(reason)
+        self.registry.close()
+        self.workers.stop(grace=2.0)
+        self.registry.remove_state()

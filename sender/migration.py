@@ -34,12 +34,12 @@ from livemig.common.tls import INSECURE, Security
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES, channel_options
 from livemig.common.wire import to_pb_ranges
 from livemig.sender import metrics
+from livemig.sender.connection_process import ConnectionSpec, source_regions
 from livemig.sender.convergence import ConvergencePolicy, Decision
 from livemig.sender.dirty_log import DirtyLog
 from livemig.sender.guest import GuestControl
 from livemig.sender.stats import MigrationStats
-from livemig.sender.transfer import TransferPool, TransferStopped
-from livemig.sender.worker import TransferPlan
+from livemig.sender.transfer import ConnectionFailed, TransferPool, TransferStopped
 
 log = logging.getLogger("livemig.sender")
 
@@ -210,10 +210,13 @@ class Migration:
         try:
             if self._cancel_requested:
                 raise MigrationCancelled()
-            token, chunk_bytes = self._prepare(receiver)
-            plan = TransferPlan(token, self.layout, self.request.page_size, chunk_bytes, self.request.skip_zero_pages)
+            token, chunk_bytes, data_ports = self._prepare(receiver)
             pool = TransferPool(
-                self.request.destination, self.request.connections, plan, self.stats, self._stop, self.security
+                self._connection_specs(token, chunk_bytes, data_ports),
+                self.stats,
+                self._stop,
+                self.layout.split_at_regions,
+                {"migration_id": self.migration_id},
             )
             pause_started = self._precopy(pool) if self.live else self._stop_and_copy(pool)
             # Digest while the streams are still open: an idle receiver session expires.
@@ -249,7 +252,26 @@ class Migration:
             gc.collect()
             release_free_memory()
 
-    def _prepare(self, receiver: pb_grpc.ReceiverStub) -> tuple[str, int]:
+    def _connection_specs(self, token: str, chunk_bytes: int, data_ports: list[int]) -> list[ConnectionSpec]:
+        """One spec per connection: stream i goes to data port i % len (or the destination itself)."""
+        regions = source_regions(self.layout)
+        host = self.request.destination.rpartition(":")[0]
+        return [
+            ConnectionSpec(
+                index=index,
+                endpoint=f"{host}:{data_ports[index % len(data_ports)]}" if data_ports else self.request.destination,
+                security=self.security,
+                session_token=token,
+                regions=regions,
+                page_size=self.request.page_size,
+                chunk_bytes=chunk_bytes,
+                skip_zero_pages=self.request.skip_zero_pages,
+                log_level=logging.getLogger().getEffectiveLevel(),
+            )
+            for index in range(self.request.connections)
+        ]
+
+    def _prepare(self, receiver: pb_grpc.ReceiverStub) -> tuple[str, int, list[int]]:
         started = time.monotonic()
         call = receiver.PrepareMigration.future(
             pb.PrepareMigrationRequest(
@@ -285,7 +307,7 @@ class Migration:
             chunk_bytes,
             self.live,
         )
-        return response.session_token, chunk_bytes
+        return response.session_token, chunk_bytes, list(response.data_ports)
 
     def _stop_and_copy(self, pool: TransferPool) -> float | None:
         """One pass over all memory; the guest (if known) is paused for all of it."""
@@ -432,6 +454,15 @@ class Migration:
 
 def describe_failure(error: BaseException, destination: str) -> str:
     """One human sentence for the status's error field."""
+    if isinstance(error, ConnectionFailed):
+        details = str(error)
+        if error.code in ("UNAVAILABLE", "CANCELLED", "INTERNAL"):
+            return f"receiver at {destination} is unavailable: {details}"
+        if error.code == "DEADLINE_EXCEEDED":
+            return f"receiver at {destination} did not answer in time: {details}"
+        if error.code:
+            return f"receiver refused ({error.code}): {details}"
+        return details
     cause = error if isinstance(error, grpc.RpcError) else error.__cause__
     if isinstance(cause, grpc.RpcError):
         code = cause.code()

@@ -6,7 +6,9 @@ from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.tls import INSECURE, Security
 from livemig.common.transport import ServiceHost
+from livemig.common.worker_processes import start_fork_server
 from livemig.sender.config import SenderConfig
+from livemig.sender.connection_process import PRELOAD as CONNECTION_PRELOAD
 from livemig.sender.registry import MigrationRegistry
 from livemig.sender.service import SenderService
 
@@ -27,6 +29,7 @@ def build_sender(
             f"{RESERVED_WORKERS} of the {CONTROL_WORKERS} control threads stay free for other calls"
         )
     registry = MigrationRegistry()
+    start_fork_server(CONNECTION_PRELOAD)  # connection processes fork from it in milliseconds
     host = ServiceHost([SERVICE_NAME], max_workers=CONTROL_WORKERS, max_message_bytes=16 << 20)
     pb_grpc.add_SenderServicer_to_server(SenderService(registry, config, security), host.server)
     return host, registry

@@ -12,12 +12,17 @@ skip_zero_pages off nothing is inspected, so scanned and zero stay 0.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.sender import metrics
+
+if TYPE_CHECKING:
+    from livemig.sender.stream import ChunkReport
 
 
 @dataclass(slots=True)
@@ -43,11 +48,43 @@ _OUTCOME_FIELDS = tuple(f.name for f in fields(ChunkOutcome))
 class Counters(ChunkOutcome):
     """Sums of chunk outcomes (an iteration's or the migration's), plus link busy time."""
 
-    busy_seconds: float = 0.0  # time at least one batch was in flight
+    busy_seconds: float = 0.0  # time at least one batch was in flight (set from BusyTime)
 
     def add(self, outcome: ChunkOutcome) -> None:
         for name in _OUTCOME_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(outcome, name))
+
+
+class BusyTime:
+    """Union of [sent, acknowledged] intervals: the time at least one batch was in flight.
+
+    Connection processes report each batch's interval (CLOCK_MONOTONIC is one
+    clock for all processes of the host) in no particular order across
+    connections; overlapping intervals merge, so N busy connections count the
+    wall time once.
+    """
+
+    __slots__ = ("_intervals",)
+
+    def __init__(self) -> None:
+        self._intervals: list[list[float]] = []  # disjoint, sorted by start
+
+    def add(self, start: float, end: float) -> None:
+        if end < start:
+            start, end = end, start
+        intervals = self._intervals
+        index = bisect.bisect_left(intervals, [start, start])
+        if index > 0 and intervals[index - 1][1] >= start:
+            index -= 1
+        stop = index
+        while stop < len(intervals) and intervals[stop][0] <= end:
+            start = min(start, intervals[stop][0])
+            end = max(end, intervals[stop][1])
+            stop += 1
+        intervals[index:stop] = [[start, end]]
+
+    def seconds(self) -> float:
+        return sum(end - start for start, end in self._intervals)
 
 
 @dataclass(slots=True)
@@ -62,12 +99,14 @@ class Iteration:
     remaining_bytes: int = 0
     expected_downtime_ms: int = 0
 
+    busy: BusyTime = field(default_factory=BusyTime)
+
     def seconds(self) -> float:
         return (self.ended if self.ended is not None else time.monotonic()) - self.started
 
     def bandwidth(self) -> float:
         """Wire bytes over the time at least one batch was in flight."""
-        busy = self.counters.busy_seconds
+        busy = self.busy.seconds()
         return self.counters.wire_bytes / busy if busy > 0 else 0.0
 
     def to_proto(self) -> pb.IterationStats:
@@ -113,8 +152,8 @@ class MigrationStats:
         self._transfer_started: float | None = None
         self._transfer_ended: float | None = None
         self._ended: float | None = None
-        self._in_flight = 0
-        self._busy_since = 0.0
+        self._busy = BusyTime()
+        self._counted_chunks: set[int] = set()
         self._lock = threading.Lock()
 
     # -- phases ------------------------------------------------------------------
@@ -148,50 +187,47 @@ class MigrationStats:
             if self._transfer_started is not None and self._transfer_ended is None:
                 self._transfer_ended = self._ended
 
-    # -- from the connection workers ------------------------------------------
+    # -- from the connection processes -----------------------------------------
 
-    def add_sent(self, outcome: ChunkOutcome) -> None:
-        """Account for a chunk whose batch went onto the wire (or that needed none)."""
+    def add_chunk(self, report: ChunkReport) -> bool:
+        """Account for one chunk, acknowledged by the receiver or needing no batch.
+
+        The only place the sender's transfer counters and their Prometheus series
+        change: connection processes report each chunk once, after its
+        acknowledgement, so nothing unacknowledged is ever counted as sent. A chunk
+        id reported twice (its connection process died after reporting and the chunk
+        was sent again) counts once; returns False for such a duplicate.
+        """
+        outcome = report.outcome
         with self._lock:
-            self.totals.add(outcome)
-            if self.iterations:
-                self.iterations[-1].counters.add(outcome)
+            if report.chunk_id in self._counted_chunks:
+                return False
+            self._counted_chunks.add(report.chunk_id)
+            iteration = self.iterations[-1] if self.iterations else None
+            for counters in (self.totals, iteration.counters if iteration else None):
+                if counters is None:
+                    continue
+                counters.add(outcome)
+                counters.wire_bytes += report.resent_wire_bytes
+            self.resent_batches += report.resends
+            self.processed_bytes += outcome.chunk_bytes
+            if report.sent_at is not None and report.acked_at is not None:
+                self._busy.add(report.sent_at, report.acked_at)
+                self.totals.busy_seconds = self._busy.seconds()
+                if iteration is not None:
+                    iteration.busy.add(report.sent_at, report.acked_at)
+                    iteration.counters.busy_seconds = iteration.busy.seconds()
+        wire = outcome.wire_bytes + report.resent_wire_bytes
         metrics.SCANNED_BYTES.inc(outcome.scanned_bytes)
         metrics.ZERO_BYTES.inc(outcome.zero_bytes)
         metrics.ZERO_PAGES.inc(outcome.zero_pages)
         metrics.NORMAL_PAGES.inc(outcome.normal_pages)
         metrics.TRANSMITTED_BYTES.inc(outcome.transmitted_bytes)
-        metrics.WIRE_BYTES.inc(outcome.wire_bytes)
+        metrics.WIRE_BYTES.inc(wire)
         metrics.BATCHES.inc(outcome.batches)
-
-    def add_resent(self, wire_bytes: int) -> None:
-        """A batch written again after its stream broke: wire bytes, not new payload."""
-        with self._lock:
-            self.totals.wire_bytes += wire_bytes
-            self.resent_batches += 1
-            if self.iterations:
-                self.iterations[-1].counters.wire_bytes += wire_bytes
-        metrics.WIRE_BYTES.inc(wire_bytes)
-
-    def batch_in_flight(self) -> None:
-        with self._lock:
-            if self._in_flight == 0:
-                self._busy_since = time.monotonic()
-            self._in_flight += 1
-
-    def batch_acknowledged(self) -> None:
-        with self._lock:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                busy = time.monotonic() - self._busy_since
-                self.totals.busy_seconds += busy
-                if self.iterations:
-                    self.iterations[-1].counters.busy_seconds += busy
-
-    def add_processed(self, chunk_bytes: int) -> None:
-        """A chunk is fully handled: acknowledged by the receiver, or needing no batch."""
-        with self._lock:
-            self.processed_bytes += chunk_bytes
+        if wire:
+            metrics.CONNECTION_WIRE_BYTES.labels(str(report.connection)).inc(wire)
+        return True
 
     # -- derived figures -------------------------------------------------------
 

@@ -1,102 +1,283 @@
-"""N connection workers for the whole migration, fed one iteration at a time.
+"""N connection processes for the whole migration, fed one iteration at a time.
 
 `send()` cuts an iteration's ranges into chunks (like Cloud Hypervisor's
-`MemoryRangeTable::partition`), hands them to the workers through a bounded
-queue and returns when every chunk was acknowledged: the iteration barrier.
+`MemoryRangeTable::partition`), gives each chunk an id (its batch id) and hands
+it to the connection with the fewest chunks outstanding, at most
+CHUNKS_PER_CONNECTION each (credit-based flow control keeps every process busy
+and sender memory bounded). It returns when every chunk was acknowledged: the
+iteration barrier.
+
+Each connection is a process of its own (sender/connection_process.py), so
+reading, scanning, framing and streaming of different connections run on
+different cores. This pool, in the migration process, is the one reader of
+their reports and hands each to MigrationStats, the one owner of statistics and
+metrics. A connection process that dies is a broken connection: a new one is
+started and the dead one's unacknowledged chunks go to it again under the same
+ids (the receiver applies and counts a batch id once), up to MAX_RETRIES times
+without progress; then the migration fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import queue
+import logging
+import multiprocessing.connection
+import multiprocessing.process
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from livemig.common.ranges import MemoryRange, RangeTable
-from livemig.common.tls import INSECURE, Security
-from livemig.common.transport import channel_options
+from livemig.common.worker_processes import LOG_MESSAGE, relog, worker_context
+from livemig.sender.batch_builder import Chunk
+from livemig.sender.connection_process import PRELOAD, ConnectionSpec, run_connection
 from livemig.sender.stats import MigrationStats
-from livemig.sender.worker import ConnectionWorker, TransferPlan, WorkItem
+from livemig.sender.stream import MAX_RETRIES, RETRY_BUDGET_SECONDS, WINDOW_BATCHES, ChunkReport
+
+log = logging.getLogger("livemig.sender")
 
 _POLL_SECONDS = 0.2
+CHUNKS_PER_CONNECTION = WINDOW_BATCHES + 2  # the window in flight, and the next ones being prepared
+JOIN_SECONDS = 10.0
 
 
 class TransferStopped(Exception):
     """The pool was stopped (cancel or a failed stream) before the iteration finished."""
 
 
+class ConnectionFailed(Exception):
+    """A connection gave up; carries the gRPC status name of the cause, if any."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class _Connection:
+    """The migration process's view of one connection process."""
+
+    spec: ConnectionSpec
+    process: multiprocessing.process.BaseProcess
+    pipe: multiprocessing.connection.Connection
+    outstanding: dict[int, Chunk] = field(default_factory=dict)
+    finished: bool = False
+    failed: bool = False
+    restarts: int = 0
+    last_progress: float = field(default_factory=time.monotonic)
+    reconnects: int = 0
+
+
 class TransferPool:
     def __init__(
         self,
-        destination: str,
-        connections: int,
-        plan: TransferPlan,
+        specs: list[ConnectionSpec],
         stats: MigrationStats,
         stop: threading.Event,
-        security: Security = INSECURE,
+        split: Callable[[Iterable[MemoryRange]], list[MemoryRange]],
+        log_extra: dict[str, str] | None = None,
     ) -> None:
-        self.plan = plan
+        self.stats = stats
+        self._split = split  # cuts ranges where guest memory regions (files) meet
         self.stop = stop
-        self._work: queue.Queue[WorkItem | None] = queue.Queue(maxsize=2 * connections)
-        self._outstanding = 0
-        self._closed = False
+        self._log_extra = log_extra or {}
+        self._context = worker_context(PRELOAD)
         self._changed = threading.Condition()
-        batch_ids = itertools.count(1)
-        self._channels = [
-            security.channel(destination, channel_options(plan.chunk_bytes, index)) for index in range(connections)
-        ]
-        self.workers = [
-            ConnectionWorker(i, channel, plan, self._work, stats, batch_ids, stop, self._chunk_done)
-            for i, channel in enumerate(self._channels)
-        ]
-        self._threads = [threading.Thread(target=w.run, name=f"conn-{w.index}", daemon=True) for w in self.workers]
-        for thread in self._threads:
-            thread.start()
+        self._chunk_ids = itertools.count(1)
+        self._errors: list[BaseException] = []
+        self._closed = False
+        self._closing = False
+        self._abandoned = False  # close() gave up waiting: deaths are no longer restarts
+        self._connections = [self._start(spec) for spec in specs]
+        self._reader = threading.Thread(target=self._read, name="transfer-reports", daemon=True)
+        self._reader.start()
 
-    def _chunk_done(self, chunk_bytes: int) -> None:
+    # -- processes -----------------------------------------------------------------
+
+    def _start(self, spec: ConnectionSpec) -> _Connection:
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=run_connection, args=(spec, child_end), name=f"livemig-conn-{spec.index}", daemon=True
+        )
+        process.start()
+        child_end.close()
+        return _Connection(spec, process, parent_end)
+
+    def _restart(self, connection: _Connection) -> None:
+        """A connection process died: start another and give it the dead one's chunks."""
+        connection.pipe.close()
+        connection.restarts += 1
+        stalled = time.monotonic() - connection.last_progress
+        index = connection.spec.index
+        if connection.restarts > MAX_RETRIES or stalled > RETRY_BUDGET_SECONDS:
+            self._fail(
+                ConnectionFailed(
+                    f"connection {index}: its process died (exit code {connection.process.exitcode}) "
+                    f"{connection.restarts} times without progress",
+                    "UNAVAILABLE",
+                )
+            )
+            return
+        log.warning(
+            "connection %d: process died (exit code %s); restarting it (try %d of %d), resending %d chunks",
+            index,
+            connection.process.exitcode,
+            connection.restarts,
+            MAX_RETRIES,
+            len(connection.outstanding),
+            extra=self._log_extra,
+        )
+        fresh = self._start(connection.spec)
+        with self._changed:  # send() adds and sends chunks under this lock: none is sent twice
+            connection.process, connection.pipe = fresh.process, fresh.pipe
+            for chunk_id in sorted(connection.outstanding):
+                self._send_chunk(connection, connection.outstanding[chunk_id])
+            if self._closing:
+                self._send(connection, ("close",))
+
+    # -- reports -------------------------------------------------------------------
+
+    def _read(self) -> None:
+        """The one reader of every connection's reports (and of their deaths)."""
+        stop_sent = False
+        while True:
+            with self._changed:
+                live = [c for c in self._connections if not (c.finished or c.failed)]
+                if not live:
+                    self._changed.notify_all()
+                    return
+            if self.stop.is_set() and not stop_sent:
+                stop_sent = True
+                for connection in live:
+                    self._send(connection, ("stop",))
+            waitables = {}
+            for connection in live:
+                waitables[connection.pipe] = connection
+                waitables[connection.process.sentinel] = connection
+            for ready in multiprocessing.connection.wait(list(waitables), timeout=_POLL_SECONDS):
+                connection = waitables[ready]
+                if ready is connection.pipe:
+                    self._drain(connection)
+                elif not connection.process.is_alive():
+                    self._drain(connection)  # what it said before it died counts
+                    self._died(connection)
+
+    def _drain(self, connection: _Connection) -> None:
+        while True:
+            try:
+                if connection.pipe.closed or not connection.pipe.poll():
+                    return
+                message = connection.pipe.recv()
+            except (EOFError, OSError):
+                return
+            self._handle(connection, message)
+
+    def _handle(self, connection: _Connection, message: tuple) -> None:
+        kind = message[0]
+        if kind == "done":
+            report: ChunkReport = message[1]
+            self.stats.add_chunk(report)
+            with self._changed:
+                connection.outstanding.pop(report.chunk_id, None)
+                connection.last_progress = time.monotonic()
+                connection.restarts = 0
+                self._changed.notify_all()
+        elif kind == LOG_MESSAGE:
+            relog(message, self._log_extra)
+        elif kind == "finished":
+            with self._changed:
+                connection.finished = True
+                connection.reconnects = message[1]
+                self._changed.notify_all()
+        elif kind == "failed":
+            _kind, _name, text, code = message
+            with self._changed:
+                connection.failed = True
+            self._fail(ConnectionFailed(text, code))
+
+    def _died(self, connection: _Connection) -> None:
+        if connection.finished or connection.failed:
+            return
+        if self.stop.is_set() or self._abandoned:
+            with self._changed:
+                connection.failed = True  # stopped on purpose: nothing to report
+                self._changed.notify_all()
+            return
+        self._restart(connection)
+
+    def _fail(self, error: BaseException) -> None:
         with self._changed:
-            self._outstanding -= chunk_bytes
+            self._errors.append(error)
             self._changed.notify_all()
+        self.stop.set()
+
+    # -- the iteration ---------------------------------------------------------------
+
+    def _send(self, connection: _Connection, message: tuple) -> None:
+        # A gone process: the reader notices its death and restarts it.
+        with contextlib.suppress(OSError, EOFError, ValueError):
+            connection.pipe.send(message)
+
+    def _send_chunk(self, connection: _Connection, chunk: Chunk) -> None:
+        table = np.array([(r.gpa, r.length) for r in chunk.ranges], dtype=np.uint64).reshape(-1, 2)
+        self._send(connection, ("chunk", chunk.chunk_id, table, chunk.zero_records))
 
     def send(self, ranges: Iterable[MemoryRange], zero_records: bool) -> None:
         """Send every page of `ranges`; returns once all of it is acknowledged."""
-        pieces = self.plan.layout.split_at_regions(RangeTable.of(ranges))
-        for table in RangeTable(tuple(pieces)).partition(self.plan.chunk_bytes):
+        chunk_bytes = self._connections[0].spec.chunk_bytes
+        pieces = self._split(RangeTable.of(ranges))
+        for table in RangeTable(tuple(pieces)).partition(chunk_bytes):
+            chunk = Chunk(next(self._chunk_ids), table.ranges, zero_records)
             with self._changed:
-                self._outstanding += table.total_bytes
-            self._put(WorkItem(table.ranges, zero_records))
+                while True:
+                    if self.stop.is_set():
+                        raise TransferStopped()
+                    target = min(self._connections, key=lambda c: len(c.outstanding))
+                    if len(target.outstanding) < CHUNKS_PER_CONNECTION:
+                        break
+                    self._changed.wait(_POLL_SECONDS)
+                target.outstanding[chunk.chunk_id] = chunk
+                self._send_chunk(target, chunk)  # under the lock: a restart resends outstanding chunks
         with self._changed:
-            while self._outstanding > 0:
+            while any(c.outstanding for c in self._connections):
                 if self.stop.is_set():
                     raise TransferStopped()
                 self._changed.wait(_POLL_SECONDS)
         if self.stop.is_set():
             raise TransferStopped()
 
-    def _put(self, item: WorkItem | None) -> None:
-        while True:
-            if self.stop.is_set():
-                raise TransferStopped()
-            try:
-                self._work.put(item, timeout=_POLL_SECONDS)
-                return
-            except queue.Full:
-                continue
-
     def first_error(self) -> BaseException | None:
-        return next((w.error for w in self.workers if w.error is not None), None)
+        with self._changed:
+            return self._errors[0] if self._errors else None
+
+    @property
+    def reconnects(self) -> int:
+        return sum(c.reconnects + c.restarts for c in self._connections)
 
     def close(self) -> None:
-        """End the streams (half-close after the last batch) and wait for the workers."""
+        """End the streams (half-close after the last batch) and wait for the processes."""
         if self._closed:
             return
         self._closed = True
-        try:
-            for _ in self.workers:
-                self._put(None)
-        except TransferStopped:
-            pass
-        for thread in self._threads:
-            thread.join()
-        for channel in self._channels:
-            channel.close()
+        with self._changed:
+            self._closing = True
+            connections = list(self._connections)
+        for connection in connections:
+            self._send(connection, ("close",))
+        self._reader.join(JOIN_SECONDS)
+        if self._reader.is_alive():
+            self._abandoned = True
+            self.stop.set()
+            self._fail(ConnectionFailed("connection processes did not finish in time", "DEADLINE_EXCEEDED"))
+        for connection in connections:
+            connection.process.join(JOIN_SECONDS)
+            if connection.process.is_alive():
+                connection.process.kill()
+                connection.process.join()
+        self._reader.join(JOIN_SECONDS)
+        for connection in connections:
+            connection.pipe.close()

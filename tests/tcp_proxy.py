@@ -9,27 +9,41 @@ import threading
 
 
 class TcpProxy:
-    def __init__(self, upstream_port: int) -> None:
+    """Forwards to 127.0.0.1:upstream_port.
+
+    With mirror_host, it listens on that loopback address on the very port numbers
+    of `upstream_port` and every port in `also` (a receiver's data workers, whose
+    ports the receiver announces): a sender given mirror_host:port as destination
+    reaches the data workers through the proxy too.
+    """
+
+    def __init__(self, upstream_port: int, also: list[int] | tuple[int, ...] = (), mirror_host: str = "") -> None:
         self.upstream_port = upstream_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.host = mirror_host or "127.0.0.1"
+        self.listeners: list[socket.socket] = []
+        for port in [upstream_port, *also] if mirror_host else [upstream_port]:
+            listener = socket.create_server((self.host, port if mirror_host else 0))
+            self.listeners.append(listener)
+        self.listener = self.listeners[0]
         self.port = self.listener.getsockname()[1]
         self.connections: list[tuple[socket.socket, socket.socket]] = []
         self.bytes_forwarded: list[int] = []
         self._lock = threading.Lock()
         self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        for listener, port in zip(self.listeners, [upstream_port, *also], strict=False):
+            threading.Thread(target=self._accept, args=(listener, port), daemon=True).start()
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket, upstream_port: int) -> None:
         while not self._closed:
             try:
-                client, _ = self.listener.accept()
+                client, _ = listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            upstream = socket.create_connection(("127.0.0.1", upstream_port))
             with self._lock:
                 index = len(self.connections)
                 self.connections.append((client, upstream))
@@ -65,6 +79,7 @@ class TcpProxy:
 
     def close(self) -> None:
         self._closed = True
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
         for index in range(len(self.connections)):
             self.reset(index)

@@ -80,7 +80,7 @@ def test_valid_batch_is_written_and_acknowledged(receiver, session):
         [MemoryRange(4096, 4096), MemoryRange((1 << 30) + 8192, 10)],
         [b"\x01" * 4096, b"\x02" * 10],
     )
-    acks = send_raw(receiver.address, [frame])
+    acks = send_raw(receiver.data_address, [frame])
     assert [(a.batch_id, a.bytes_written) for a in acks] == [(7, 4106)]
     first = Path(prepared.destination_regions[0].path).read_bytes()
     assert first[4096:8192] == b"\x01" * 4096 and not any(first[:4096]) and not any(first[8192:])
@@ -106,14 +106,14 @@ def test_bad_batch_is_refused_and_writes_nothing(receiver, session, token, range
     # A valid first range in the same batch must not be written either.
     frame = encode_batch(prepared.session_token if token is None else token, 1, ranges, payload)
     with pytest.raises(grpc.RpcError) as raised:
-        send_raw(receiver.address, [frame])
+        send_raw(receiver.data_address, [frame])
     assert raised.value.code() == code, raised.value.details()
     assert allocated(prepared) == 0 and destination_is_zero(prepared)
 
 
 def test_malformed_bytes_are_invalid_argument(receiver, session):
     with pytest.raises(grpc.RpcError) as raised:
-        send_raw(receiver.address, [b"\x7a\xff\xff\xff\xff"])
+        send_raw(receiver.data_address, [b"\x7a\xff\xff\xff\xff"])
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -124,7 +124,7 @@ def test_oversized_batch_is_resource_exhausted(receiver, session):
         prepared.session_token, 1, [MemoryRange(0, 4096), MemoryRange(1 << 30, len(payload) - 4096)], [payload]
     )
     with pytest.raises(grpc.RpcError) as raised:
-        send_raw(receiver.address, [frame])
+        send_raw(receiver.data_address, [frame])
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert allocated(prepared) == 0
 
@@ -134,7 +134,7 @@ def test_batch_over_grpc_message_limit_is_resource_exhausted(receiver, session):
     payload = b"\x01" * (6 * MIB)
     frame = encode_batch(prepared.session_token, 1, [MemoryRange(0, len(payload))], [payload])
     with pytest.raises(grpc.RpcError) as raised:
-        send_raw(receiver.address, [frame])
+        send_raw(receiver.data_address, [frame])
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -146,7 +146,7 @@ def test_stream_cannot_switch_sessions(receiver, session):
         encode_batch(other.session_token, 2, [MemoryRange(0, 4)], [b"abcd"]),
     ]
     with pytest.raises(grpc.RpcError) as raised:
-        send_raw(receiver.address, frames)
+        send_raw(receiver.data_address, frames)
     assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert allocated(other) == 0
     stub.AbortMigration(pb.AbortMigrationRequest(session_token=other.session_token))
@@ -154,7 +154,7 @@ def test_stream_cannot_switch_sessions(receiver, session):
 
 def test_complete_checks_totals_and_refuses_later_transfers(receiver, session):
     stub, prepared = session
-    send_raw(receiver.address, [encode_batch(prepared.session_token, 1, [MemoryRange(0, 4)], [b"abcd"])])
+    send_raw(receiver.data_address, [encode_batch(prepared.session_token, 1, [MemoryRange(0, 4)], [b"abcd"])])
     with pytest.raises(grpc.RpcError) as raised:
         stub.CompleteMigration(
             pb.CompleteMigrationRequest(session_token=prepared.session_token, transmitted_bytes=8, batches=1)
@@ -165,7 +165,7 @@ def test_complete_checks_totals_and_refuses_later_transfers(receiver, session):
     )
     assert done.written_bytes == 4 and not done.verified
     with pytest.raises(grpc.RpcError) as raised:
-        send_raw(receiver.address, [encode_batch(prepared.session_token, 2, [MemoryRange(0, 4)], [b"efgh"])])
+        send_raw(receiver.data_address, [encode_batch(prepared.session_token, 2, [MemoryRange(0, 4)], [b"efgh"])])
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert Path(prepared.destination_regions[0].path).read_bytes()[:4] == b"abcd"
     with pytest.raises(grpc.RpcError) as raised:  # a completed VM's memory is never dropped
@@ -175,7 +175,7 @@ def test_complete_checks_totals_and_refuses_later_transfers(receiver, session):
 
 def test_digest_mismatch_is_data_loss(receiver, session, shm_dir):
     stub, prepared = session
-    send_raw(receiver.address, [encode_batch(prepared.session_token, 1, [MemoryRange(0, 4)], [b"abcd"])])
+    send_raw(receiver.data_address, [encode_batch(prepared.session_token, 1, [MemoryRange(0, 4)], [b"abcd"])])
     wrong = shm_dir / "zero.img"
     make_image(wrong, MIB, 0.0)
     with pytest.raises(grpc.RpcError) as raised:
@@ -193,12 +193,12 @@ def test_digest_mismatch_is_data_loss(receiver, session, shm_dir):
 
 def test_abort_removes_destination_files(receiver, session):
     stub, prepared = session
-    send_raw(receiver.address, [encode_batch(prepared.session_token, 1, [MemoryRange(0, 4)], [b"abcd"])])
+    send_raw(receiver.data_address, [encode_batch(prepared.session_token, 1, [MemoryRange(0, 4)], [b"abcd"])])
     stub.AbortMigration(pb.AbortMigrationRequest(session_token=prepared.session_token, reason="test"))
     assert not any(Path(r.path).exists() for r in prepared.destination_regions)
     assert not Path(prepared.destination_regions[0].path).parent.exists()
     with pytest.raises(grpc.RpcError) as raised:
-        send_raw(receiver.address, [encode_batch(prepared.session_token, 2, [MemoryRange(0, 4)], [b"abcd"])])
+        send_raw(receiver.data_address, [encode_batch(prepared.session_token, 2, [MemoryRange(0, 4)], [b"abcd"])])
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 

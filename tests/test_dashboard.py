@@ -172,7 +172,7 @@ def test_every_panel_has_data_during_a_real_migration(prometheus, shm_dir):
             )
             import grpc
 
-            with grpc.insecure_channel(rx.address) as receiver_channel:
+            with grpc.insecure_channel(rx.data_address) as receiver_channel:
                 transfer = receiver_channel.stream_stream("/livemig.v1.Receiver/TransferPages", request_serializer=None)
                 with pytest.raises(grpc.RpcError):
                     list(transfer(iter([encode_batch("nope", 1, [MemoryRange(0, 4)], [b"abcd"])])))

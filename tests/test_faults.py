@@ -36,7 +36,8 @@ def process_state(pid: int) -> str:
 def test_one_broken_connection_is_reconnected_and_resent(sender, receiver, shm_dir):
     image = shm_dir / "guest.img"
     make_image(image, 96 * MIB, 0.7, seed=11)
-    proxy = TcpProxy(receiver.port)
+    # Every port of the receiver (API and data workers) through a proxy on 127.0.0.2.
+    proxy = TcpProxy(receiver.port, also=list(receiver.data_ports.values()), mirror_host="127.0.0.2")
     try:
         channel, stub = sender_stub(sender.address)
         with channel:

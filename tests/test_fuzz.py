@@ -201,7 +201,7 @@ def test_grpc_fuzz_against_a_real_receiver(receiver, module_dir):
                 session_token=token, batch_id=case + 1, ranges=b"\x01" * generator.randint(1, 40), data=b"y"
             ).SerializeToString()
         try:
-            send_raw(receiver.address, [frame])
+            send_raw(receiver.data_address, [frame])
             codes["OK"] = codes.get("OK", 0) + 1
         except grpc.RpcError as error:
             assert error.code() in allowed, (error.code(), error.details())
@@ -211,7 +211,7 @@ def test_grpc_fuzz_against_a_real_receiver(receiver, module_dir):
     # Still serving: a clean batch into a fresh session lands.
     fresh_channel = _grpc.insecure_channel(receiver.address)
     fresh = prepare(pb_grpc.ReceiverStub(fresh_channel), [MemoryRange(0, PAGE)])
-    acks = send_raw(receiver.address, [encode_batch(fresh.session_token, 1, [MemoryRange(0, 4)], [b"ok!!"])])
+    acks = send_raw(receiver.data_address, [encode_batch(fresh.session_token, 1, [MemoryRange(0, 4)], [b"ok!!"])])
     assert acks[0].bytes_written == 4
     assert Path(fresh.destination_regions[0].path).read_bytes()[:4] == b"ok!!"
     fresh_channel.close()

@@ -68,13 +68,13 @@ def test_idle_session_expires_and_later_batches_get_deadline_exceeded(limited):
     channel, stub = receiver_stub(rx.address)
     with channel:
         session = prepare(stub, [MemoryRange(0, MIB)])
-    send_raw(rx.address, [encode_batch(session.session_token, 1, [MemoryRange(0, 4)], [b"abcd"])])
+    send_raw(rx.data_address, [encode_batch(session.session_token, 1, [MemoryRange(0, 4)], [b"abcd"])])
     deadline = time.monotonic() + 10
     while any(directory.iterdir()):
         assert time.monotonic() < deadline, "idle session was not dropped"
         time.sleep(0.1)
     with pytest.raises(grpc.RpcError) as raised:
-        send_raw(rx.address, [encode_batch(session.session_token, 2, [MemoryRange(0, 4)], [b"abcd"])])
+        send_raw(rx.data_address, [encode_batch(session.session_token, 2, [MemoryRange(0, 4)], [b"abcd"])])
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "expired" in raised.value.details()
     assert "expired after 1 s" in "".join(rx.lines)

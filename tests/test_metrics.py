@@ -71,7 +71,7 @@ def test_rejected_batches_are_counted_by_reason(services):
     import grpc
 
     _sender, receiver = services
-    with grpc.insecure_channel(receiver.address) as channel:
+    with grpc.insecure_channel(receiver.data_address) as channel:
         transfer = channel.stream_stream("/livemig.v1.Receiver/TransferPages", request_serializer=None)
         with pytest.raises(grpc.RpcError):
             list(transfer(iter([encode_batch("unknown", 1, [MemoryRange(0, 4)], [b"abcd"])])))

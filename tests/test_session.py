@@ -89,7 +89,7 @@ def test_random_writes_and_zeroings_track_a_model(tmp_path_factory, operations):
             touched_pages[offset // PAGE : -(-(offset + length) // PAGE)] = True
     assert region_bytes(session) == bytes(model)
     # The received-pages map flags exactly the pages some batch wrote data into.
-    assert np.array_equal(session._received[0], touched_pages)
+    assert np.array_equal(session.received_pages(0), touched_pages)
     session.abort()
     assert not (directory / "session").exists()
 

@@ -159,15 +159,17 @@ def test_session_belongs_to_the_certificate_that_prepared_it(pki, secured):
             timeout=5,
         )
     frame = encode_batch(prepared.session_token, 1, [MemoryRange(0, 4)], [b"evil"])
-    with client(pki, "client").channel(target, channel_options(1 << 20)) as other:
+    data_target = f"localhost:{prepared.data_ports[0]}"  # page streams go to a data worker
+    with client(pki, "client").channel(data_target, channel_options(1 << 20)) as other:
         transfer = other.stream_stream("/livemig.v1.Receiver/TransferPages", request_serializer=None)
         with pytest.raises(grpc.RpcError) as raised:
             list(transfer(iter([frame]), timeout=10))
     assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert not any(Path(prepared.destination_regions[0].path).read_bytes())
-    with client(pki, "sender").channel(target, channel_options(1 << 20)) as owner_channel:
+    with client(pki, "sender").channel(data_target, channel_options(1 << 20)) as owner_channel:
         transfer = owner_channel.stream_stream("/livemig.v1.Receiver/TransferPages", request_serializer=None)
         assert len(list(transfer(iter([frame]), timeout=10))) == 1  # the owner may
+    with client(pki, "sender").channel(target) as owner_channel:
         pb_grpc.ReceiverStub(owner_channel).AbortMigration(
             pb.AbortMigrationRequest(session_token=prepared.session_token)
         )

@@ -240,14 +240,16 @@ class PrepareMigrationRequest(_message.Message):
     def __init__(self, layout: _Optional[_Union[MemoryRangeTable, _Mapping]] = ..., page_size: _Optional[int] = ..., migration_id: _Optional[str] = ...) -> None: ...
 
 class PrepareMigrationResponse(_message.Message):
-    __slots__ = ("session_token", "destination_regions", "max_batch_bytes")
+    __slots__ = ("session_token", "destination_regions", "max_batch_bytes", "data_ports")
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_REGIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_PORTS_FIELD_NUMBER: _ClassVar[int]
     session_token: str
     destination_regions: _containers.RepeatedCompositeFieldContainer[DestinationRegion]
     max_batch_bytes: int
-    def __init__(self, session_token: _Optional[str] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., max_batch_bytes: _Optional[int] = ...) -> None: ...
+    data_ports: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_token: _Optional[str] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., max_batch_bytes: _Optional[int] = ..., data_ports: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PageBatch(_message.Message):
     __slots__ = ("session_token", "batch_id", "ranges", "zero_ranges", "data")

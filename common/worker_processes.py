@@ -1,0 +1,101 @@
+"""Worker processes both services start: how they are made and how they talk back.
+
+Both data planes run one interpreter per connection (sender) or per data worker
+(receiver), because one interpreter's GIL caps a migration at ~1.3 GiB/s however
+many cores a host has. The parents run gRPC servers with live threads, which a
+plain fork() must not copy, so workers come from a fork server: a clean
+interpreter started once, with the heavy modules (grpc, numpy) preloaded, that
+forks each worker in milliseconds.
+
+Workers talk to their parent over one duplex multiprocessing pipe each. Pipe
+sends are synchronous writes into the kernel: a message sent before a worker
+dies is still read by the parent (a multiprocessing.Queue's feeder thread could
+lose it). Log records travel the same pipe, so the parent's log format (text or
+JSON, with migration_id) covers every line.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.context
+import multiprocessing.forkserver
+import signal
+import threading
+from collections.abc import Sequence
+
+LOG_MESSAGE = "log"
+
+
+def worker_context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
+    """The fork-server context, with `preload` imported once in the fork server."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["livemig.common.forkserver_signals", *preload])
+    return context
+
+
+def start_fork_server(preload: Sequence[str]) -> None:
+    """Start the fork server now (at service start), not on the first migration."""
+    worker_context(preload)
+    multiprocessing.forkserver.ensure_running()
+
+
+class PipeSender:
+    """Thread-safe sends on a worker's pipe (several threads report at once)."""
+
+    def __init__(self, connection: multiprocessing.connection.Connection) -> None:
+        self.connection = connection
+        self._lock = threading.Lock()
+
+    def send(self, message: tuple) -> bool:
+        """False when the parent is gone (its end of the pipe closed)."""
+        with self._lock:
+            try:
+                self.connection.send(message)
+                return True
+            except (OSError, EOFError, BrokenPipeError):
+                return False
+
+
+class PipeLogHandler(logging.Handler):
+    """Sends a worker's log records to its parent as (LOG_MESSAGE, logger, level, text)."""
+
+    def __init__(self, sender: PipeSender) -> None:
+        super().__init__()
+        self.sender = sender
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.sender.send((LOG_MESSAGE, record.name, record.levelno, text))
+        except Exception:  # logging must never break the data path
+            self.handleError(record)
+
+
+def ignore_stop_signals() -> None:
+    """In a worker: SIGINT and SIGTERM are for the parent, which stops its workers in order.
+
+    A terminal's Ctrl-C and systemd's stop signal the whole process group; a worker
+    that died on them would look like a crash to its parent mid-shutdown. A worker
+    whose parent is gone sees its pipe close and stops by itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def log_through_parent(sender: PipeSender, level: int) -> None:
+    """In a worker: every log record goes to the parent, nothing to this process's stderr."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(PipeLogHandler(sender))
+    root.setLevel(level)
+
+
+def relog(message: tuple, extra: dict[str, str] | None = None) -> None:
+    """In the parent: log a worker's record through the parent's own handlers."""
+    _kind, name, level, text = message
+    logging.getLogger(name).log(level, "%s", text, extra=extra or {})

@@ -1,0 +1,103 @@
+"""gRPC servicer of a data worker: TransferPages, translated to SessionWriter calls.
+
+Raw bytes in (see common/wire.py), acknowledgements out; one stream, one
+session. A stream is bound to its session by the "livemig-session" metadata
+entry when the sender gives one (so a stream that has nothing to send yet, while
+all-zero memory is being scanned, already keeps its session alive), or else by
+its first batch. Every applied batch is reported to the control process before
+it is acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Protocol
+
+import grpc
+
+from livemig.common.proto import livemig_pb2 as pb
+from livemig.common.wire import BatchDecodeError, decode_batch
+from livemig.receiver.errors import STATUS_OF_REASON, Reason, ReceiverError
+from livemig.receiver.writer import SessionWriter
+
+log = logging.getLogger("livemig.receiver")
+
+SESSION_METADATA = "livemig-session"
+
+
+class WriterLookup(Protocol):
+    def writer(self, token: str) -> SessionWriter:
+        """The session of a token in this process; raises ReceiverError."""
+
+
+class DataReports(Protocol):
+    """Where a data worker's facts go (the control process owns counters and metrics)."""
+
+    def batch_applied(self, session_id: str, batch_id: int, written: int, zeroed: int) -> None: ...
+
+    def batch_rejected(self, reason: Reason) -> None: ...
+
+    def stream_changed(self, session_id: str, delta: int) -> None: ...
+
+
+def _peer(context: grpc.ServicerContext) -> tuple[bytes, ...] | None:
+    """The caller's verified certificate identities (mutual TLS), or None."""
+    identities = context.peer_identities()
+    return tuple(identities) if identities else None
+
+
+class DataService:
+    def __init__(self, writers: WriterLookup, reports: DataReports) -> None:
+        self.writers = writers
+        self.reports = reports
+
+    def _owned(self, token: str, context: grpc.ServicerContext) -> SessionWriter:
+        """Under mutual TLS a session belongs to the certificate identity that prepared it:
+        another trusted client holding the token still cannot write into it."""
+        if not token:
+            raise ReceiverError(Reason.UNAUTHENTICATED, "no session token given")
+        writer = self.writers.writer(token)
+        if writer.owner is not None and _peer(context) != writer.owner:
+            raise ReceiverError(Reason.WRONG_SESSION, "session was prepared by another client certificate; refused")
+        return writer
+
+    def _refuse(self, error: ReceiverError, bound: SessionWriter | None, context: grpc.ServicerContext) -> None:
+        self.reports.batch_rejected(error.reason)
+        migration_id = bound.migration_id if bound is not None else ""
+        log.warning("rejected batch: %s", error.message, extra={"migration_id": migration_id})
+        context.abort(STATUS_OF_REASON[error.reason], error.message)
+
+    def TransferPages(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext):
+        bound: SessionWriter | None = None
+        try:
+            token = dict(context.invocation_metadata()).get(SESSION_METADATA)
+            if token is not None:
+                try:
+                    writer = self._owned(token, context)
+                    writer.check_active()
+                except ReceiverError as error:
+                    self._refuse(error, None, context)
+                bound = writer
+                self.reports.stream_changed(bound.session_id, +1)
+            for raw in request_iterator:
+                try:
+                    try:
+                        batch = decode_batch(raw)
+                    except BatchDecodeError as error:
+                        raise ReceiverError(Reason.MALFORMED, str(error)) from error
+                    writer = self._owned(batch.header.session_token, context)
+                    if bound is not None and writer is not bound:
+                        raise ReceiverError(Reason.WRONG_SESSION, "stream is bound to another session")
+                    if bound is None:
+                        bound = writer
+                        self.reports.stream_changed(writer.session_id, +1)
+                    written, zeroed, now = writer.apply(batch)
+                except ReceiverError as error:
+                    self._refuse(error, bound, context)
+                if now:
+                    self.reports.batch_applied(writer.session_id, batch.header.batch_id, written, zeroed)
+                yield pb.PageBatchAck(batch_id=batch.header.batch_id, bytes_written=written)
+        finally:
+            if bound is not None:
+                self.reports.stream_changed(bound.session_id, -1)

@@ -1,0 +1,209 @@
+"""The receiver's data workers, from the control process: start, listen, restart, end sessions.
+
+The control process serves PrepareMigration, CompleteMigration, AbortMigration
+and health on its own port, in its own interpreter, so it answers however busy
+or attacked the data workers are. Page streams go to the workers, one port
+each. This pool is the one reader of the workers' reports: it feeds each
+session's ledger (totals counted once per batch id) and the receiver's
+Prometheus counters, which only the control process exports. A worker that dies
+is started again on the same port; its open streams count as closed, and what
+it reported before dying stays counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing.connection
+import multiprocessing.process
+import threading
+import time
+from dataclasses import dataclass, field, replace
+
+from livemig.common.worker_processes import LOG_MESSAGE, relog, worker_context
+from livemig.receiver import metrics
+from livemig.receiver.data_worker import PRELOAD, WorkerSpec, run_data_worker
+from livemig.receiver.registry import SessionRegistry
+
+log = logging.getLogger("livemig.receiver")
+
+START_TIMEOUT_SECONDS = 60.0
+END_TIMEOUT_SECONDS = 30.0
+RESTART_PAUSE_SECONDS = 0.5
+_POLL_SECONDS = 0.2
+
+
+@dataclass(slots=True)
+class _Worker:
+    spec: WorkerSpec
+    process: multiprocessing.process.BaseProcess
+    pipe: multiprocessing.connection.Connection
+    port: int = 0
+    started: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+    dead: bool = False  # could not be started again (e.g. during shutdown)
+
+
+class DataWorkerPool:
+    def __init__(self, specs: list[WorkerSpec], registry: SessionRegistry) -> None:
+        self.registry = registry
+        self._context = worker_context(PRELOAD)
+        self._changed = threading.Condition()
+        self._stopping = False
+        self._ended: dict[str, set[int]] = {}  # session id -> workers that have ended it
+        self._workers = [self._start(spec) for spec in specs]
+        self._reader = threading.Thread(target=self._read, name="data-worker-reports", daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        with self._changed:
+            while not all(w.port for w in self._workers):
+                if time.monotonic() > deadline or self._stopping:
+                    raise RuntimeError("data workers did not start listening")
+                self._changed.wait(_POLL_SECONDS)
+
+    @property
+    def ports(self) -> list[int]:
+        with self._changed:
+            return [w.port for w in self._workers]
+
+    def _start(self, spec: WorkerSpec) -> _Worker:
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=run_data_worker, args=(spec, child_end), name=f"livemig-data-{spec.index}", daemon=True
+        )
+        process.start()
+        child_end.close()
+        return _Worker(spec, process, parent_end)
+
+    # -- reports -------------------------------------------------------------------
+
+    def _read(self) -> None:
+        while True:
+            with self._changed:
+                if self._stopping and not any(w.process.is_alive() for w in self._workers):
+                    return
+                workers = list(self._workers)
+            waitables = {}
+            for worker in workers:
+                if worker.dead:
+                    continue
+                if not worker.pipe.closed:
+                    waitables[worker.pipe] = worker
+                waitables[worker.process.sentinel] = worker
+            if not waitables:
+                return
+            for ready in multiprocessing.connection.wait(list(waitables), timeout=_POLL_SECONDS):
+                worker = waitables[ready]
+                if ready is worker.pipe:
+                    self._drain(worker)
+                elif not worker.process.is_alive():
+                    self._drain(worker)  # what it said before it died counts
+                    self._died(worker)
+
+    def _drain(self, worker: _Worker) -> None:
+        while True:
+            try:
+                if worker.pipe.closed or not worker.pipe.poll():
+                    return
+                message = worker.pipe.recv()
+            except (EOFError, OSError):
+                return
+            self._handle(worker, message)
+
+    def _handle(self, worker: _Worker, message: tuple) -> None:
+        kind = message[0]
+        index = worker.spec.index
+        if kind == "batch":
+            _kind, session_id, batch_id, written, zeroed = message
+            session = self.registry.by_id(session_id)
+            if session is not None and session.ledger.record_batch(batch_id, written, zeroed):
+                metrics.WRITTEN_BYTES.inc(written)
+                metrics.ZEROED_BYTES.inc(zeroed)
+                metrics.BATCHES.inc()
+        elif kind == "stream":
+            _kind, session_id, delta = message
+            session = self.registry.by_id(session_id)
+            if session is not None:
+                session.ledger.stream_changed(index, delta)
+        elif kind == "rejected":
+            metrics.REJECTED_BATCHES.labels(message[1]).inc()
+        elif kind == "ended":
+            with self._changed:
+                self._ended.setdefault(message[1], set()).add(index)
+                self._changed.notify_all()
+        elif kind == LOG_MESSAGE:
+            relog(message)
+        elif kind == "listening":
+            with self._changed:
+                worker.port = message[1]
+                worker.spec = replace(worker.spec, port=message[1])  # a restart takes the same port
+                self._changed.notify_all()
+            log.info("data worker %d listening on %s:%d", index, worker.spec.host, message[1])
+        elif kind == "failed":
+            log.error("data worker %d cannot serve: %s", index, message[1])
+
+    def _died(self, worker: _Worker) -> None:
+        index = worker.spec.index
+        self.registry.worker_gone(index)
+        with self._changed:
+            for ended in self._ended.values():
+                ended.add(index)  # a dead worker holds no session open
+            self._changed.notify_all()
+            if self._stopping:
+                return
+        log.warning(
+            "data worker %d (pid %s) died with exit code %s; starting it again on port %d",
+            index,
+            worker.process.pid,
+            worker.process.exitcode,
+            worker.spec.port,
+        )
+        worker.pipe.close()
+        if time.monotonic() - worker.started < 1.0:
+            time.sleep(RESTART_PAUSE_SECONDS)  # do not spin on a worker that dies at start
+        try:
+            fresh = self._start(worker.spec)
+        except (OSError, EOFError) as error:  # the fork server is gone: the receiver is going down
+            log.error("data worker %d cannot be started again: %s", index, error)
+            worker.dead = True
+            return
+        with self._changed:
+            worker.process, worker.pipe, worker.started = fresh.process, fresh.pipe, fresh.started
+            worker.restarts += 1
+
+    # -- the registry's DataPlane -------------------------------------------------
+
+    def end_session(self, session_id: str, state: str, expired_after: float) -> None:
+        with self._changed:
+            self._ended[session_id] = set()
+            workers = list(self._workers)
+        for worker in workers:
+            try:
+                worker.pipe.send(("end", session_id, state, expired_after))
+            except (OSError, EOFError, ValueError):
+                with self._changed:
+                    self._ended[session_id].add(worker.spec.index)  # dead: nothing open there
+        deadline = time.monotonic() + END_TIMEOUT_SECONDS
+        with self._changed:
+            while len(self._ended[session_id]) < len(workers):
+                if time.monotonic() > deadline:
+                    log.error("data workers did not end session %s in %.0f s", session_id, END_TIMEOUT_SECONDS)
+                    break
+                self._changed.wait(_POLL_SECONDS)
+            del self._ended[session_id]
+
+    def stop(self, grace: float) -> None:
+        with self._changed:
+            self._stopping = True
+            workers = list(self._workers)
+        for worker in workers:
+            with contextlib.suppress(OSError, EOFError, ValueError):
+                worker.pipe.send(("stop", grace))
+        for worker in workers:
+            worker.process.join(grace + 5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+        self._reader.join(5)
+        for worker in workers:
+            worker.pipe.close()

@@ -1,0 +1,147 @@
+"""Read, scan and frame one chunk of guest memory: the pure part of a connection.
+
+No gRPC and no threads here: given a chunk (ranges of guest memory) the builder
+reads it from the guest's files, finds its zero pages (with skipping on) and
+frames the rest as one PageBatch. It runs inside a connection process, so page
+data goes from the guest memory file to the socket without crossing processes;
+only the chunk's ranges come in and its outcome (counters) goes out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from livemig.common.guest_memory import MemoryLayout
+from livemig.common.ranges import MemoryRange
+from livemig.common.wire import GRPC_MESSAGE_PREFIX, encode_batch
+from livemig.common.zeropages import EMPTY_RANGES, ZeroScan, count_pages, scan_guest_range, scan_pages
+from livemig.sender.stats import ChunkOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class TransferPlan:
+    """What every connection of one migration shares and never changes."""
+
+    session_token: str
+    layout: MemoryLayout
+    page_size: int
+    chunk_bytes: int
+    skip_zero_pages: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One chunk to send: ranges of at most chunk_bytes in all, sent as one batch.
+
+    chunk_id is the batch id: a chunk that is prepared again (its connection
+    process died) goes out under the same id, so the receiver applies and counts
+    it once. With zero_records, its zero pages go out as zero ranges: pages that
+    may have held data the destination already has (later iterations).
+    """
+
+    chunk_id: int
+    ranges: tuple[MemoryRange, ...]
+    zero_records: bool
+
+    @property
+    def length(self) -> int:
+        return sum(r.length for r in self.ranges)
+
+
+@dataclass(slots=True)
+class BuiltBatch:
+    """A chunk made ready: its frame (None when nothing needs sending) and its outcome."""
+
+    chunk: Chunk
+    frame: bytes | None
+    outcome: ChunkOutcome
+
+
+class BatchBuilder:
+    """Turns chunks into frames; one per connection (it owns a chunk-sized buffer)."""
+
+    def __init__(self, plan: TransferPlan) -> None:
+        self.plan = plan
+        self._buffer = memoryview(bytearray(plan.chunk_bytes))
+        self._region_starts = plan.layout.region_starts()
+
+    def release(self) -> None:
+        self._buffer = memoryview(b"")
+
+    def build(self, chunk: Chunk) -> BuiltBatch:
+        """Read and scan one chunk. Errors reading guest memory propagate (fatal)."""
+        plan = self.plan
+        started = time.monotonic()
+        outcome = ChunkOutcome(chunk_bytes=chunk.length)
+        if not plan.skip_zero_pages:
+            data_ranges, zero_ranges, payload = self._read_all(chunk, outcome)
+        elif len(chunk.ranges) > 1 and all(
+            r.gpa % plan.page_size == 0 and r.length % plan.page_size == 0 for r in chunk.ranges
+        ):
+            data_ranges, zero_ranges, payload = self._scan_gathered(chunk, outcome)
+        else:
+            data_ranges, zero_ranges, payload = self._scan_each(chunk, outcome)
+        outcome.transmitted_bytes = chunk.length - outcome.zero_bytes
+        if chunk.zero_records:
+            outcome.zeroed_bytes = outcome.zero_bytes
+        else:
+            zero_ranges = EMPTY_RANGES
+        outcome.scan_seconds = time.monotonic() - started
+        if not len(data_ranges) and not len(zero_ranges):
+            return BuiltBatch(chunk, None, outcome)
+        frame = encode_batch(plan.session_token, chunk.chunk_id, data_ranges, payload, zero_ranges)
+        outcome.wire_bytes = len(frame) + GRPC_MESSAGE_PREFIX
+        outcome.batches = 1
+        return BuiltBatch(chunk, frame, outcome)
+
+    def _read_all(self, chunk: Chunk, outcome: ChunkOutcome) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
+        """No skipping: every byte goes out as it is."""
+        payload, position = [], 0
+        for memory_range in chunk.ranges:
+            buffer = self._buffer[position : position + memory_range.length]
+            position += memory_range.length
+            self.plan.layout.read_into(memory_range.gpa, buffer)
+            payload.append(buffer)
+            outcome.normal_pages += count_pages(memory_range.gpa, memory_range.length, self.plan.page_size)
+        data = np.array([(r.gpa, r.length) for r in chunk.ranges], dtype=np.uint64).reshape(-1, 2)
+        return data, EMPTY_RANGES, payload
+
+    def _scan_each(self, chunk: Chunk, outcome: ChunkOutcome) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
+        """Range by range, skipping file holes unread (large ranges: iteration 0)."""
+        data_parts, zero_parts, payload, position = [], [], [], 0
+        for memory_range in chunk.ranges:
+            buffer = self._buffer[position : position + memory_range.length]
+            position += memory_range.length
+            scan = scan_guest_range(self.plan.layout, memory_range.gpa, buffer, self.plan.page_size)
+            _count(outcome, scan, memory_range.length)
+            data_parts.append(scan.data)
+            zero_parts.append(scan.zero)
+            base = memory_range.gpa
+            payload.extend(buffer[gpa - base : gpa - base + length] for gpa, length in scan.data.tolist())
+        return np.concatenate(data_parts), np.concatenate(zero_parts), payload
+
+    def _scan_gathered(self, chunk: Chunk, outcome: ChunkOutcome) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
+        """Many page-aligned ranges (dirty pages): read back to back, scanned in one pass."""
+        page_size = self.plan.page_size
+        position = 0
+        for memory_range in chunk.ranges:
+            self.plan.layout.read_into(memory_range.gpa, self._buffer[position : position + memory_range.length])
+            position += memory_range.length
+        page_gpas = np.concatenate([np.arange(r.gpa, r.end, page_size, dtype=np.uint64) for r in chunk.ranges])
+        scan, offsets = scan_pages(page_gpas, self._buffer[:position], page_size, self._region_starts)
+        _count(outcome, scan, position)
+        payload = [
+            self._buffer[offset : offset + length]
+            for offset, length in zip(offsets.tolist(), scan.data[:, 1].tolist(), strict=True)
+        ]
+        return scan.data, scan.zero, payload
+
+
+def _count(outcome: ChunkOutcome, scan: ZeroScan, scanned_bytes: int) -> None:
+    outcome.scanned_bytes += scanned_bytes
+    outcome.zero_bytes += scan.zero_bytes
+    outcome.zero_pages += scan.zero_pages
+    outcome.normal_pages += scan.normal_pages

@@ -1,0 +1,293 @@
+"""One connection's stream machinery: window, acknowledgements, resend, reconnect.
+
+A ConnectionStream owns one TransferPages stream at a time on its own TCP
+connection. It takes chunks from its inbox, has the BatchBuilder make their
+frames, keeps at most WINDOW_BATCHES unacknowledged (sender memory stays
+independent of guest size), and reports each chunk once, when the receiver has
+acknowledged it (or when it needed no batch), to a ChunkReporter. When a
+connection breaks, a new stream resends every unacknowledged frame under its
+batch id (writes are idempotent and the receiver counts a batch id once).
+
+It runs inside a connection process (sender/connection_process.py); nothing here
+knows about processes, statistics or metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+
+from livemig.common.proto import livemig_pb2 as pb
+from livemig.common.wire import GRPC_MESSAGE_PREFIX
+from livemig.sender.batch_builder import BatchBuilder, Chunk
+from livemig.sender.stats import ChunkOutcome
+
+log = logging.getLogger("livemig.sender")
+
+TRANSFER_METHOD = "/livemig.v1.Receiver/TransferPages"
+SESSION_METADATA = "livemig-session"
+WINDOW_BATCHES = 4
+_POLL_SECONDS = 0.2
+
+# A broken connection is retried; a refusal by the receiver is not.
+RETRIABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
+)
+MAX_RETRIES = 5
+RETRY_BACKOFF_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
+# Batches in flight and no acknowledgement for this long: the stream is treated as
+# broken (a cut link can leave TCP silent for minutes).
+ACK_TIMEOUT_SECONDS = 10.0
+# Give up once a connection has made no progress for this long, however it fails.
+RETRY_BUDGET_SECONDS = 30.0
+
+
+class TransferFailed(Exception):
+    """A stream ended without every batch acknowledged, or could not be re-established."""
+
+
+class SourceReadFailed(Exception):
+    """Reading guest memory failed (e.g. a memory file shrank): fatal, not a network fault."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkReport:
+    """What the owner of statistics learns about one chunk, once."""
+
+    connection: int
+    chunk_id: int
+    outcome: ChunkOutcome
+    sent_at: float | None  # time.monotonic() when its batch first went to a stream (None: no batch)
+    acked_at: float | None
+    resent_wire_bytes: int = 0
+    resends: int = 0
+
+
+class ChunkReporter(Protocol):
+    def chunk_done(self, report: ChunkReport) -> None: ...
+
+
+@dataclass(slots=True)
+class Pending:
+    """A batch sent (or about to be) and not acknowledged yet: kept for a resend."""
+
+    chunk: Chunk
+    frame: bytes
+    outcome: ChunkOutcome
+    holds_window: bool = False
+    sent_at: float | None = None
+    resent_wire_bytes: int = 0
+    resends: int = 0
+
+
+class ConnectionStream:
+    def __init__(
+        self,
+        index: int,
+        channel: grpc.Channel,
+        session_token: str,
+        builder: BatchBuilder,
+        inbox: queue.Queue[Chunk | None],
+        reporter: ChunkReporter,
+        stop: threading.Event,
+    ) -> None:
+        self.index = index
+        self.channel = channel
+        self.session_token = session_token
+        self.builder = builder
+        self.inbox = inbox
+        self.reporter = reporter
+        self.stop = stop
+        self.reconnects = 0
+        self._window = threading.Semaphore(WINDOW_BATCHES)
+        self._in_flight: dict[int, Pending] = {}
+        self._lock = threading.Condition()
+        self._epoch = 0  # one per stream; a generator of an older stream stops producing
+        self._producing = False
+        self._input_done = False
+        self._source_error: BaseException | None = None
+        self._last_progress = time.monotonic()
+
+    def run(self) -> None:
+        """Stream until the inbox is closed and every batch acknowledged, or raise."""
+        try:
+            self._stream_with_retries()
+        finally:
+            # gRPC's call objects and the generators form reference cycles that only a
+            # full collection frees; drop the big frames now rather than then.
+            with self._lock:
+                self._in_flight.clear()
+            self.builder.release()
+
+    def _stream_with_retries(self) -> None:
+        """One stream at a time; when a connection breaks, a new stream resends every
+        unacknowledged batch, up to MAX_RETRIES times in a row without progress."""
+        failures = 0
+        while True:
+            try:
+                self._stream(self._epoch)
+                return
+            except grpc.RpcError as error:
+                if self._source_error is not None:
+                    raise SourceReadFailed(str(self._source_error)) from self._source_error
+                if self.stop.is_set():
+                    return  # stopped by a cancel or by another connection's failure: not ours to report
+                progressed = getattr(error, "livemig_progressed", False)
+                if error.code() not in RETRIABLE:
+                    raise
+                failures = 1 if progressed else failures + 1
+                stalled = time.monotonic() - self._last_progress
+                if failures > MAX_RETRIES or stalled > RETRY_BUDGET_SECONDS:
+                    raise TransferFailed(
+                        f"connection {self.index} lost: {error.code().name}: {error.details()} "
+                        f"({failures - 1} reconnects, no progress for {stalled:.0f} s)"
+                    ) from error
+                with self._lock:
+                    self._epoch += 1
+                    # The old stream's generator must be parked (at a yield) or gone before
+                    # its unacknowledged batches are collected for the resend.
+                    self._lock.wait_for(lambda: not self._producing, timeout=5)
+                    pending = len(self._in_flight)
+                self.reconnects += 1
+                log.warning(
+                    "connection %d: stream broke (%s: %s); reconnecting (try %d of %d), resending %d batches",
+                    self.index,
+                    error.code().name,
+                    error.details(),
+                    failures,
+                    MAX_RETRIES,
+                    pending,
+                )
+                if self.stop.wait(RETRY_BACKOFF_SECONDS[min(failures, len(RETRY_BACKOFF_SECONDS)) - 1]):
+                    return
+
+    def _stream(self, epoch: int) -> None:
+        transfer = self.channel.stream_stream(
+            TRANSFER_METHOD, request_serializer=None, response_deserializer=pb.PageBatchAck.FromString
+        )
+        call = transfer(self._batches(epoch), metadata=((SESSION_METADATA, self.session_token),))
+        watchdog = threading.Thread(target=self._cancel_on_stop, args=(call,), daemon=True)
+        watchdog.start()
+        progressed = False
+        try:
+            for ack in call:
+                acked_at = time.monotonic()
+                with self._lock:
+                    pending = self._in_flight.pop(ack.batch_id, None)
+                if pending is None:
+                    raise TransferFailed(f"receiver acknowledged unknown batch {ack.batch_id}")
+                progressed = True
+                self._last_progress = acked_at
+                if pending.holds_window:
+                    self._window.release()
+                self.reporter.chunk_done(
+                    ChunkReport(
+                        self.index,
+                        pending.chunk.chunk_id,
+                        pending.outcome,
+                        pending.sent_at,
+                        acked_at,
+                        pending.resent_wire_bytes,
+                        pending.resends,
+                    )
+                )
+        except grpc.RpcError as error:
+            error.livemig_progressed = progressed
+            raise
+        if self._source_error is not None:
+            raise SourceReadFailed(str(self._source_error)) from self._source_error
+        with self._lock:
+            missing = len(self._in_flight)
+        if missing and not self.stop.is_set():
+            raise TransferFailed(f"stream ended with {missing} batches unacknowledged")
+
+    def _cancel_on_stop(self, call: grpc.Future) -> None:
+        """Ends the call when the migration stops, or when acknowledgements stall."""
+        while call.running():
+            if self.stop.wait(_POLL_SECONDS):
+                call.cancel()
+                return
+            with self._lock:
+                waiting = bool(self._in_flight)
+            if waiting and time.monotonic() - self._last_progress > ACK_TIMEOUT_SECONDS:
+                log.warning("connection %d: no acknowledgement for %.0f s", self.index, ACK_TIMEOUT_SECONDS)
+                self._last_progress = time.monotonic() - RETRY_BUDGET_SECONDS / 2  # counts against the budget
+                call.cancel()
+                return
+
+    def _current(self, epoch: int) -> bool:
+        return epoch == self._epoch and not self.stop.is_set()
+
+    def _acquire_window(self, epoch: int) -> bool:
+        while not self._window.acquire(timeout=_POLL_SECONDS):
+            if not self._current(epoch):
+                return False
+        if not self._current(epoch):
+            self._window.release()
+            return False
+        return True
+
+    def _set_producing(self, producing: bool) -> None:
+        with self._lock:
+            self._producing = producing
+            self._lock.notify_all()
+
+    def _emit(self, pending: Pending) -> bytes:
+        """Note a batch about to be written to the current stream."""
+        if pending.sent_at is None:
+            pending.sent_at = time.monotonic()
+        else:
+            pending.resent_wire_bytes += len(pending.frame) + GRPC_MESSAGE_PREFIX
+            pending.resends += 1
+        return pending.frame
+
+    def _batches(self, epoch: int) -> Iterator[bytes]:
+        """Request stream: first every batch a broken stream left unacknowledged, then
+        one batch per chunk that has anything to send."""
+        try:
+            self._set_producing(True)
+            with self._lock:
+                resend = [pending for _id, pending in sorted(self._in_flight.items())]
+            for pending in resend:
+                if not self._current(epoch):
+                    return
+                frame = self._emit(pending)
+                self._set_producing(False)
+                yield frame
+                self._set_producing(True)
+            while self._current(epoch) and not self._input_done:
+                try:
+                    chunk = self.inbox.get(timeout=_POLL_SECONDS)
+                except queue.Empty:
+                    continue
+                if chunk is None:
+                    self._input_done = True
+                    return
+                try:
+                    built = self.builder.build(chunk)
+                except Exception as error:  # e.g. a guest memory file shrank: fatal, not a network fault
+                    self._source_error = error
+                    self.stop.set()
+                    return
+                if built.frame is None:
+                    self.reporter.chunk_done(ChunkReport(self.index, chunk.chunk_id, built.outcome, None, None))
+                    continue
+                pending = Pending(chunk, built.frame, built.outcome)
+                with self._lock:
+                    self._in_flight[chunk.chunk_id] = pending  # from now on a broken stream resends it
+                if not self._acquire_window(epoch):
+                    return
+                pending.holds_window = True
+                frame = self._emit(pending)
+                self._set_producing(False)
+                yield frame
+                self._set_producing(True)
+        finally:
+            self._set_producing(False)
