@@ -13,11 +13,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import os
-
-# Set to 1 to skip the trim: brings back the arena growth, so that
-# tests/test_load.py's soak can be shown to catch it (see docs/reliability.md).
-DISABLE_VARIABLE = "LIVEMIG_NO_MALLOC_TRIM"
 
 
 @functools.cache
@@ -34,8 +29,8 @@ def _malloc_trim():
 
 
 def release_free_memory() -> bool:
-    """malloc_trim(0): returns False where the C library has none (or it is disabled)."""
-    trim = None if os.environ.get(DISABLE_VARIABLE) == "1" else _malloc_trim()
+    """malloc_trim(0): returns False where the C library has none."""
+    trim = _malloc_trim()
     if trim is None:
         return False
     trim(0)
