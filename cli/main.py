@@ -1,114 +1,157 @@
-"""`livemig`: run the services, migrate, demo, benchmark.
+"""`livemig`: run the services, migrate and follow migrations, demo, benchmark.
 
-Every option can also come from the environment: LIVEMIG_<COMMAND>_<OPTION>,
-e.g. LIVEMIG_RECEIVER_MEMORY_DIR.
+Every option can also come from the environment, named after its flag:
+LIVEMIG_<COMMAND>_<FLAG> (LIVEMIG_SEND_MIGRATION_SENDER, LIVEMIG_RECEIVER_MEMORY_DIR,
+LIVEMIG_MIGRATIONS_LIST_SENDER), LIVEMIG_<FLAG> for the global ones; --help shows each.
+Bad values are usage errors (one line, exit 2), never tracebacks.
 """
 
 from __future__ import annotations
 
-import functools
 import os
+
+# gRPC's C core logs handshake and connection internals to stderr; operators get one
+# line from us instead. GRPC_VERBOSITY=debug (or info) in the environment brings them back.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 import sys
 from pathlib import Path
 
 import click
 import grpc
 
+from livemig.cli.options import Host, HostPort, name_envvars, tls_options
+from livemig.cli.units import Duration, Size
 from livemig.common.proto import livemig_pb2 as pb
 
-
-def tls_options(server: bool):
-    """--tls-cert/--tls-key/--tls-ca/--insecure, resolved into a `security` argument."""
-
-    def decorate(command):
-        @click.option("--insecure", is_flag=True, help="Plaintext gRPC (no TLS). Only for tests and local demos.")
-        @click.option(
-            "--tls-ca",
-            default=None,
-            type=click.Path(exists=True, dir_okay=False),
-            help="CA bundle that peers' certificates must chain to"
-            + (" (clients must then present one: mutual TLS)." if server else "."),
-        )
-        @click.option(
-            "--tls-key", default=None, type=click.Path(exists=True, dir_okay=False), help="Private key of --tls-cert."
-        )
-        @click.option(
-            "--tls-cert",
-            default=None,
-            type=click.Path(exists=True, dir_okay=False),
-            help="Certificate (chain) this process presents" + ("." if server else " (mutual TLS)."),
-        )
-        @functools.wraps(command)
-        def wrapper(*args, tls_cert, tls_key, tls_ca, insecure, **kwargs):
-            from livemig.common.tls import Security, SecurityConfigError
-
-            try:
-                security = Security.from_files(tls_cert, tls_key, tls_ca, insecure, server=server)
-            except SecurityConfigError as error:
-                raise click.UsageError(str(error)) from error
-            return command(*args, security=security, **kwargs)
-
-        return wrapper
-
-    return decorate
+MAX_CONNECTIONS = 128
+PAGE_SIZE = Size(min_bytes=4096, max_bytes=1 << 30)
+MEMORY_SIZE = Size(default_unit="M", min_bytes=4096, max_bytes=1 << 40)
+RATIO = click.FloatRange(0.0, 1.0)
 
 
-def _serve(role: str, host, listen: str, metrics_port: int | None, security, on_stop=None) -> None:
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def _serve(
+    role: str, host, listen: str, metrics_address: str | None, metrics_port: int | None, security, on_stop=None
+) -> None:
+    """Start metrics and the gRPC server; any start-up failure is one line and exit 1."""
+    from livemig.common.logs import announce
+
     bind_host = listen.rpartition(":")[0]
     security.warn_if_plaintext(f"livemig {role}")
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
-        metrics_server, _thread = start_http_server(metrics_port, addr=bind_host.strip("[]") or "0.0.0.0")
-        click.echo(f"livemig {role} metrics on {bind_host}:{metrics_server.server_port}")
-    port = host.start(listen, security.server_credentials())
+        metrics_host = metrics_address if metrics_address is not None else bind_host
+        try:
+            metrics_server, _thread = start_http_server(metrics_port, addr=metrics_host.strip("[]") or "0.0.0.0")
+        except OSError as error:
+            _fail(f"livemig {role}: cannot serve metrics on {metrics_host}:{metrics_port}: {error.strerror or error}")
+        announce(f"livemig {role} metrics on {metrics_host}:{metrics_server.server_port}")
+    try:
+        port = host.start(listen, security.server_credentials())
+    except (OSError, RuntimeError) as error:
+        _fail(f"livemig {role}: cannot listen on {listen} (in use, or not an address of this host): {error}")
     # The ready line: scripts and tests wait for it (and learn the port when it was 0).
-    click.echo(f"livemig {role} listening on {bind_host}:{port}" + (" (plaintext)" if security.insecure else " (TLS)"))
+    announce(f"livemig {role} listening on {bind_host}:{port}" + (" (plaintext)" if security.insecure else " (TLS)"))
     sys.stdout.flush()
     host.serve_until_signalled(on_stop)
 
 
-@click.group(context_settings={"auto_envvar_prefix": "LIVEMIG", "help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("livemig")
+    except PackageNotFoundError:  # pragma: no cover - run from a checkout without install
+        return "unknown"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+@click.version_option(_version(), "--version", "-V", prog_name="livemig", message="%(prog)s %(version)s")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="Python logging level.",
+)
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
     show_default=True,
-    help="json: one JSON object a line, with migration_id where a line concerns a migration.",
+    help="json: every line one JSON object, with migration_id where a line concerns a migration.",
 )
 def cli(log_level: str, log_format: str) -> None:
-    """Memory-transfer plane of VM live migration, with zero-page skipping."""
+    """Memory-transfer plane of VM live migration, with zero-page skipping.
+
+    \b
+    Exit codes: 0 completed, 1 failed or cancelled, 2 usage, 3 cannot reach the sender,
+    130 interrupted (Ctrl-C cancels the migration first). gRPC's own logging is off;
+    set GRPC_VERBOSITY=debug to see it.
+    """
     from livemig.common.logs import configure
 
     configure(log_level, log_format)
 
 
+def _metrics_options(command):
+    command = click.option(
+        "--metrics-address",
+        type=Host(),
+        default=None,
+        help="Address the metrics endpoint binds to (default: --listen's host; 0.0.0.0 for every interface).",
+    )(command)
+    return click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        default=None,
+        help="Serve Prometheus metrics on this port (0: any free port).",
+    )(command)
+
+
 @cli.command()
-@click.option("--listen", default="0.0.0.0:7868", show_default=True, help="HOST:PORT for the Receiver API.")
+@click.option(
+    "--listen",
+    type=HostPort(resolve=True, allow_port_zero=True),
+    default="0.0.0.0:7868",
+    show_default=True,
+    help="HOST:PORT for the Receiver API.",
+)
 @click.option(
     "--memory-dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Where destination memory files are created (tmpfs or hugetlbfs for real guests).",
 )
-@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+@_metrics_options
 @click.option(
-    "--max-batch-bytes", type=int, default=4 << 20, show_default=True, help="Largest page payload one batch may carry."
+    "--max-batch-bytes",
+    type=Size(min_bytes=4096, max_bytes=64 << 20),
+    default="4M",
+    show_default=True,
+    help="Largest page payload one batch may carry (K/M/G).",
 )
-@click.option("--max-sessions", type=int, default=16, show_default=True, help="Concurrent migrations accepted.")
+@click.option(
+    "--max-sessions", type=click.IntRange(1, 4096), default=16, show_default=True, help="Concurrent migrations."
+)
 @click.option(
     "--max-destination-bytes",
-    type=int,
-    default=0,
-    help="Guest memory all sessions together may hold (0: the free space of --memory-dir).",
+    type=Size(),
+    default="0",
+    help="Guest memory all sessions together may hold, K/M/G/T (0: the free space of --memory-dir).",
 )
 @click.option(
     "--idle-timeout",
-    type=float,
-    default=60.0,
+    type=Duration("s", min_seconds=0.1),
+    default="60s",
     show_default=True,
-    help="Seconds a session may go without an open stream or a call before it is dropped.",
+    help="How long a session may go without an open stream or a call before it is dropped (bare number: s).",
 )
 @click.option(
     "--data-workers",
@@ -135,6 +178,7 @@ def cli(log_level: str, log_format: str) -> None:
 def receiver(
     listen: str,
     memory_dir: Path,
+    metrics_address: str | None,
     metrics_port: int | None,
     max_batch_bytes: int,
     max_sessions: int,
@@ -149,16 +193,32 @@ def receiver(
     from livemig.receiver.registry import ReceiverLimits
     from livemig.receiver.server import Receiver
 
+    try:
+        memory_dir.mkdir(parents=True, exist_ok=True)
+        probe = memory_dir / f".livemig-probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        _fail(f"livemig receiver: --memory-dir {memory_dir}: {error.strerror or error}")
     limits = ReceiverLimits(
         max_batch_bytes, max_sessions, max_destination_bytes, idle_timeout, data_workers, max_streams_per_worker
     )
-    service = Receiver(memory_dir, limits, security, listen.rpartition(":")[0], data_port)
-    _serve("receiver", service.host, listen, metrics_port, security, on_stop=service.shut_down)
+    try:
+        service = Receiver(memory_dir, limits, security, listen.rpartition(":")[0], data_port)
+    except (OSError, RuntimeError) as error:
+        _fail(f"livemig receiver: cannot start the data workers: {error}")
+    _serve("receiver", service.host, listen, metrics_address, metrics_port, security, on_stop=service.shut_down)
 
 
 @cli.command()
-@click.option("--listen", default="0.0.0.0:7867", show_default=True, help="HOST:PORT for the Sender API.")
-@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+@click.option(
+    "--listen",
+    type=HostPort(resolve=True, allow_port_zero=True),
+    default="0.0.0.0:7867",
+    show_default=True,
+    help="HOST:PORT for the Sender API.",
+)
+@_metrics_options
 @click.option("--pause-hook", default="", help="Command that pauses the guest at switchover (when no guest_pid).")
 @click.option("--resume-hook", default="", help="Command that resumes the guest when a migration fails.")
 @click.option(
@@ -179,6 +239,7 @@ def receiver(
 @tls_options(server=True)
 def sender(
     listen: str,
+    metrics_address: str | None,
     metrics_port: int | None,
     pause_hook: str,
     resume_hook: str,
@@ -205,39 +266,85 @@ def sender(
         max_watch_streams_per_client=max_watch_streams_per_client,
     )
     host, registry = build_sender(config, security)
-    _serve("sender", host, listen, metrics_port, security, on_stop=lambda: cancel_all(registry))
+    _serve("sender", host, listen, metrics_address, metrics_port, security, on_stop=lambda: cancel_all(registry))
+
+
+def _sender_option(command):
+    return click.option(
+        "--sender", "sender_address", required=True, type=HostPort(), help="HOST:PORT of the sender service."
+    )(command)
 
 
 @cli.command("send-migration")
-@click.option("--sender", "sender_address", required=True, help="HOST:PORT of the sender service.")
-@click.option("--destination", required=True, help="HOST:PORT of the receiver service.")
+@_sender_option
+@click.option("--destination", required=True, type=HostPort(), help="HOST:PORT of the receiver service.")
 @click.option(
     "--memory",
     "memory",
     multiple=True,
     required=True,
-    help="FILE[@GPA] backing guest memory; repeat for several regions.",
+    help="FILE[@GPA] backing guest memory; repeat for several regions. Without @GPA the sender places the "
+    "region right after the previous one (the first at 0), from its own view of the files.",
 )
-@click.option("--connections", type=int, default=1, show_default=True)
+@click.option("--connections", type=click.IntRange(1, MAX_CONNECTIONS), default=1, show_default=True)
 @click.option("--skip-zero-pages", is_flag=True, help="Do not send all-zero pages.")
-@click.option("--page-size", type=int, default=4096, show_default=True)
-@click.option("--max-batch-bytes", type=int, default=0, help="Payload per batch (0: sender default).")
+@click.option("--page-size", type=PAGE_SIZE, default="4K", show_default=True, help="Guest page size (K/M/G).")
+@click.option(
+    "--max-batch-bytes",
+    type=Size(max_bytes=64 << 20),
+    default="0",
+    help="Payload per batch, 64K..64M (0: sender default).",
+)
 @click.option("--verify", is_flag=True, help="Compare a digest of the destination with the source.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as one JSON object.")
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Start the migration, print its id and exit (follow it with `livemig migrations watch`).",
+)
 @click.option("--dirty-log", is_flag=True, help="Live migration: each region's dirty map is FILE.dirty.")
-@click.option("--guest-pid", type=int, default=0, help="Process to pause at switchover (SIGSTOP/SIGCONT).")
+@click.option(
+    "--guest-pid", type=click.IntRange(0, None), default=0, help="Process to pause at switchover (SIGSTOP/SIGCONT)."
+)
 @click.option(
     "--guest-pid-file",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Read --guest-pid from this file (waits up to 60 s for it to appear).",
+    help="Read --guest-pid from this file (waits up to --guest-pid-wait for it).",
 )
-@click.option("--downtime", "downtime_ms", type=int, default=300, show_default=True, help="Downtime target, ms.")
-@click.option("--migration-timeout", "timeout_ms", type=int, default=0, help="Give up or force after this many ms.")
-@click.option("--timeout-strategy", type=click.Choice(["cancel", "force"]), default="cancel", show_default=True)
-@click.option("--max-iterations", type=int, default=0, help="Pre-copy iterations before the strategy (0: 30).")
 @click.option(
-    "--available-bandwidth", type=float, default=0.0, help="Bytes/s to assume for the downtime estimate (0: measured)."
+    "--guest-pid-wait",
+    type=Duration("s"),
+    default="60s",
+    show_default=True,
+    help="How long to wait for --guest-pid-file (bare number: s).",
+)
+@click.option(
+    "--downtime",
+    type=Duration("ms", min_seconds=0.001, max_seconds=3600),
+    default="300ms",
+    show_default=True,
+    help="Downtime target (bare number: ms, as Cloud Hypervisor's --downtime and QEMU's downtime-limit).",
+)
+@click.option(
+    "--migration-timeout",
+    type=Duration("s", max_seconds=7 * 86400),
+    default="0",
+    help="Give up or force switchover after this long (bare number: s, as Cloud Hypervisor; 200ms, 12s, 5m, "
+    "1h accepted; 0: no limit).",
+)
+@click.option("--timeout-strategy", type=click.Choice(["cancel", "force"]), default="cancel", show_default=True)
+@click.option(
+    "--max-iterations",
+    type=click.IntRange(0, 100_000),
+    default=0,
+    help="Pre-copy iterations before the strategy (0: 30).",
+)
+@click.option(
+    "--available-bandwidth",
+    type=Size(),
+    default="0",
+    help="Bytes/s to assume for the downtime estimate, K/M/G (0: measured).",
 )
 @tls_options(server=False)
 def send_migration(
@@ -250,78 +357,140 @@ def send_migration(
     max_batch_bytes: int,
     verify: bool,
     as_json: bool,
+    detach: bool,
     dirty_log: bool,
     guest_pid: int,
     guest_pid_file: str | None,
-    downtime_ms: int,
-    timeout_ms: int,
+    guest_pid_wait: float,
+    downtime: float,
+    migration_timeout: float,
     timeout_strategy: str,
     max_iterations: int,
-    available_bandwidth: float,
+    available_bandwidth: int,
     security,
 ) -> None:
-    """Migrate guest memory and follow it to the end; exits 0 only when COMPLETED."""
-    from livemig.cli import client, report
+    """Migrate guest memory and follow it to the end; exits 0 only when COMPLETED.
+
+    Ctrl-C cancels the migration (the source guest is resumed) and exits 130.
+    """
+    from livemig.cli import client
 
     try:
         args = [client.parse_memory_arg(m) for m in memory]
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--memory") from error
-    sizes = [os.stat(a.path).st_size if os.path.exists(a.path) else 0 for a in args]
+    if max_batch_bytes and max_batch_bytes < 64 << 10:
+        raise click.BadParameter("must be 0 or between 64K and 64M", param_hint="--max-batch-bytes")
     if guest_pid_file:
-        guest_pid = client.read_pid_file(guest_pid_file)
-    regions = client.place_regions(args, sizes)
-    if dirty_log:
-        for region in regions:
-            region.dirty_log = region.path + ".dirty"
+        try:
+            guest_pid = client.read_pid_file(guest_pid_file, guest_pid_wait)
+        except client.PidFileMissing as error:
+            _fail(f"error: --guest-pid-file: {error}", client.EXIT_USAGE)
     request = pb.StartMigrationRequest(
         destination=destination,
-        regions=regions,
+        regions=client.request_regions(args, dirty_log),
         connections=connections,
         skip_zero_pages=skip_zero_pages,
         page_size=page_size,
         verify=verify,
         max_batch_bytes=max_batch_bytes,
         guest_pid=guest_pid,
-        downtime_ms=downtime_ms,
-        timeout_ms=timeout_ms,
+        downtime_ms=max(1, round(downtime * 1000)),
+        timeout_ms=round(migration_timeout * 1000),
         timeout_strategy=pb.TIMEOUT_STRATEGY_FORCE if timeout_strategy == "force" else pb.TIMEOUT_STRATEGY_CANCEL,
         max_iterations=max_iterations,
-        available_bandwidth_bytes_per_second=available_bandwidth,
+        available_bandwidth_bytes_per_second=float(available_bandwidth),
     )
-    try:
-        with report.progress(enabled=not as_json and sys.stdout.isatty(), show_iterations=not as_json) as on_update:
-            status = client.run_migration(sender_address, request, on_update, security)
-    except grpc.RpcError as error:
-        click.echo(f"error: {error.code().name}: {error.details()}", err=True)
-        sys.exit(2)
-    if as_json:
-        click.echo(client.status_to_json(status))
-    else:
-        report.print_status(status)
-    sys.exit(0 if status.state == pb.COMPLETED else 1)
+    from livemig.cli.follow import start_and_follow
+
+    sys.exit(start_and_follow(sender_address, request, security, as_json=as_json, detach=detach))
+
+
+@cli.group()
+def migrations() -> None:
+    """List, inspect, follow and cancel the migrations of a sender (also ones this CLI did not start)."""
+
+
+@migrations.command("list")
+@_sender_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line, one line per migration.")
+@tls_options(server=False)
+def migrations_list(sender_address: str, as_json: bool, security) -> None:
+    """The migrations the sender remembers (running ones and the latest finished ones)."""
+    from livemig.cli.follow import list_migrations
+
+    sys.exit(list_migrations(sender_address, security, as_json))
+
+
+@migrations.command("show")
+@_sender_option
+@click.argument("migration_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
+@tls_options(server=False)
+def migrations_show(sender_address: str, migration_id: str, as_json: bool, security) -> None:
+    """One migration's status and statistics table; exit code by its state (0 completed, running or pending)."""
+    from livemig.cli.follow import show_migration
+
+    sys.exit(show_migration(sender_address, migration_id, security, as_json))
+
+
+@migrations.command("watch")
+@_sender_option
+@click.argument("migration_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as one JSON object.")
+@tls_options(server=False)
+def migrations_watch(sender_address: str, migration_id: str, as_json: bool, security) -> None:
+    """Follow a migration to its end as send-migration does (Ctrl-C cancels it, exit 130)."""
+    from livemig.cli.follow import watch_migration
+
+    sys.exit(watch_migration(sender_address, migration_id, security, as_json))
+
+
+@migrations.command("cancel")
+@_sender_option
+@click.argument("migration_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as one JSON object.")
+@tls_options(server=False)
+def migrations_cancel(sender_address: str, migration_id: str, as_json: bool, security) -> None:
+    """Cancel a migration (the source guest is resumed); exits 0 once it is CANCELLED."""
+    from livemig.cli.follow import cancel_migration
+
+    sys.exit(cancel_migration(sender_address, migration_id, security, as_json))
 
 
 @cli.command()
-@click.option("--memory", required=True, help="Guest memory file (created sparse when missing).")
-@click.option("--dirty-log", default=None, help="Dirty-page map (default: MEMORY.dirty).")
-@click.option("--size-mib", type=int, default=0, help="Memory size (default: the file's size).")
-@click.option("--page-size", type=int, default=4096, show_default=True)
-@click.option("--touch-ratio", type=float, default=0.5, show_default=True, help="Share of pages touched at start.")
-@click.option("--rate", "rate_mib", type=float, default=16.0, show_default=True, help="MiB/s written afterwards.")
-@click.option("--threads", type=int, default=1, show_default=True)
-@click.option("--zero-ratio", type=float, default=0.1, show_default=True, help="Share of writes that write zeros.")
+@click.option("--memory", required=True, type=click.Path(dir_okay=False), help="Guest memory file (created sparse).")
+@click.option("--dirty-log", default=None, type=click.Path(dir_okay=False), help="Dirty map (default: MEMORY.dirty).")
+@click.option(
+    "--size",
+    "--size-mib",
+    "size",
+    type=MEMORY_SIZE,
+    default=None,
+    help="Memory size, K/M/G (bare number: MiB, as QEMU's -m; default: the file's size).",
+)
+@click.option("--page-size", type=PAGE_SIZE, default="4K", show_default=True)
+@click.option("--touch-ratio", type=RATIO, default=0.5, show_default=True, help="Share of pages touched at start.")
+@click.option(
+    "--rate",
+    type=Size(default_unit="M"),
+    default="16M",
+    show_default=True,
+    help="Bytes written per second afterwards, K/M/G (bare number: MiB/s).",
+)
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--zero-ratio", type=RATIO, default=0.1, show_default=True, help="Share of writes that write zeros.")
 @click.option("--once", is_flag=True, help="Touch once, then write nothing more (stay alive).")
-@click.option("--duration", type=float, default=0.0, help="Exit after this many seconds (0: run until killed).")
-@click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--pid-file", default=None, help="Write this process's pid here once memory is touched.")
+@click.option("--duration", type=Duration("s"), default="0", help="Exit after this long (bare number: s; 0: never).")
+@click.option("--seed", type=click.IntRange(0, None), default=1, show_default=True)
+@click.option("--pid-file", default=None, type=click.Path(dir_okay=False), help="Write the pid here once touched.")
 def memtouch(
     memory: str,
     dirty_log: str | None,
-    size_mib: int,
+    size: int | None,
     page_size: int,
     touch_ratio: float,
-    rate_mib: float,
+    rate: int,
     threads: int,
     zero_ratio: float,
     once: bool,
@@ -332,27 +501,48 @@ def memtouch(
     """A running guest: touch memory, keep writing at a rate, mark the dirty map."""
     from livemig.cli.memtouch import TouchPlan, main_memtouch
 
-    plan = TouchPlan(page_size, touch_ratio, rate_mib * (1 << 20), max(threads, 1), zero_ratio, once, duration, seed)
-    main_memtouch(memory, dirty_log, size_mib, plan, pid_file)
+    plan = TouchPlan(page_size, touch_ratio, float(rate), threads, zero_ratio, once, duration, seed)
+    main_memtouch(memory, dirty_log, size or 0, plan, pid_file)
 
 
 @cli.command()
-@click.option("--size-mib", type=int, default=256, show_default=True, help="Guest memory size.")
-@click.option("--touched", type=float, default=0.5, show_default=True, help="Share of pages holding data.")
-@click.option("--connections", type=int, default=2, show_default=True)
-def demo(size_mib: int, touched: float, connections: int) -> None:
+@click.option("--size", "--size-mib", "size", type=MEMORY_SIZE, default="256M", show_default=True, help="Guest memory.")
+@click.option("--touched", type=RATIO, default=0.5, show_default=True, help="Share of pages holding data.")
+@click.option("--connections", type=click.IntRange(1, MAX_CONNECTIONS), default=2, show_default=True)
+def demo(size: int, touched: float, connections: int) -> None:
     """Migrate a generated guest image with and without zero-page skipping, verified."""
     from livemig.cli.demo import run_demo
 
-    sys.exit(run_demo(size_mib << 20, touched, connections))
+    sys.exit(run_demo(size, touched, connections))
+
+
+def _number_list(kind, bounds: tuple[float, float]):
+    """A click callback: comma-separated numbers, each within bounds."""
+
+    def convert(ctx, param, value: str):
+        try:
+            numbers = [kind(part) for part in value.split(",")]
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+        if not all(bounds[0] <= n <= bounds[1] for n in numbers):
+            raise click.BadParameter(f"every value must be between {bounds[0]:g} and {bounds[1]:g}")
+        return numbers
+
+    return convert
 
 
 @cli.command()
-@click.option("--size-mib", type=int, default=1024, show_default=True, help="Guest memory size per image.")
-@click.option("--connections", "connection_counts", default="1,2", show_default=True)
-@click.option("--touched", "touched_ratios", default="0,0.5,1", show_default=True)
-@click.option("--batch-mib", type=int, default=4, show_default=True)
-@click.option("--repeat", type=int, default=1, show_default=True, help="Runs per case; the best is kept.")
+@click.option("--size", "--size-mib", "size", type=MEMORY_SIZE, default="1G", show_default=True, help="Per image.")
+@click.option(
+    "--connections",
+    "connection_counts",
+    default="1,2",
+    show_default=True,
+    callback=_number_list(int, (1, MAX_CONNECTIONS)),
+)
+@click.option("--touched", "touched_ratios", default="0,0.5,1", show_default=True, callback=_number_list(float, (0, 1)))
+@click.option("--batch-mib", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True, help="Runs per case; best kept.")
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
 @click.option(
     "--memory-dir",
@@ -368,9 +558,9 @@ def demo(size_mib: int, touched: float, connections: int) -> None:
     help="Touched pages one by one at random (worst case) or in 256 KiB runs (closer to real guests).",
 )
 def bench(
-    size_mib: int,
-    connection_counts: str,
-    touched_ratios: str,
+    size: int,
+    connection_counts: list[int],
+    touched_ratios: list[float],
     batch_mib: int,
     repeat: int,
     markdown: bool,
@@ -381,9 +571,9 @@ def bench(
     from livemig.cli.bench import run_bench
 
     run_bench(
-        size=size_mib << 20,
-        connections=[int(c) for c in connection_counts.split(",")],
-        touched=[float(t) for t in touched_ratios.split(",")],
+        size=size,
+        connections=connection_counts,
+        touched=touched_ratios,
         batch_bytes=batch_mib << 20,
         repeat=repeat,
         markdown=markdown,
@@ -394,22 +584,30 @@ def bench(
 
 @cli.command("make-image")
 @click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--size-mib", type=int, default=256, show_default=True)
-@click.option("--touched", type=float, default=0.5, show_default=True, help="Share of pages holding random data.")
-@click.option("--page-size", type=int, default=4096, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-def make_image_command(output: Path, size_mib: int, touched: float, page_size: int, seed: int) -> None:
+@click.option("--size", "--size-mib", "size", type=MEMORY_SIZE, default="256M", show_default=True, help="K/M/G.")
+@click.option("--touched", type=RATIO, default=0.5, show_default=True, help="Share of pages holding random data.")
+@click.option("--page-size", type=PAGE_SIZE, default="4K", show_default=True)
+@click.option("--seed", type=click.IntRange(0, None), default=0, show_default=True)
+def make_image_command(output: Path, size: int, touched: float, page_size: int, seed: int) -> None:
     """Write a guest memory image (untouched 8 MiB blocks stay file holes)."""
     from livemig.cli.images import make_image
+    from livemig.cli.units import format_bytes
 
-    pages = make_image(output, size_mib << 20, touched, page_size=page_size, seed=seed)
-    click.echo(f"{output}: {size_mib} MiB, {pages} pages touched")
+    if size % page_size:
+        raise click.BadParameter(f"{size} is not a multiple of the page size {page_size}", param_hint="--size")
+    try:
+        pages = make_image(output, size, touched, page_size=page_size, seed=seed)
+    except OSError as error:
+        _fail(f"error: cannot write {output}: {error.strerror or error}")
+    click.echo(f"{output}: {format_bytes(size)}, {pages} pages touched")
 
 
 @cli.command()
-@click.option("--address", required=True, help="HOST:PORT of a livemig service.")
+@click.option("--address", required=True, type=HostPort(), help="HOST:PORT of a livemig service.")
 @click.option("--service", default="", help="Service name to ask about (default: the server as a whole).")
-@click.option("--timeout", type=float, default=5.0, show_default=True)
+@click.option(
+    "--timeout", type=Duration("s", min_seconds=0.001), default="5s", show_default=True, help="Bare number: s."
+)
 @tls_options(server=False)
 def health(address: str, service: str, timeout: float, security) -> None:
     """gRPC health check (grpc.health.v1); exits 0 only when SERVING. For container healthchecks."""
@@ -421,27 +619,31 @@ def health(address: str, service: str, timeout: float, security) -> None:
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
     except grpc.RpcError as error:
-        click.echo(f"{address}: {error.code().name}: {error.details()}", err=True)
-        sys.exit(1)
+        details = (error.details() or "").strip().splitlines()
+        _fail(f"{address}: {error.code().name}: {details[0] if details else ''}")
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     click.echo(f"{address}: {name}")
     sys.exit(0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1)
 
 
 @cli.command("bench-live")
-@click.option("--size-mib", type=int, default=512, show_default=True, help="Guest memory size.")
-@click.option("--touched", "touched_ratios", default="0.5,1", show_default=True)
-@click.option("--connections", "connection_counts", default="1", show_default=True)
-@click.option("--rate", "rate_mib", type=float, default=16.0, show_default=True, help="Guest write rate, MiB/s.")
-@click.option("--downtime", "downtime_ms", type=int, default=200, show_default=True)
-@click.option("--repeat", type=int, default=1, show_default=True)
+@click.option("--size", "--size-mib", "size", type=MEMORY_SIZE, default="512M", show_default=True, help="K/M/G.")
+@click.option("--touched", "touched_ratios", default="0.5,1", show_default=True, callback=_number_list(float, (0, 1)))
+@click.option(
+    "--connections", "connection_counts", default="1", show_default=True, callback=_number_list(int, (1, 128))
+)
+@click.option("--rate", type=Size(default_unit="M"), default="16M", show_default=True, help="Guest writes/s, K/M/G.")
+@click.option(
+    "--downtime", type=Duration("ms", min_seconds=0.001), default="200ms", show_default=True, help="Bare number: ms."
+)
+@click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True)
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
 def bench_live(
-    size_mib: int,
-    touched_ratios: str,
-    connection_counts: str,
-    rate_mib: float,
-    downtime_ms: int,
+    size: int,
+    touched_ratios: list[float],
+    connection_counts: list[int],
+    rate: int,
+    downtime: float,
     repeat: int,
     markdown: bool,
 ) -> None:
@@ -449,18 +651,34 @@ def bench_live(
     from livemig.cli.bench_live import run_live_bench
 
     run_live_bench(
-        size=size_mib << 20,
-        touched=[float(t) for t in touched_ratios.split(",")],
-        connections=[int(c) for c in connection_counts.split(",")],
-        rate_mib=rate_mib,
-        downtime_ms=downtime_ms,
+        size=size,
+        touched=touched_ratios,
+        connections=connection_counts,
+        rate_mib=rate / (1 << 20),
+        downtime_ms=max(1, round(downtime * 1000)),
         repeat=repeat,
         markdown=markdown,
     )
 
 
+name_envvars(cli)
+
+
 def main() -> None:
-    cli(prog_name="livemig")
+    """Run the CLI; usage errors are one line on stderr (exit 2), not click's four."""
+    try:
+        code = cli.main(prog_name="livemig", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as error:
+        click.echo(error.format_message(), err=True)
+        code = error.exit_code
+    except click.ClickException as error:
+        context = getattr(error, "ctx", None)
+        where = context.command_path if context is not None else "livemig"
+        click.echo(f"{where}: error: {error.format_message()}", err=True)
+        code = error.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

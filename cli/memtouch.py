@@ -129,11 +129,17 @@ def _write_loop(
         done += burst
 
 
-def main_memtouch(memory: str, dirty_log: str | None, size_mib: int, plan: TouchPlan, pid_file: str | None) -> None:
+def main_memtouch(memory: str, dirty_log: str | None, size: int, plan: TouchPlan, pid_file: str | None) -> None:
+    """size 0: the existing file's size."""
     path = Path(memory)
-    size = size_mib << 20 if size_mib else (path.stat().st_size if path.exists() else 0)
+    size = size or (path.stat().st_size if path.exists() else 0)
     if not size or size % plan.page_size:
-        print("memtouch: give --size-mib (a multiple of the page size) or an existing file", file=sys.stderr)
+        print("memtouch: give --size (a multiple of the page size) or an existing file", file=sys.stderr)
         sys.exit(2)
     dirty = Path(dirty_log) if dirty_log else default_dirty_log(path)
-    sys.exit(run_memtouch(path, dirty, size, plan, Path(pid_file) if pid_file else None))
+    try:
+        code = run_memtouch(path, dirty, size, plan, Path(pid_file) if pid_file else None)
+    except OSError as error:
+        print(f"memtouch: {error.filename or path}: {error.strerror or error}", file=sys.stderr)
+        code = 1
+    sys.exit(code)

@@ -29,6 +29,7 @@ class ServiceProcess:
         timeout: float = 30.0,
         global_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         if not any(a.startswith("--tls-") or a == "--insecure" for a in args):
             args = [*args, "--insecure"]  # local processes of tests, demo and benchmarks
@@ -41,6 +42,7 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+            cwd=cwd,
         )
         self._log = log_path.open("w") if log_path else None
         self._ready = threading.Event()

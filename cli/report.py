@@ -1,30 +1,37 @@
-"""Human output: a progress bar while a migration runs, a statistics table at the end."""
+"""Human output: a progress bar while a migration runs, a statistics table at the end.
+
+Binary units everywhere (MiB, MiB/s). The bar shows what the wire carries, not
+what was processed: skipped zero pages are never throughput. Where output is not
+a terminal (a log collector, `docker compose logs`) nothing is wrapped: one
+iteration is one line, one table row is one line.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import sys
+import time
 from collections.abc import Callable, Iterator
+from typing import TextIO
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from livemig.cli.units import format_bytes
 from livemig.common.proto import livemig_pb2 as pb
 
+NO_WRAP_WIDTH = 1 << 14  # wide enough that rich never wraps a line written to a pipe or file
 
-def human_bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
-        count /= 1024
-    return f"{count:.1f} TiB"
+human_bytes = format_bytes  # the name the benchmarks use
+
+
+def console_for(file: TextIO | None = None, stderr: bool = False) -> Console:
+    """A rich console that wraps only on a terminal."""
+    stream = file or (sys.stderr if stderr else sys.stdout)
+    if stream.isatty():
+        return Console(file=stream)
+    return Console(file=stream, width=NO_WRAP_WIDTH, soft_wrap=True)
 
 
 def iteration_line(iteration: pb.IterationStats) -> str:
@@ -37,10 +44,31 @@ def iteration_line(iteration: pb.IterationStats) -> str:
     )
 
 
+class WireSpeed:
+    """Bytes the wire carried per second between two updates (smoothed), not processed bytes."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, int] | None = None
+        self.value = 0.0
+
+    def update(self, wire_bytes: int, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        if self._last is not None and now > self._last[0]:
+            sample = max(0, wire_bytes - self._last[1]) / (now - self._last[0])
+            self.value = sample if not self.value else 0.7 * self.value + 0.3 * sample
+        self._last = (now, wire_bytes)
+        return self.value
+
+
+def planned_bytes(status: pb.MigrationStatus) -> int:
+    """What the migration has to process so far: all memory, plus each later iteration's dirty pages."""
+    return status.stats.total_bytes + sum(i.dirty_bytes for i in list(status.iterations)[1:])
+
+
 @contextlib.contextmanager
 def progress(enabled: bool, show_iterations: bool = False) -> Iterator[Callable[[pb.MigrationStatus], None]]:
-    """Yields an on_update callback: a bar on a terminal, and one line per finished iteration."""
-    console = Console(stderr=True)
+    """Yields an on_update callback: a bar on stderr (when enabled), and one line per finished iteration."""
+    console = console_for(stderr=True)
     printed = 0
 
     def print_iterations(status: pb.MigrationStatus) -> None:
@@ -59,21 +87,29 @@ def progress(enabled: bool, show_iterations: bool = False) -> Iterator[Callable[
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[done]} of {task.fields[planned]}, {task.fields[left]} left"),
+        TextColumn("wire {task.fields[wire]}/s"),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         console=console,
         transient=True,
     )
-    task = bar.add_task("migrating", total=None)
+    task = bar.add_task("migrating", total=None, done="0 B", planned="?", left="?", wire=human_bytes(0))
+    wire = WireSpeed()
 
     def on_update(status: pb.MigrationStatus) -> None:
-        total = status.stats.total_bytes + sum(i.dirty_bytes for i in status.iterations[1:])
+        total = planned_bytes(status)
+        processed = status.stats.processed_bytes
         bar.update(
             task,
             total=total or None,
-            completed=status.stats.processed_bytes,
+            completed=processed,
             description=f"{pb.MigrationState.Name(status.state).lower()} {status.phase}",
+            done=human_bytes(processed),
+            planned=human_bytes(total),
+            left=human_bytes(max(0, total - processed)),
+            wire=human_bytes(wire.update(status.stats.wire_bytes)),
         )
         print_iterations(status)
 
@@ -82,7 +118,7 @@ def progress(enabled: bool, show_iterations: bool = False) -> Iterator[Callable[
 
 
 def print_status(status: pb.MigrationStatus, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or console_for()
     stats = status.stats
     table = Table(title=f"migration {status.migration_id}", show_header=False)
     table.add_column("what")
@@ -116,7 +152,29 @@ def print_status(status: pb.MigrationStatus, console: Console | None = None) -> 
         table.add_row(name, value)
     console.print(table)
     for region in status.destination_regions:
-        console.print(f"destination region gpa={region.gpa:#x} length={region.length}: {region.path}")
+        length = f"{region.length} ({human_bytes(region.length)})"
+        console.print(f"destination region gpa={region.gpa:#x} length={length}: {region.path}")
+
+
+def print_list(statuses: list[pb.MigrationStatus], console: Console | None = None) -> None:
+    """`livemig migrations list`: one row per migration the sender remembers."""
+    console = console or console_for()
+    table = Table(title=f"{len(statuses)} migrations")
+    for header in ("id", "state", "phase", "destination", "processed", "wire", "iterations", "error"):
+        table.add_column(header, justify="right" if header in ("processed", "wire", "iterations") else "left")
+    for status in statuses:
+        stats = status.stats
+        table.add_row(
+            status.migration_id,
+            pb.MigrationState.Name(status.state),
+            status.phase,
+            status.destination,
+            f"{human_bytes(stats.processed_bytes)} / {human_bytes(planned_bytes(status))}",
+            human_bytes(stats.wire_bytes),
+            str(stats.iterations) if status.live else "-",
+            status.error,
+        )
+    console.print(table)
 
 
 def print_table(console: Console, title: str, headers: list[str], rows: list[list[str]], markdown: bool) -> None:

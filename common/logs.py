@@ -100,5 +100,13 @@ def configure(level: str, log_format: str) -> None:
     root.setLevel(level.upper())
 
 
+def announce(message: str, logger_name: str = "livemig") -> None:
+    """A line scripts wait for ("listening on"): written whatever the level, in the
+    configured format (JSON in JSON mode, so every line of the stream parses)."""
+    record = logging.LogRecord(logger_name, logging.INFO, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        handler.handle(record)
+
+
 def for_migration(logger: logging.Logger, migration_id: str) -> logging.LoggerAdapter:
     return logging.LoggerAdapter(logger, {"migration_id": migration_id})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+from livemig.common import build_info  # noqa: F401  (disables _created series; livemig_build_info)
 from livemig.receiver.errors import Reason
 
 WRITTEN_BYTES = Counter("livemig_receiver_written_bytes", "Page payload bytes written into destination memory")

@@ -7,14 +7,35 @@
 #
 #   sudo scripts/netns-demo.sh                  # 256 MiB, half touched, 1 Gbit/s, 2 connections
 #   RATE=500mbit SIZE_MIB=128 scripts/netns-demo.sh
-#   LIVEMIG=".venv/bin/livemig" JSON_OUT=result.json scripts/netns-demo.sh
+#   LIVEMIG=/path/to/venv/bin/livemig JSON_OUT=result.json scripts/netns-demo.sh
+#
+# livemig is found as $LIVEMIG, else the project's own venv (.venv/bin/livemig, made by
+# ./dev), else on PATH (root's PATH usually lacks it: `sudo` resets PATH).
 set -euo pipefail
 
 RATE=${RATE:-1gbit}
 SIZE_MIB=${SIZE_MIB:-256}
 TOUCHED=${TOUCHED:-0.5}
 CONNECTIONS=${CONNECTIONS:-2}
-LIVEMIG=${LIVEMIG:-livemig}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+die() {
+  echo "netns-demo: $*" >&2
+  exit 1
+}
+
+if [ -z "${LIVEMIG:-}" ]; then
+  if [ -x "$ROOT/.venv/bin/livemig" ]; then
+    LIVEMIG="$ROOT/.venv/bin/livemig"
+  elif command -v livemig >/dev/null 2>&1; then
+    LIVEMIG=$(command -v livemig)
+  else
+    die "livemig not found: run ./dev once (it makes $ROOT/.venv), or point LIVEMIG=/path/to/bin/livemig at it"
+  fi
+fi
+$LIVEMIG --version >/dev/null 2>&1 || die "LIVEMIG=$LIVEMIG does not run livemig"
+[ "$(id -u)" = 0 ] || die "needs root (network namespaces, veth, tc): sudo $0"
+command -v ip >/dev/null 2>&1 || die "needs iproute2 (ip, tc): apt-get install iproute2"
 JSON_OUT=${JSON_OUT:-}
 SUBNET=${SUBNET:-10.213.77}   # private addresses that exist only inside these namespaces
 SRC_NS="lm-src-$$"
@@ -34,6 +55,8 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+# Any failing step names itself instead of ending the script silently (set -e).
+trap 'echo "netns-demo: step failed (exit $?): $BASH_COMMAND" >&2' ERR
 
 wait_ready() {  # wait_ready LOGFILE ROLE
   for _ in $(seq 1 150); do
@@ -59,7 +82,7 @@ for side in "$SRC_NS:$SRC_IF:$SRC_IP" "$DST_NS:$DST_IF:$DST_IP"; do
 done
 echo "link: $SRC_NS ($SRC_IP) <-> $DST_NS ($DST_IP), $RATE each way"
 
-$LIVEMIG make-image --output "$WORK/guest.img" --size-mib "$SIZE_MIB" --touched "$TOUCHED"
+$LIVEMIG make-image --output "$WORK/guest.img" --size "${SIZE_MIB}M" --touched "$TOUCHED"
 ip netns exec "$DST_NS" $LIVEMIG receiver --insecure --listen "$DST_IP:7868" --memory-dir "$WORK/destination" \
   >"$WORK/receiver.log" 2>&1 &
 PIDS+=($!)
@@ -75,7 +98,10 @@ ip netns exec "$SRC_NS" $LIVEMIG send-migration --insecure --sender 127.0.0.1:78
 [ -n "$JSON_OUT" ] && cp "$WORK/result.json" "$JSON_OUT"
 python3 - "$WORK/result.json" "$RATE" <<'PY'
 import json, sys
-status = json.load(open(sys.argv[1]))
+try:
+    status = json.load(open(sys.argv[1]))
+except (OSError, ValueError):
+    sys.exit("netns-demo: send-migration printed no status (see its error above)")
 stats = status["stats"]
 mib = 1 << 20
 print(f"state {status['state']}, verified {stats.get('verified', False)}")

@@ -7,7 +7,8 @@ boundary is small: chunk ids and range tables in; per-chunk reports (counters
 and timings), log records and a final word out. Page data never does.
 
 Messages on the pipe (tuples):
-  parent -> child: ("chunk", chunk_id, ranges (n x 2 uint64 array), zero_records) | ("close",) | ("stop",)
+  parent -> child: ("begin", ConnectionSpec), then
+                   ("chunk", chunk_id, ranges (n x 2 uint64 array), zero_records) | ("close",) | ("stop",)
   child -> parent: ("done", ChunkReport) | ("log", ...) | ("finished", reconnects) | ("failed", reason)
 A closed pipe means the other side died: the child stops, the parent treats the
 connection as broken.
@@ -60,7 +61,6 @@ class ConnectionSpec:
     page_size: int
     chunk_bytes: int
     skip_zero_pages: bool
-    log_level: int
 
 
 def source_regions(layout: MemoryLayout) -> tuple[SourceRegion, ...]:
@@ -118,11 +118,23 @@ def describe_error(error: BaseException) -> tuple[str, str, str]:
     return type(error).__name__, message, code
 
 
-def run_connection(spec: ConnectionSpec, pipe) -> None:
-    """Process entry point (started by the transfer pool through the fork server)."""
+def run_connection(index: int, log_level: int, pipe) -> None:
+    """Process entry point (started by the transfer pool through the fork server).
+
+    The pool starts connection processes while the receiver prepares the session;
+    the first message, ("begin", ConnectionSpec), says where to stream what.
+    """
     ignore_stop_signals()
     sender = PipeSender(pipe)
-    log_through_parent(sender, spec.log_level)
+    log_through_parent(sender, log_level)
+    try:
+        first = pipe.recv()
+    except (EOFError, OSError):
+        return
+    if first[0] != "begin":
+        sender.send(("finished", 0))
+        return
+    spec: ConnectionSpec = first[1]
     stop = threading.Event()
     inbox: queue.Queue[Chunk | None] = queue.Queue()
     layout = None

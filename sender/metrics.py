@@ -1,8 +1,21 @@
-"""Prometheus metrics of the sender (one process, default registry). No per-migration labels."""
+"""Prometheus metrics of the sender (one process, default registry).
+
+Counters are totals over all migrations. Per-migration gauges (phase, remaining
+bytes, dirty rate, expected downtime: QEMU's `info migrate` figures) carry a
+`migration_id` label and are removed when the migration ends, so nothing stays
+stale and their number is bounded by the running migrations. The migration's
+own process is the one owner of these updates: it calls the functions below.
+"""
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from livemig.common import build_info  # noqa: F401  (disables _created series; livemig_build_info)
+
+PHASES = ("setup", "precopy", "switchover", "completing")
 
 SCANNED_BYTES = Counter("livemig_sender_scanned_bytes", "Guest memory bytes inspected for zero pages")
 ZERO_BYTES = Counter("livemig_sender_zero_bytes", "Bytes found all-zero and skipped (not transmitted)")
@@ -21,17 +34,79 @@ CONNECTION_WIRE_BYTES = Counter(
     ["connection"],
 )
 ACTIVE_MIGRATIONS = Gauge("livemig_sender_active_migrations", "Migrations pending or running")
-THROUGHPUT = Gauge(
-    "livemig_sender_last_throughput_bytes_per_second",
-    "Wire throughput of the last finished migration (wire bytes over transfer time)",
-)
 DURATION = Histogram(
     "livemig_sender_migration_duration_seconds",
     "Duration of finished migrations",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
 )
-ITERATIONS = Counter("livemig_sender_iterations", "Pre-copy iterations completed")
-EXPECTED_DOWNTIME = Gauge(
-    "livemig_sender_expected_downtime_seconds", "Downtime expected if the guest were paused now (last estimate)"
+THROUGHPUT = Histogram(
+    "livemig_sender_migration_throughput_bytes_per_second",
+    "Wire throughput of completed migrations (wire bytes over transfer time)",
+    buckets=tuple(float(1 << shift) for shift in range(20, 37, 2)),  # 1 MiB/s .. 64 GiB/s
 )
-DOWNTIME = Gauge("livemig_sender_last_downtime_seconds", "Measured downtime of the last completed switchover")
+DOWNTIME = Histogram(
+    "livemig_sender_downtime_seconds",
+    "Measured downtime (guest paused to receiver completed) of completed switchovers",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2.5, 5, 10, 30),
+)
+ITERATIONS = Counter("livemig_sender_iterations", "Iterations completed (pre-copy and final), as in the status")
+PHASE = Gauge("livemig_sender_migration_phase", "1 for the phase a running migration is in", ["migration_id", "phase"])
+REMAINING_BYTES = Gauge(
+    "livemig_sender_migration_remaining_bytes", "Bytes still to send of a running migration", ["migration_id"]
+)
+DIRTY_RATE = Gauge(
+    "livemig_sender_migration_dirty_rate_bytes_per_second",
+    "Rate the guest dirtied memory during the last iteration of a running migration",
+    ["migration_id"],
+)
+EXPECTED_DOWNTIME = Gauge(
+    "livemig_sender_migration_expected_downtime_seconds",
+    "Downtime expected if a running migration's guest were paused now",
+    ["migration_id"],
+)
+_PER_MIGRATION = (REMAINING_BYTES, DIRTY_RATE, EXPECTED_DOWNTIME)
+
+
+def migration_started(migration_id: str, total_bytes: int) -> None:
+    MIGRATIONS_STARTED.inc()
+    ACTIVE_MIGRATIONS.inc()
+    set_phase(migration_id, "setup")
+    REMAINING_BYTES.labels(migration_id).set(total_bytes)
+    DIRTY_RATE.labels(migration_id).set(0)
+    EXPECTED_DOWNTIME.labels(migration_id).set(0)
+
+
+def set_phase(migration_id: str, phase: str) -> None:
+    """A state set: the current phase 1, the others 0 (only while the migration runs)."""
+    if phase not in PHASES:
+        return
+    for name in PHASES:
+        PHASE.labels(migration_id, name).set(1 if name == phase else 0)
+
+
+def iteration_ended(migration_id: str, remaining_bytes: int, dirty_rate: float, expected_downtime_ms: int) -> None:
+    REMAINING_BYTES.labels(migration_id).set(remaining_bytes)
+    DIRTY_RATE.labels(migration_id).set(dirty_rate)
+    EXPECTED_DOWNTIME.labels(migration_id).set(expected_downtime_ms / 1000)
+
+
+def migration_finished(
+    migration_id: str, outcome: str, duration_s: float, throughput: float | None, downtime_s: float | None
+) -> None:
+    """Count the outcome and remove the migration's own series."""
+    ACTIVE_MIGRATIONS.dec()
+    MIGRATIONS.labels(outcome).inc()
+    DURATION.observe(duration_s)
+    if throughput is not None:
+        THROUGHPUT.observe(throughput)
+    if downtime_s is not None:
+        DOWNTIME.observe(downtime_s)
+    for gauge in _PER_MIGRATION:
+        _remove(gauge, migration_id)
+    for name in PHASES:
+        _remove(PHASE, migration_id, name)
+
+
+def _remove(metric, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # never set (e.g. failed before its first iteration)
+        metric.remove(*labels)

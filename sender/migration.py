@@ -121,8 +121,7 @@ class Migration:
 
     def start(self, on_final: Callable[[Migration], None]) -> None:
         self._on_final = on_final
-        metrics.MIGRATIONS_STARTED.inc()
-        metrics.ACTIVE_MIGRATIONS.inc()
+        metrics.migration_started(self.migration_id, self.layout.total_bytes)
         self._thread.start()
 
     def cancel(self) -> None:
@@ -177,6 +176,7 @@ class Migration:
                 self.state = state
             if phase is not None:
                 self.phase = phase
+                metrics.set_phase(self.migration_id, phase)
             if error is not None:
                 self.error = error
             self._changed.notify_all()
@@ -210,14 +210,16 @@ class Migration:
         try:
             if self._cancel_requested:
                 raise MigrationCancelled()
-            token, chunk_bytes, data_ports = self._prepare(receiver)
+            # Connection processes start while the receiver prepares the session.
             pool = TransferPool(
-                self._connection_specs(token, chunk_bytes, data_ports),
+                self.request.connections,
                 self.stats,
                 self._stop,
                 self.layout.split_at_regions,
                 {"migration_id": self.migration_id},
             )
+            token, chunk_bytes, data_ports = self._prepare(receiver)
+            pool.begin(self._connection_specs(token, chunk_bytes, data_ports))
             pause_started = self._precopy(pool) if self.live else self._stop_and_copy(pool)
             # Digest while the streams are still open: an idle receiver session expires.
             digest, digest_seconds = self._digest()
@@ -266,7 +268,6 @@ class Migration:
                 page_size=self.request.page_size,
                 chunk_bytes=chunk_bytes,
                 skip_zero_pages=self.request.skip_zero_pages,
-                log_level=logging.getLogger().getEffectiveLevel(),
             )
             for index in range(self.request.connections)
         ]
@@ -374,8 +375,9 @@ class Migration:
         )
         self.stats.bandwidth, self.stats.bandwidth_source = bandwidth, source
         iteration = self.stats.end_iteration(remaining, expected)
-        metrics.ITERATIONS.inc()
-        metrics.EXPECTED_DOWNTIME.set(expected / 1000)
+        metrics.iteration_ended(
+            self.migration_id, remaining, iteration.to_proto().dirty_rate_bytes_per_second, expected
+        )
         self._log.info(
             "migration %s: iteration %d sent %d of %d dirty bytes in %.0f ms; %d bytes dirty, "
             "expected downtime %d ms at %.0f MB/s (%s)",
@@ -440,14 +442,15 @@ class Migration:
     def _finish(self, state: int, error: str = "") -> None:
         self.stats.ended()
         self._set(state=state, phase="done", error=error)
-        metrics.ACTIVE_MIGRATIONS.dec()
-        metrics.MIGRATIONS.labels(State.Name(state).lower()).inc()
         snapshot = self.stats.to_proto()
-        metrics.DURATION.observe(snapshot.duration_ms / 1000)
-        if state == State.COMPLETED:
-            metrics.THROUGHPUT.set(self.stats.throughput())
-            if self.live or self.guest.can_pause:
-                metrics.DOWNTIME.set(snapshot.downtime_ms / 1000)
+        completed = state == State.COMPLETED
+        metrics.migration_finished(
+            self.migration_id,
+            State.Name(state).lower(),
+            snapshot.duration_ms / 1000,
+            self.stats.throughput() if completed else None,
+            snapshot.downtime_ms / 1000 if completed and (self.live or self.guest.can_pause) else None,
+        )
         self._log.info("migration %s %s %s", self.migration_id, State.Name(state), error)
         self._on_final(self)
 

@@ -22,6 +22,7 @@ from livemig.sender.config import SenderConfig
 from livemig.sender.dirty_log import DirtyLog, dirty_log_path
 from livemig.sender.errors import Reason, SenderError
 from livemig.sender.guest import GuestControl, GuestControlError
+from livemig.sender.placement import PlacedRegion, place_request_regions
 
 
 @dataclass(slots=True)
@@ -52,17 +53,18 @@ def _confine(config: SenderConfig, fd: int, path: str) -> None:
 
 def build_layout(
     regions: Sequence[pb.GuestMemoryRegion], page_size: int, config: SenderConfig
-) -> tuple[MemoryLayout, list[pb.GuestMemoryRegion]]:
-    """The source layout of a request's regions (opened, checked, in gpa order) and the
-    regions in that order. Raises OSError or LayoutError."""
-    ordered = sorted(regions, key=lambda r: r.gpa)
+) -> tuple[MemoryLayout, list[PlacedRegion]]:
+    """The source layout of a request's regions: placed (regions without a GPA go
+    where the sender's view of the files puts them), opened, checked, in GPA order;
+    and the placed regions in that order. Raises OSError or LayoutError."""
+    placed = place_request_regions(regions)  # sorted by gpa
     layout = open_source_layout(
-        [(r.gpa, r.path) for r in ordered], page_size, admit=lambda fd, path: _confine(config, fd, path)
+        [(r.gpa, r.path) for r in placed], page_size, admit=lambda fd, path: _confine(config, fd, path)
     )
-    return layout, ordered
+    return layout, placed
 
 
-def _open_dirty_log(layout: MemoryLayout, ordered: Sequence[pb.GuestMemoryRegion], config: SenderConfig) -> DirtyLog:
+def _open_dirty_log(layout: MemoryLayout, ordered: Sequence[PlacedRegion], config: SenderConfig) -> DirtyLog:
     paths = [dirty_log_path(r.path, config.dirty_log_dir) for r in ordered]
     allowed = [str(config.dirty_log_dir.resolve())] if config.dirty_log_dir else [str(r) for r in config.memory_roots]
     if allowed:

@@ -82,6 +82,7 @@ class SenderService(pb_grpc.SenderServicer):
             migration_request.skip_zero_pages,
             migration_request.verify,
             migration.live,
+            extra={"migration_id": migration.migration_id},
         )
         migration.start(on_final=lambda _m: None)
         return pb.StartMigrationResponse(migration_id=migration.migration_id)

@@ -179,7 +179,8 @@ class MigrationStats:
             self.remaining_bytes = remaining_bytes
             self.expected_downtime_ms = expected_downtime_ms
             self._transfer_ended = iteration.ended
-            return iteration
+        metrics.ITERATIONS.inc()  # every iteration the status counts, the final one included
+        return iteration
 
     def ended(self) -> None:
         with self._lock:

@@ -61,7 +61,8 @@ class ConnectionFailed(Exception):
 class _Connection:
     """The migration process's view of one connection process."""
 
-    spec: ConnectionSpec
+    index: int
+    spec: ConnectionSpec | None
     process: multiprocessing.process.BaseProcess
     pipe: multiprocessing.connection.Connection
     outstanding: dict[int, Chunk] = field(default_factory=dict)
@@ -75,7 +76,7 @@ class _Connection:
 class TransferPool:
     def __init__(
         self,
-        specs: list[ConnectionSpec],
+        connections: int,
         stats: MigrationStats,
         stop: threading.Event,
         split: Callable[[Iterable[MemoryRange]], list[MemoryRange]],
@@ -92,27 +93,38 @@ class TransferPool:
         self._closed = False
         self._closing = False
         self._abandoned = False  # close() gave up waiting: deaths are no longer restarts
-        self._connections = [self._start(spec) for spec in specs]
+        self._log_level = logging.getLogger().getEffectiveLevel()
+        # Started now, while the receiver prepares the session: begin() says where to stream.
+        self._connections = [self._start(index) for index in range(connections)]
         self._reader = threading.Thread(target=self._read, name="transfer-reports", daemon=True)
         self._reader.start()
 
     # -- processes -----------------------------------------------------------------
 
-    def _start(self, spec: ConnectionSpec) -> _Connection:
+    def _start(self, index: int, spec: ConnectionSpec | None = None) -> _Connection:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=run_connection, args=(spec, child_end), name=f"livemig-conn-{spec.index}", daemon=True
+            target=run_connection, args=(index, self._log_level, child_end), name=f"livemig-conn-{index}", daemon=True
         )
         process.start()
         child_end.close()
-        return _Connection(spec, process, parent_end)
+        if spec is not None:
+            parent_end.send(("begin", spec))
+        return _Connection(index, spec, process, parent_end)
+
+    def begin(self, specs: list[ConnectionSpec]) -> None:
+        """The session is prepared: each connection learns its endpoint, token and guest files."""
+        with self._changed:
+            for connection, spec in zip(self._connections, specs, strict=True):
+                connection.spec = spec
+                self._send(connection, ("begin", spec))
 
     def _restart(self, connection: _Connection) -> None:
         """A connection process died: start another and give it the dead one's chunks."""
         connection.pipe.close()
         connection.restarts += 1
         stalled = time.monotonic() - connection.last_progress
-        index = connection.spec.index
+        index = connection.index
         if connection.restarts > MAX_RETRIES or stalled > RETRY_BUDGET_SECONDS:
             self._fail(
                 ConnectionFailed(
@@ -131,7 +143,7 @@ class TransferPool:
             len(connection.outstanding),
             extra=self._log_extra,
         )
-        fresh = self._start(connection.spec)
+        fresh = self._start(index, connection.spec)
         with self._changed:  # send() adds and sends chunks under this lock: none is sent twice
             connection.process, connection.pipe = fresh.process, fresh.pipe
             for chunk_id in sorted(connection.outstanding):
@@ -228,7 +240,9 @@ class TransferPool:
 
     def send(self, ranges: Iterable[MemoryRange], zero_records: bool) -> None:
         """Send every page of `ranges`; returns once all of it is acknowledged."""
-        chunk_bytes = self._connections[0].spec.chunk_bytes
+        first = self._connections[0].spec
+        assert first is not None, "begin() comes first"
+        chunk_bytes = first.chunk_bytes
         pieces = self._split(RangeTable.of(ranges))
         for table in RangeTable(tuple(pieces)).partition(chunk_bytes):
             chunk = Chunk(next(self._chunk_ids), table.ranges, zero_records)

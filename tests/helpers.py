@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -78,9 +79,17 @@ def watch(stub: pb_grpc.SenderStub, migration_id: str) -> pb.MigrationStatus:
     return list(stub.WatchMigration(pb.MigrationRequest(migration_id=migration_id), timeout=120))[-1]
 
 
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, timeout: float = 120, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "livemig.cli.main", *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-m", "livemig.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
+        env={**os.environ, **env} if env is not None else None,
     )
 
 

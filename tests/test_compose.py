@@ -7,6 +7,7 @@ the Prometheus and Grafana provisioning files.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -47,8 +48,26 @@ def test_livemig_services_build_the_image_and_use_its_entry_point():
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
     assert set(LIVEMIG_SERVICES) == {"receiver", "guest", "sender", "migrate"}
+    # Built once (issue 11): four `build: .` with one image name built it four times and left
+    # three untagged images that `down --rmi all` did not remove.
+    builders = [name for name in LIVEMIG_SERVICES if "build" in SERVICES[name]]
+    assert builders == ["receiver"] and SERVICES["receiver"]["build"] == "."
     for name in LIVEMIG_SERVICES:
-        assert SERVICES[name]["build"] == "."
+        if name not in builders:
+            assert SERVICES[name]["pull_policy"] == "never", f"{name} would pull livemig:latest"
+
+
+def test_published_ports_are_bound_to_localhost_by_default():
+    for service, port in (("prometheus", 9090), ("grafana", 3000)):
+        (mapping,) = SERVICES[service]["ports"]
+        published = r"\$\{LIVEMIG_PUBLISH_ADDRESS:-127\.0\.0\.1\}:\$\{LIVEMIG_\w+_PORT:-(\d+)\}:(\d+)"
+        match = re.fullmatch(published, mapping)
+        assert match, f"{service} publishes {mapping!r}, not on 127.0.0.1 by default"
+        assert match.groups() == (str(port), str(port))
+
+
+def test_the_paused_guest_is_stopped_without_the_default_ten_seconds():
+    assert SERVICES["guest"]["stop_grace_period"] == "2s"
 
 
 @pytest.mark.parametrize("service", LIVEMIG_SERVICES)
@@ -122,7 +141,7 @@ def test_grafana_mounts_match_its_provisioning():
     assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
     datasource = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yaml").read_text())
     url = datasource["datasources"][0]["url"]
-    assert url == "http://prometheus:9090" and "9090:9090" in SERVICES["prometheus"]["ports"]
+    assert url == "http://prometheus:9090" and SERVICES["prometheus"]["ports"][0].endswith(":9090")
     assert networks("grafana") & networks("prometheus")
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home.startswith(dashboards_path) and (ROOT / "deploy/grafana/dashboards" / Path(home).name).is_file()

@@ -29,7 +29,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "livemig.json"
 PROMETHEUS = shutil.which("prometheus")
 SCRAPE_SECONDS = 0.5
 # Grafana's variables, as it would expand them for a short range at this scrape interval.
-VARIABLES = {"$__rate_interval": "3s", "$__range": "10m", "$__interval": "1s"}
+VARIABLES = {"$__rate_interval": "3s", "$__range": "10m", "$__interval": "1s", "$instance": ".*"}
 # Panels whose every query must have moved, not merely exist, during the migration.
 MUST_MOVE = {"Wire throughput", "Skipped vs transmitted", "Receiver writes", "Wire throughput per connection"}
 
@@ -60,12 +60,20 @@ def expand(expr: str) -> str:
 def test_dashboard_shape():
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["uid"] == "livemig-overview"
-    datasource = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yaml").read_text())
-    uid = datasource["datasources"][0]["uid"]
+    # Imports into any Grafana: the Prometheus is a variable, not the provisioned uid.
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["instance"]["includeAll"] and "instance" in variables["instance"]["definition"]
+    uid = "${datasource}"
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == uid
+        unit = panel["fieldConfig"]["defaults"].get("unit", "")
+        assert unit not in ("Bps", "decbytes", "MBs"), f"{panel['title']}: SI units; binary (binBps, bytes) everywhere"
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == uid
+            assert 'instance=~"$instance"' in target["expr"], target["expr"]
+            if panel["type"] == "stat":
+                assert target.get("instant") is True, f"{panel['title']}: stat panels show an instant value"
             # rate()/increase() are applied to raw counters, before any aggregation.
             for function in ("rate(", "increase("):
                 for part in target["expr"].split(function)[1:]:

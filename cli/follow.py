@@ -1,0 +1,117 @@
+"""The commands that talk to a sender: start and follow, list, show, watch, cancel.
+
+Following a migration owns it from the operator's terminal: Ctrl-C cancels it on
+the sender (the source guest is resumed there) before the CLI exits 130, so a
+live migration never ends with the source paused and nobody watching.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import grpc
+
+from livemig.cli import client, report
+from livemig.common.proto import livemig_pb2 as pb
+from livemig.common.proto import livemig_pb2_grpc as pb_grpc
+from livemig.common.tls import Security
+
+
+def _print_final(status: pb.MigrationStatus, as_json: bool) -> None:
+    if as_json:
+        click.echo(client.status_to_json(status))
+    else:
+        report.print_status(status)
+
+
+def _follow(stub: pb_grpc.SenderStub, sender: str, migration_id: str, as_json: bool) -> int:
+    """Watch to the end with a bar on stderr when it is a terminal; Ctrl-C cancels."""
+    try:
+        with report.progress(enabled=sys.stderr.isatty(), show_iterations=not as_json) as on_update:
+            status = client.follow(stub, migration_id, on_update)
+    except KeyboardInterrupt:
+        return _cancel_after_interrupt(stub, sender, migration_id, as_json)
+    except grpc.RpcError as error:
+        line, code = client.rpc_error_line(error, sender)
+        click.echo(f"{line} (migration {migration_id})", err=True)
+        return code
+    _print_final(status, as_json)
+    return client.exit_code(status)
+
+
+def _cancel_after_interrupt(stub: pb_grpc.SenderStub, sender: str, migration_id: str, as_json: bool) -> int:
+    click.echo(f"interrupted: cancelling migration {migration_id}", err=True)
+    try:
+        status = client.cancel(stub, migration_id)
+    except grpc.RpcError as error:
+        line, _code = client.rpc_error_line(error, sender)
+        click.echo(f"{line}: migration {migration_id} may still be running", err=True)
+        return client.EXIT_INTERRUPTED
+    _print_final(status, as_json)
+    return client.EXIT_INTERRUPTED
+
+
+def start_and_follow(
+    sender: str, request: pb.StartMigrationRequest, security: Security, as_json: bool, detach: bool
+) -> int:
+    with security.channel(sender) as channel:
+        stub = pb_grpc.SenderStub(channel)
+        try:
+            migration_id = client.start_migration(stub, request)
+        except KeyboardInterrupt:
+            click.echo("interrupted before the sender answered", err=True)
+            return client.EXIT_INTERRUPTED
+        except grpc.RpcError as error:
+            line, code = client.rpc_error_line(error, sender)
+            click.echo(line, err=True)
+            return code
+        if detach:
+            click.echo(migration_id)
+            return client.EXIT_COMPLETED
+        return _follow(stub, sender, migration_id, as_json)
+
+
+def _call(sender: str, security: Security, call) -> tuple[object, int]:
+    with security.channel(sender) as channel:
+        try:
+            return call(pb_grpc.SenderStub(channel)), client.EXIT_COMPLETED
+        except grpc.RpcError as error:
+            line, code = client.rpc_error_line(error, sender)
+            click.echo(line, err=True)
+            return None, code
+
+
+def list_migrations(sender: str, security: Security, as_json: bool) -> int:
+    response, code = _call(sender, security, lambda stub: stub.ListMigrations(pb.ListMigrationsRequest(), timeout=30))
+    if response is None:
+        return code
+    if as_json:
+        for status in response.migrations:
+            click.echo(client.status_to_json(status))
+    else:
+        report.print_list(list(response.migrations))
+    return client.EXIT_COMPLETED
+
+
+def show_migration(sender: str, migration_id: str, security: Security, as_json: bool) -> int:
+    status, code = _call(
+        sender, security, lambda stub: stub.GetMigration(pb.MigrationRequest(migration_id=migration_id), timeout=30)
+    )
+    if status is None:
+        return code
+    _print_final(status, as_json)
+    return client.EXIT_FAILED if status.state in (pb.FAILED, pb.CANCELLED) else client.EXIT_COMPLETED
+
+
+def watch_migration(sender: str, migration_id: str, security: Security, as_json: bool) -> int:
+    with security.channel(sender) as channel:
+        return _follow(pb_grpc.SenderStub(channel), sender, migration_id, as_json)
+
+
+def cancel_migration(sender: str, migration_id: str, security: Security, as_json: bool) -> int:
+    status, code = _call(sender, security, lambda stub: client.cancel(stub, migration_id))
+    if status is None:
+        return code
+    _print_final(status, as_json)
+    return client.EXIT_COMPLETED if status.state == pb.CANCELLED else client.EXIT_FAILED
