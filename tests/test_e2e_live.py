@@ -137,7 +137,7 @@ def test_timeout_ms_ends_precopy(sender, receiver, guest):
         guest_pid=guest.pid,
         downtime_ms=1,
         available_bandwidth_bytes_per_second=1000,
-        max_iterations=10_000,  # the most the sender accepts
+        max_iterations=100_000,  # the most the sender accepts
         timeout_ms=1500,
     )
     started = time.monotonic()
@@ -156,7 +156,7 @@ def test_cancel_during_precopy_resumes_guest(sender, receiver, guest):
         guest_pid=guest.pid,
         downtime_ms=1,
         available_bandwidth_bytes_per_second=1000,
-        max_iterations=10_000,  # the most the sender accepts
+        max_iterations=100_000,  # the most the sender accepts
     )
     with channel:
         wait_for(stub, migration_id, lambda status: status.stats.iterations >= 2)

@@ -134,7 +134,7 @@ def test_accepted_extremes():
             page_size=1 << 30,
             max_batch_bytes=64 << 20,
             downtime_ms=3_600_000,
-            max_iterations=10_000,
+            max_iterations=100_000,
             available_bandwidth_bytes_per_second=1e3,
             destination="[::1]:7868",
         ),
