@@ -109,6 +109,7 @@ class Migration:
         self._stop = threading.Event()
         self._cancel_requested = False
         self._started = time.monotonic()
+        self._outcome_counted = False  # metrics.migration_finished done (once, whatever happens)
         self._round_trip = 0.0
         self._chunk_bytes = 0
         self._thread = threading.Thread(target=self._run, name=f"migration-{self.migration_id[:8]}", daemon=True)
@@ -192,14 +193,13 @@ class Migration:
         except BaseException as error:
             self._log.exception("migration %s: failed while finishing", self.migration_id)
             with self._changed:
-                ended_now = self.state not in FINAL_STATES
-                if ended_now:
+                if self.state not in FINAL_STATES:
                     self.state, self.error = State.FAILED, f"failed while finishing: {type(error).__name__}: {error}"
                 self.phase = "done"
                 self._changed.notify_all()
-            if ended_now:
-                metrics.ACTIVE_MIGRATIONS.dec()
-                metrics.MIGRATIONS.labels("failed").inc()
+            if not self._outcome_counted:
+                outcome = State.Name(self.state).lower()
+                metrics.migration_finished(self.migration_id, outcome, time.monotonic() - self._started, None, None)
 
     def _attempt(self) -> None:
         self._set(state=State.RUNNING)
@@ -451,6 +451,7 @@ class Migration:
             self.stats.throughput() if completed else None,
             snapshot.downtime_ms / 1000 if completed and (self.live or self.guest.can_pause) else None,
         )
+        self._outcome_counted = True
         self._log.info("migration %s %s %s", self.migration_id, State.Name(state), error)
         self._on_final(self)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prometheus_client import REGISTRY
+
 from livemig.cli.images import make_image
 from livemig.common.guest_memory import open_source_layout
 from livemig.common.proto import livemig_pb2 as pb
@@ -30,6 +32,7 @@ def test_an_exception_while_finishing_ends_failed_and_status_calls_keep_working(
     # (available_bandwidth 1e-300): finishing the migration raises while reporting it.
     migration.stats.begin_iteration(MIB, MIB // 4096)
     migration.stats.end_iteration(0, 1 << 70)
+    active_before = REGISTRY.get_sample_value("livemig_sender_active_migrations") or 0.0
     registry = MigrationRegistry()
     registry.add(migration)
     migration.start(on_final=lambda _m: None)
@@ -40,3 +43,5 @@ def test_an_exception_while_finishing_ends_failed_and_status_calls_keep_working(
     assert status.phase == "done"
     assert [m.status().state for m in registry.all()] == [pb.FAILED]
     assert migration.layout.regions[0].fd == -1  # its files were closed
+    # Counted as ended: the gauge of active migrations is back where it was.
+    assert REGISTRY.get_sample_value("livemig_sender_active_migrations") == active_before
