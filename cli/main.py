@@ -225,6 +225,21 @@ def receiver(
 @_metrics_options
 @click.option("--pause-hook", default="", help="Command that pauses the guest at switchover (when no guest_pid).")
 @click.option("--resume-hook", default="", help="Command that resumes the guest when a migration fails.")
+@click.option(
+    "--memory-root",
+    "memory_roots",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Only guest memory files under this directory (repeatable); default: any file the sender can read.",
+)
+@click.option(
+    "--dirty-log-dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Dirty maps are DIR/<region file name>.dirty (default: the <region>.dirty sibling).",
+)
+@click.option("--max-watch-streams", type=click.IntRange(1, 24), default=16, show_default=True)
+@click.option("--max-watch-streams-per-client", type=click.IntRange(1, 24), default=4, show_default=True)
 @tls_options(server=True)
 def sender(
     listen: str,
@@ -232,6 +247,10 @@ def sender(
     metrics_port: int | None,
     pause_hook: str,
     resume_hook: str,
+    memory_roots: tuple[str, ...],
+    dirty_log_dir: str | None,
+    max_watch_streams: int,
+    max_watch_streams_per_client: int,
     security,
 ) -> None:
     """Run the sender service (source host).
@@ -239,10 +258,18 @@ def sender(
     Its TLS settings also secure its page streams to receivers: --tls-cert is its
     client certificate there and --tls-ca must verify the receivers.
     """
+    from livemig.sender.config import SenderConfig
     from livemig.sender.guest import GuestHooks
     from livemig.sender.server import build_sender, cancel_all
 
-    host, registry = build_sender(GuestHooks(pause_hook, resume_hook), security)
+    config = SenderConfig(
+        hooks=GuestHooks(pause_hook, resume_hook),
+        memory_roots=tuple(Path(root).resolve() for root in memory_roots),
+        dirty_log_dir=Path(dirty_log_dir).resolve() if dirty_log_dir else None,
+        max_watch_streams=max_watch_streams,
+        max_watch_streams_per_client=max_watch_streams_per_client,
+    )
+    host, registry = build_sender(config, security)
     _serve("sender", host, listen, metrics_address, metrics_port, security, on_stop=lambda: cancel_all(registry))
 
 

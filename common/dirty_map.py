@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -33,9 +34,15 @@ class DirtyMap:
     """A region's dirty map, mapped shared so both sides see each other's stores."""
 
     def __init__(self, path: Path | str, pages: int, create: bool = False) -> None:
-        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        # An existing map is opened as the sender does: never through a symlink, never
+        # blocking, and only if it is a regular file (it is mapped read-write and cleared).
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+        if not create and not stat.S_ISREG(os.lstat(path).st_mode):
+            raise ValueError(f"dirty map {path} is not a regular file")  # a device is never opened
         fd = os.open(path, flags, 0o600)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError(f"dirty map {path} is not a regular file")
             if create:
                 os.ftruncate(fd, pages)
             size = os.fstat(fd).st_size

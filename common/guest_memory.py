@@ -10,12 +10,13 @@ from __future__ import annotations
 import bisect
 import errno
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from livemig.common.ranges import MemoryRange, RangeTable, find_overlap
+from livemig.common.ranges import U64_MAX, MemoryRange, RangeTable, find_overlap
 
 READ_BLOCK = 8 << 20
 
@@ -151,23 +152,50 @@ def check_layout(ranges: Sequence[MemoryRange], page_size: int) -> None:
                 f"region at gpa {memory_range.gpa:#x} has size {memory_range.length}, "
                 f"not a multiple of the page size {page_size}"
             )
-        if memory_range.end > (1 << 64):
-            raise LayoutError(f"region at gpa {memory_range.gpa:#x} ends beyond the 64-bit address space")
+        if memory_range.end > U64_MAX:
+            # Ends are kept as uint64 (the receiver's range checks): 2**64 itself does not fit.
+            raise LayoutError(f"region at gpa {memory_range.gpa:#x} ends at or beyond 2**64 (the address space)")
     overlap = find_overlap(ranges)
     if overlap is not None:
         first, second = overlap
         raise LayoutError(f"regions overlap: [{first.gpa:#x}, {first.end:#x}) and [{second.gpa:#x}, {second.end:#x})")
 
 
-def open_source_layout(regions: Sequence[tuple[int, str]], page_size: int) -> MemoryLayout:
-    """Open the guest's memory files read-only. Raises FileNotFoundError or LayoutError."""
+def open_regular_file(path: str, flags: int = os.O_RDONLY) -> int:
+    """Open a regular file (tmpfs, hugetlbfs and disk files are) without ever blocking.
+
+    A FIFO or device named by a client must not hang or disturb the sender: the type is
+    checked with stat before the open, the open is non-blocking, and the descriptor is
+    checked again with fstat (the name may have been swapped in between). Raises
+    FileNotFoundError, PermissionError or LayoutError (not a regular file).
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise LayoutError(f"{path} is not a regular file")
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise LayoutError(f"{path} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_source_layout(
+    regions: Sequence[tuple[int, str]], page_size: int, admit: Callable[[int, str], None] | None = None
+) -> MemoryLayout:
+    """Open the guest's memory files read-only, each checked by `admit(fd, path)` (the
+    sender's confinement) before it is used. Raises FileNotFoundError or LayoutError;
+    nothing stays open when it raises."""
     files: list[RegionFile] = []
     try:
         for gpa, path in regions:
             if not path:
                 raise LayoutError(f"region at gpa {gpa:#x} has no path")
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular_file(path)
             files.append(RegionFile(gpa=gpa, length=os.fstat(fd).st_size, path=path, fd=fd))
+            if admit is not None:
+                admit(fd, path)
         return MemoryLayout(files, page_size)
     except BaseException:
         for region in files:

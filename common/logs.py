@@ -2,16 +2,66 @@
 
 Records may carry `migration_id` (passed as `extra`); both formats show it, so
 every line of one migration can be found with one filter.
+
+Messages carry strings clients chose (migration ids, abort reasons, paths). Both
+formats bound them, every string argument to MAX_ARGUMENT_CHARS and every message
+to MAX_MESSAGE_CHARS, so a multi-megabyte value is not logged whole; the text format
+also escapes control characters, so a newline in a client string cannot forge a
+log line (JSON escapes them by itself).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+MAX_ARGUMENT_CHARS = 512
+MAX_MESSAGE_CHARS = 8192
+MAX_MIGRATION_ID_CHARS = 64
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def clip(text: str, limit: int) -> str:
+    """At most `limit` characters, saying how many were dropped."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[{len(text) - limit} more characters]"
+
+
+def escape(text: str) -> str:
+    """Control characters (newlines, ANSI escapes, Unicode line separators) as escapes."""
+    return _CONTROL.sub(
+        lambda m: _NAMED.get(
+            m.group(), f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}"
+        ),
+        text,
+    )
+
+
+def bounded_message(record: logging.LogRecord) -> str:
+    """record.getMessage() with every string argument and the result clipped."""
+    args = record.args
+    if isinstance(args, Mapping):
+        args = {
+            key: clip(value, MAX_ARGUMENT_CHARS) if isinstance(value, str) else value for key, value in args.items()
+        }
+    elif isinstance(args, tuple):
+        args = tuple(clip(value, MAX_ARGUMENT_CHARS) if isinstance(value, str) else value for value in args)
+    message = str(record.msg)
+    if args:
+        message = message % args
+    return clip(message, MAX_MESSAGE_CHARS)
+
+
+def _migration_id(record: logging.LogRecord) -> str:
+    value = getattr(record, "migration_id", None)
+    return clip(str(value), MAX_MIGRATION_ID_CHARS) if value else ""
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,9 +70,9 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": bounded_message(record),
         }
-        migration_id = getattr(record, "migration_id", None)
+        migration_id = _migration_id(record)
         if migration_id:
             entry["migration_id"] = migration_id
         if record.exc_info:
@@ -35,8 +85,10 @@ class TextFormatter(logging.Formatter):
         super().__init__(TEXT_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        migration_id = getattr(record, "migration_id", None)
+        safe = logging.makeLogRecord(record.__dict__)
+        safe.msg, safe.args = escape(bounded_message(record)), None
+        line = super().format(safe)
+        migration_id = escape(_migration_id(record))
         return f"{line} migration_id={migration_id}" if migration_id else line
 
 

@@ -12,6 +12,7 @@ avail-switchover-bandwidth), and the statistics say which one was used.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from livemig.sender.stats import Counters
@@ -34,7 +35,7 @@ class ConvergencePolicy:
     connections: int
 
     def bandwidth(self, sample: Counters) -> tuple[float, str]:
-        if self.available_bandwidth > 0:
+        if math.isfinite(self.available_bandwidth) and self.available_bandwidth > 0:
             return self.available_bandwidth, "available"
         if sample.busy_seconds > 0 and sample.wire_bytes:
             return sample.wire_bytes / sample.busy_seconds, "measured"
@@ -63,7 +64,7 @@ class ConvergencePolicy:
             if wire and bandwidth <= 0:
                 return UNKNOWN_MS, bandwidth, source
             seconds += wire / bandwidth if wire else 0.0
-        return int(seconds * 1000), bandwidth, source
+        return bounded_ms(seconds), bandwidth, source
 
     def decide(self, iterations_done: int, remaining_bytes: int, expected_ms: int, elapsed_ms: int) -> Decision:
         """Switch over once the estimate fits, but only after one pass over dirty pages has
@@ -77,4 +78,12 @@ class ConvergencePolicy:
         return Decision.CONTINUE
 
 
-UNKNOWN_MS = 2**63 - 1
+UNKNOWN_MS = 2**63 - 1  # "never": no bandwidth known yet, or beyond any bound
+
+
+def bounded_ms(seconds: float) -> int:
+    """Seconds as whole ms, finite and within int64 (the status field): a tiny assumed
+    bandwidth or a huge dirty set makes the estimate "never", not an overflow."""
+    if not math.isfinite(seconds) or seconds * 1000 >= UNKNOWN_MS:
+        return UNKNOWN_MS
+    return max(0, int(seconds * 1000))

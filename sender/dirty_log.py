@@ -1,14 +1,31 @@
-"""The guest's dirty-page maps of all regions, turned into guest-physical ranges."""
+"""The guest's dirty-page maps of all regions, turned into guest-physical ranges.
+
+A map is never a free path from a request: the sender maps it read-write and clears
+it, so a free path would let a client zero any file the sender can write. Each map
+belongs to its region by a rule the sender enforces (`dirty_log_path`).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from livemig.common.dirty_map import DirtyMap
 from livemig.common.guest_memory import MemoryLayout
 from livemig.common.ranges import MemoryRange
+
+DIRTY_SUFFIX = ".dirty"
+
+
+def dirty_log_path(region_path: str, dirty_log_dir: Path | None = None) -> str:
+    """The only map a region may have: `<region>.dirty` beside it, or, when the sender
+    is configured with a --dirty-log-dir, `<dir>/<region file name>.dirty`."""
+    if dirty_log_dir is None:
+        return region_path + DIRTY_SUFFIX
+    return os.path.join(dirty_log_dir, os.path.basename(region_path) + DIRTY_SUFFIX)
 
 
 class DirtyLog:

@@ -5,6 +5,12 @@ hook commands configured on the sender service (never taken from API
 requests: a client must not run commands on the source host). The migration
 id and the guest pid are passed to hooks as LIVEMIG_MIGRATION_ID and
 LIVEMIG_GUEST_PID.
+
+A pid from a request is only ever signalled if that process really is the guest:
+it maps one of the migration's region files (by device and inode, from
+/proc/PID/maps), checked at StartMigration and again right before SIGSTOP (the
+pid may have been reused meanwhile), and it is never init, the sender or the
+sender's parent.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,21 +47,34 @@ class GuestControl:
         self.pid = pid
         self.hooks = hooks or GuestHooks()
         self.paused = False
+        self._files: frozenset[FileId] = frozenset()
 
     @property
     def can_pause(self) -> bool:
         return bool(self.pid or self.hooks.pause_command)
 
-    def check(self) -> None:
-        """Fail early (at StartMigration) when the guest process does not exist."""
-        if self.pid:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError as error:
-                raise GuestControlError(f"guest process {self.pid} does not exist") from error
+    def check(self, region_fds: Iterable[int] = ()) -> None:
+        """Fail early (at StartMigration) unless the pid is the guest of these regions."""
+        if not self.pid:
+            return
+        self._files = frozenset(file_id(os.fstat(fd)) for fd in region_fds)
+        self._check_is_guest()
+
+    def _check_is_guest(self) -> None:
+        if self.pid <= 1 or self.pid in (os.getpid(), os.getppid()):
+            raise GuestControlError(f"pid {self.pid} is not a guest (init, the sender or its parent)")
+        try:
+            mapped = mapped_files(self.pid)
+        except FileNotFoundError as error:
+            raise GuestControlError(f"guest process {self.pid} does not exist") from error
+        except OSError as error:
+            raise GuestControlError(f"cannot inspect process {self.pid}: {error.strerror}") from error
+        if not self._files & mapped:
+            raise GuestControlError(f"process {self.pid} does not map any of the migration's region files")
 
     def pause(self) -> None:
         if self.pid:
+            self._check_is_guest()  # the pid may have been reused since StartMigration
             os.kill(self.pid, signal.SIGSTOP)
             self.paused = True
             self._wait_stopped()
@@ -95,6 +115,25 @@ class GuestControl:
             subprocess.run(shlex.split(command), env=env, check=True, timeout=HOOK_TIMEOUT_SECONDS)
         except (OSError, subprocess.SubprocessError) as error:
             raise GuestControlError(f"hook {command!r} failed: {error}") from error
+
+
+FileId = tuple[int, int, int]  # (device major, device minor, inode)
+
+
+def file_id(status: os.stat_result) -> FileId:
+    return os.major(status.st_dev), os.minor(status.st_dev), status.st_ino
+
+
+def mapped_files(pid: int) -> frozenset[FileId]:
+    """The files a process maps, from /proc/PID/maps ("addr perms offset maj:min inode path")."""
+    found: set[FileId] = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) < 5 or fields[4] == "0":
+            continue
+        major, _, minor = fields[3].partition(":")
+        found.add((int(major, 16), int(minor, 16), int(fields[4])))
+    return frozenset(found)
 
 
 def _task_state(task: Path) -> str | None:

@@ -109,6 +109,7 @@ class Migration:
         self._stop = threading.Event()
         self._cancel_requested = False
         self._started = time.monotonic()
+        self._outcome_counted = False  # metrics.migration_finished done (once, whatever happens)
         self._round_trip = 0.0
         self._chunk_bytes = 0
         self._thread = threading.Thread(target=self._run, name=f"migration-{self.migration_id[:8]}", daemon=True)
@@ -136,16 +137,21 @@ class Migration:
 
     def status(self) -> pb.MigrationStatus:
         with self._changed:
+            try:
+                stats, iterations = self.stats.to_proto(), self.stats.iterations_proto()
+            except Exception:  # a bad figure must not break GetMigration and ListMigrations
+                self._log.exception("migration %s: statistics cannot be reported", self.migration_id)
+                stats, iterations = pb.MigrationStats(), []
             return pb.MigrationStatus(
                 migration_id=self.migration_id,
                 state=self.state,
                 error=self.error,
-                stats=self.stats.to_proto(),
+                stats=stats,
                 destination_regions=self.destination_regions,
                 destination=self.request.destination,
                 skip_zero_pages=self.request.skip_zero_pages,
                 page_size=self.request.page_size,
-                iterations=self.stats.iterations_proto(),
+                iterations=iterations,
                 phase=self.phase,
                 live=self.live,
             )
@@ -179,6 +185,23 @@ class Migration:
     # -- the run -----------------------------------------------------------------
 
     def _run(self) -> None:
+        """The migration thread: whatever goes wrong, even while finishing, the
+        migration ends in a final state with its reason (the registry never holds a
+        migration whose thread died RUNNING)."""
+        try:
+            self._attempt()
+        except BaseException as error:
+            self._log.exception("migration %s: failed while finishing", self.migration_id)
+            with self._changed:
+                if self.state not in FINAL_STATES:
+                    self.state, self.error = State.FAILED, f"failed while finishing: {type(error).__name__}: {error}"
+                self.phase = "done"
+                self._changed.notify_all()
+            if not self._outcome_counted:
+                outcome = State.Name(self.state).lower()
+                metrics.migration_finished(self.migration_id, outcome, time.monotonic() - self._started, None, None)
+
+    def _attempt(self) -> None:
         self._set(state=State.RUNNING)
         control = self.security.channel(self.request.destination, channel_options(self.request.max_batch_bytes))
         receiver = pb_grpc.ReceiverStub(control)
@@ -428,6 +451,7 @@ class Migration:
             self.stats.throughput() if completed else None,
             snapshot.downtime_ms / 1000 if completed and (self.live or self.guest.can_pause) else None,
         )
+        self._outcome_counted = True
         self._log.info("migration %s %s %s", self.migration_id, State.Name(state), error)
         self._on_final(self)
 

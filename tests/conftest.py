@@ -13,7 +13,13 @@ from hypothesis import settings
 from livemig.cli.images import tmpfs_dir
 from livemig.cli.processes import ServiceProcess
 
-# No timing assertions anywhere: this machine is shared and noisy.
+# This machine is shared and noisy: hypothesis runs without deadlines, and no test
+# asserts on speed. The few timing assertions are the promise under test, with margins
+# load cannot break: a lower bound the code guarantees (a 1.5 s timeout waited at least
+# 1.5 s: test_e2e_live.py::test_timeout_ms_ends_precopy) or an upper bound far from
+# the failure it rules out (cancel in < 10 s, not the 15 s control timeout:
+# test_faults.py; a dead sender's session dropped in < 15 s with --idle-timeout 1:
+# test_limits.py).
 settings.register_profile("livemig", deadline=None, max_examples=150)
 settings.load_profile("livemig")
 

@@ -109,3 +109,20 @@ def start_mid_transfer(stub: pb_grpc.SenderStub, destination: str, image: Path, 
     ).migration_id
     wait_for_batches(stub, migration_id, batches)
     return migration_id
+
+
+_GUEST = """
+import mmap, sys, time
+with open(sys.argv[1], "rb") as memory:
+    mapped = mmap.mmap(memory.fileno(), 0, prot=mmap.PROT_READ)
+print("mapped", flush=True)
+time.sleep(600)
+"""
+
+
+def start_guest(memory: Path) -> subprocess.Popen:
+    """A process standing in for a VMM: it maps the guest memory file (so the sender
+    accepts its pid as the guest's) and sleeps until killed. Returns once it is mapped."""
+    guest = subprocess.Popen([sys.executable, "-c", _GUEST, str(memory)], stdout=subprocess.PIPE, text=True)
+    assert guest.stdout is not None and guest.stdout.readline().strip() == "mapped"
+    return guest

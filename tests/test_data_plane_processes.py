@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from tests.helpers import (
     migrate,
     receiver_stub,
     sender_stub,
+    start_guest,
     start_mid_transfer,
     watch,
 )
@@ -106,7 +106,7 @@ def test_killed_sender_connection_process_is_restarted_and_resent(sender, receiv
 def test_killed_receiver_data_worker_never_completes_with_wrong_memory(sender, two_workers, shm_dir):
     image = shm_dir / "guest.img"
     make_image(image, 64 * MIB, 1.0, seed=5)
-    guest = subprocess.Popen(["sleep", "600"])  # stands in for a VMM, paused for the copy
+    guest = start_guest(image)  # stands in for a VMM (maps the image), paused for the copy
     try:
         channel, stub = sender_stub(sender.address)
         with channel:

@@ -137,7 +137,7 @@ def test_timeout_ms_ends_precopy(sender, receiver, guest):
         guest_pid=guest.pid,
         downtime_ms=1,
         available_bandwidth_bytes_per_second=1000,
-        max_iterations=100000,
+        max_iterations=100_000,  # the most the sender accepts
         timeout_ms=1500,
     )
     started = time.monotonic()
@@ -156,7 +156,7 @@ def test_cancel_during_precopy_resumes_guest(sender, receiver, guest):
         guest_pid=guest.pid,
         downtime_ms=1,
         available_bandwidth_bytes_per_second=1000,
-        max_iterations=100000,
+        max_iterations=100_000,  # the most the sender accepts
     )
     with channel:
         wait_for(stub, migration_id, lambda status: status.stats.iterations >= 2)
@@ -181,18 +181,19 @@ def test_stop_and_copy_pauses_for_the_whole_copy(sender, receiver, guest):
 
 
 def test_live_request_errors(sender, receiver, guest, shm_dir):
-    other = shm_dir / "other.img"
+    other, lonely = shm_dir / "other.img", shm_dir / "lonely.img"
     other.write_bytes(bytes(MIB))
-    (shm_dir / "short.dirty").write_bytes(bytes(3))
+    lonely.write_bytes(bytes(MIB))
+    (shm_dir / "other.img.dirty").write_bytes(bytes(3))  # its map, of the wrong size
     cases = [
         ([guest.region, pb.GuestMemoryRegion(gpa=1 << 30, path=str(other))], 0, grpc.StatusCode.INVALID_ARGUMENT),
         (
-            [pb.GuestMemoryRegion(gpa=0, path=str(other), dirty_log=str(shm_dir / "short.dirty"))],
+            [pb.GuestMemoryRegion(gpa=0, path=str(other), dirty_log=f"{other}.dirty")],
             0,
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
         (
-            [pb.GuestMemoryRegion(gpa=0, path=str(other), dirty_log=str(shm_dir / "none.dirty"))],
+            [pb.GuestMemoryRegion(gpa=0, path=str(lonely), dirty_log=f"{lonely}.dirty")],
             0,
             grpc.StatusCode.NOT_FOUND,
         ),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +12,13 @@ import pytest
 from livemig.cli.images import make_image
 from livemig.cli.processes import ServiceProcess
 from livemig.common.proto import livemig_pb2 as pb
-from tests.helpers import assert_destination_equals_source, sender_stub, start_mid_transfer, watch
+from tests.helpers import (
+    assert_destination_equals_source,
+    sender_stub,
+    start_guest,
+    start_mid_transfer,
+    watch,
+)
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +59,7 @@ def test_receiver_killed_mid_transfer_fails_in_bounded_time(sender, shm_dir):
     image = shm_dir / "guest.img"
     make_image(image, 64 * MIB, 1.0)
     before = file_hash(image)
-    guest = subprocess.Popen(["sleep", "600"])  # stands in for a VMM: paused for the copy
+    guest = start_guest(image)  # stands in for a VMM: paused for the copy
     rx = ServiceProcess("receiver", ["--memory-dir", str(shm_dir / "dst")])
     try:
         channel, stub = sender_stub(sender.address)
@@ -98,7 +103,7 @@ def test_cancel_while_preparing_on_an_unresponsive_receiver(sender, shm_dir):
             started = time.monotonic()
             status = stub.CancelMigration(pb.MigrationRequest(migration_id=migration_id), timeout=30)
             assert status.state == pb.CANCELLED
-            assert time.monotonic() - started < 3
+            assert time.monotonic() - started < 10  # far below the 15 s control timeout it rules out
     finally:
         silent.close()
 
@@ -106,7 +111,7 @@ def test_cancel_while_preparing_on_an_unresponsive_receiver(sender, shm_dir):
 def test_sigterm_to_receiver_during_a_migration_ends_it_cleanly(sender, shm_dir):
     image = shm_dir / "guest.img"
     make_image(image, 64 * MIB, 1.0)
-    guest = subprocess.Popen(["sleep", "600"])
+    guest = start_guest(image)
     rx = ServiceProcess("receiver", ["--memory-dir", str(shm_dir / "dst")])
     try:
         channel, stub = sender_stub(sender.address)

@@ -50,15 +50,16 @@ def test_cut_link_fails_the_migration_in_bounded_time(shm_dir):
     import time
 
     from livemig.cli.images import make_image
+    from tests.helpers import start_guest
     from tests.netns import TwoHosts
 
     hosts = TwoHosts(rate="100mbit")
-    guest = subprocess.Popen(["sleep", "600"])
+    image = shm_dir / "guest.img"
+    make_image(image, 128 * (1 << 20), 1.0)
+    guest = start_guest(image)  # maps the image, as a VMM would
     livemig = [sys.executable, "-m", "livemig.cli.main"]
     processes = []
     try:
-        image = shm_dir / "guest.img"
-        make_image(image, 128 * (1 << 20), 1.0)
         receiver = subprocess.Popen(
             hosts.command(
                 hosts.dst,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from livemig.sender.service import MigrationRegistry
+from livemig.sender.registry import MigrationRegistry
 
 
 def test_sender_registry_keeps_running_and_latest_finished_migrations():

@@ -1,0 +1,26 @@
+"""What the sender's operator decides, never a request: where guest memory and dirty
+maps may live, and how many watch streams the control API serves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from livemig.sender.guest import GuestHooks
+
+# The control server's threads (sender/server.py) minus these: health, Get, List,
+# Cancel and Start always find a free thread, however many watchers there are.
+DEFAULT_MAX_WATCH_STREAMS = 16
+DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT = 4
+
+
+@dataclass(frozen=True, slots=True)
+class SenderConfig:
+    hooks: GuestHooks = field(default_factory=GuestHooks)
+    # Region files must resolve into one of these directories; empty: anywhere the
+    # sender can read (the trust model in docs/reliability.md says what that means).
+    memory_roots: tuple[Path, ...] = ()
+    # Dirty maps are `<dir>/<region file name>.dirty`; None: the `<region>.dirty` sibling.
+    dirty_log_dir: Path | None = None
+    max_watch_streams: int = DEFAULT_MAX_WATCH_STREAMS
+    max_watch_streams_per_client: int = DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT
