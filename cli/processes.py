@@ -107,12 +107,53 @@ class ServiceProcess:
         self.stop()
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (which may hold spaces and parentheses)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants, parents first.
+
+    A service is a process tree now (the sender's fork server and connection
+    processes, the receiver's data workers), so its cost is the tree's. Found
+    from each process's parent pid in /proc/*/stat, which every kernel has
+    (/proc/PID/task/*/children needs CONFIG_PROC_CHILDREN). Processes that exit
+    while the tree is read are left out.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int(_stat_fields(int(entry.name))[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, index = [pid], 0
+    while index < len(tree):
+        tree.extend(sorted(children.get(tree[index], ())))
+        index += 1
+    return tree
+
+
 def peak_rss_bytes(pid: int) -> int:
-    """VmHWM of a process (peak resident set)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
+    """VmHWM of one process (peak resident set); 0 when it is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return 0
+
+
+def tree_peak_rss_bytes(pid: int) -> int:
+    """Sum of VmHWM over the process tree of `pid`.
+
+    An upper bound of the tree's peak: members forked from one fork server share
+    their preloaded pages (counted in each), and members peak at different times.
+    Processes that ended before this call are not counted.
+    """
+    return sum(peak_rss_bytes(member) for member in process_tree(pid))
 
 
 def reset_peak_rss(pid: int) -> None:
@@ -121,10 +162,38 @@ def reset_peak_rss(pid: int) -> None:
         Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
+def reset_tree_peak_rss(pid: int) -> None:
+    """reset_peak_rss on every live member of the process tree of `pid`."""
+    for member in process_tree(pid):
+        reset_peak_rss(member)
+
+
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    """User plus system CPU time one process (all its threads) has used so far."""
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_and_reaped_cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime: the process and the children it has reaped."""
+    fields = _stat_fields(pid)
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a service: its whole process tree, ended members included.
+
+    Each live member counts its own time plus its reaped children's
+    (cutime/cstime): a connection process that ended was reaped by the fork
+    server, so its time is in the fork server's cutime. A live process's cutime
+    never includes live descendants, so nothing is counted twice. Time of
+    processes whose parent never waits for them is lost (none in livemig).
+    """
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += _own_and_reaped_cpu_seconds(member)
+    return total
 
 
 class GuestProcess:
