@@ -112,27 +112,58 @@ def _stat_fields(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
 
 
+def _children_of(pid: int) -> list[int] | None:
+    """Children of `pid` from /proc/PID/task/*/children; None where the kernel lacks the file."""
+    children: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []  # gone
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as file:
+                children.extend(int(child) for child in file.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{task}"):
+                continue  # the thread ended
+            return None  # no CONFIG_PROC_CHILDREN
+        except (OSError, ValueError):
+            continue
+    return children
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, from the parent pid in each /proc/*/stat (any kernel)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            parent = int(_stat_fields(int(entry))[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    return children
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and its live descendants, parents first.
 
     A service is a process tree now (the sender's fork server and connection
-    processes, the receiver's data workers), so its cost is the tree's. Found
-    from each process's parent pid in /proc/*/stat, which every kernel has
-    (/proc/PID/task/*/children needs CONFIG_PROC_CHILDREN). Processes that exit
-    while the tree is read are left out.
+    processes, the receiver's data workers), so its cost is the tree's.
+    Children come from /proc/PID/task/*/children (a few small files per member,
+    cheap enough to sample during a migration); where the kernel lacks them
+    (no CONFIG_PROC_CHILDREN), from the parent pid in every /proc/*/stat.
+    Processes that exit while the tree is read are left out.
     """
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int(_stat_fields(int(entry.name))[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry.name))
     tree, index = [pid], 0
+    by_parent: dict[int, list[int]] | None = None
     while index < len(tree):
-        tree.extend(sorted(children.get(tree[index], ())))
+        children = _children_of(tree[index]) if by_parent is None else None
+        if children is None:
+            by_parent = by_parent if by_parent is not None else _children_by_parent()
+            children = by_parent.get(tree[index], [])
+        tree.extend(sorted(set(children)))
         index += 1
     return tree
 
@@ -154,6 +185,44 @@ def tree_peak_rss_bytes(pid: int) -> int:
     Processes that ended before this call are not counted.
     """
     return sum(peak_rss_bytes(member) for member in process_tree(pid))
+
+
+class TreePeakSampler:
+    """Peak RSS of process trees that include short-lived members.
+
+    A connection process lives for one migration, so its VmHWM is gone once the
+    migration ends and a reading taken afterwards misses it. While running,
+    this samples the sum of VmHWM over each tree every `interval` seconds
+    (VmHWM is itself a peak, so sampling misses only members that live less
+    than one interval) and keeps the largest sum per root.
+    """
+
+    def __init__(self, pids: Sequence[int], interval: float = 0.25) -> None:
+        self.pids = list(pids)
+        self.interval = interval
+        self.peaks = dict.fromkeys(self.pids, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tree-peak-rss", daemon=True)
+
+    def _sample(self) -> None:
+        for pid in self.pids:
+            self.peaks[pid] = max(self.peaks[pid], tree_peak_rss_bytes(pid))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> TreePeakSampler:
+        for pid in self.pids:
+            reset_tree_peak_rss(pid)
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
 
 
 def reset_peak_rss(pid: int) -> None:

@@ -7,6 +7,9 @@ memory. Nothing here depends on how long anything takes.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -84,6 +87,8 @@ def tree() -> Iterator[Tree]:
     try:
         yield tree
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(tree.child_pid, signal.SIGKILL)  # first, or it reports a broken pipe
         tree.process.kill()
         tree.process.wait()
 
@@ -120,3 +125,11 @@ def test_peak_rss_sums_the_tree_and_resets_on_every_member(tree: Tree) -> None:
     reset_tree_peak_rss(tree.pid)
     assert peak_rss_bytes(tree.child_pid) < HOLD_BYTES
     assert tree_peak_rss_bytes(tree.pid) < HOLD_BYTES
+
+
+def test_both_ways_of_finding_children_agree(tree: Tree) -> None:
+    """/proc/PID/task/*/children and the parent pids in /proc/*/stat (kernels without the former)."""
+    from livemig.cli.processes import _children_by_parent, _children_of
+
+    assert _children_of(tree.pid) == [tree.child_pid]
+    assert _children_by_parent()[tree.pid] == [tree.child_pid]
