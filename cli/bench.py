@@ -1,29 +1,31 @@
-"""`livemig bench`: the seed's table on this machine, with the bare gRPC ceiling beside it.
+"""`livemig bench`: scaling with connections, skip against no-skip, and the N-process-pair ceiling.
 
 Every case runs between the same two service processes; cases are compared
-side by side in one run because this machine is noisy. Figures, never pass/fail.
+side by side in one run because machines are noisy. A service's CPU and peak
+RSS are its whole process tree's (connection processes, data workers).
+Figures, never pass/fail.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
-from livemig.cli import ceiling
+from livemig.cli.ceiling import Ceiling
 from livemig.cli.client import run_migration
 from livemig.cli.images import make_image, tmpfs_dir
-from livemig.cli.processes import ServiceProcess, cpu_seconds, peak_rss_bytes, reset_peak_rss
+from livemig.cli.processes import ServiceProcess, TreePeakSampler, tree_cpu_seconds
 from livemig.cli.report import human_bytes, print_table
 from livemig.common.proto import livemig_pb2 as pb
 
 MIB = 1 << 20
+GIB = 1 << 30
 
 
 @dataclass
@@ -43,24 +45,32 @@ class Case:
     allocated: int
     ok: bool
     allocated_zeros: bool = False
+    moved: int = 0  # guest bytes the migration covered (zero pages included)
 
 
-def _run_case(
-    tx: ServiceProcess, rx: ServiceProcess, image: Path, touched: float, connections: int, skip: bool, batch_bytes: int
+def measure_case(
+    tx: ServiceProcess,
+    rx: ServiceProcess,
+    image: Path,
+    touched: float,
+    connections: int,
+    skip: bool,
+    batch_bytes: int,
 ) -> Case:
-    reset_peak_rss(tx.pid)
-    reset_peak_rss(rx.pid)
-    cpu_before = cpu_seconds(tx.pid), cpu_seconds(rx.pid)
-    status = run_migration(
-        tx.address,
-        pb.StartMigrationRequest(
-            destination=rx.address,
-            regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
-            connections=connections,
-            skip_zero_pages=skip,
-            max_batch_bytes=batch_bytes,
-        ),
-    )
+    """One migration of `image` between running services, with the CPU and peak RSS of both trees."""
+    cpu_before = tree_cpu_seconds(tx.pid), tree_cpu_seconds(rx.pid)
+    with TreePeakSampler([tx.pid, rx.pid]) as rss:  # connection processes end with the migration
+        status = run_migration(
+            tx.address,
+            pb.StartMigrationRequest(
+                destination=rx.address,
+                regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
+                connections=connections,
+                skip_zero_pages=skip,
+                max_batch_bytes=batch_bytes,
+            ),
+        )
+    sender_rss, receiver_rss = rss.peaks[tx.pid], rss.peaks[rx.pid]
     stats = status.stats
     allocated = sum(os.stat(r.path).st_blocks * 512 for r in status.destination_regions)
     for region in status.destination_regions:
@@ -75,29 +85,22 @@ def _run_case(
         wire=stats.wire_bytes,
         throughput=stats.throughput_bytes_per_second,
         payload_throughput=stats.transmitted_bytes / seconds,
-        sender_rss=peak_rss_bytes(tx.pid),
-        receiver_rss=peak_rss_bytes(rx.pid),
-        sender_cpu=cpu_seconds(tx.pid) - cpu_before[0],
-        receiver_cpu=cpu_seconds(rx.pid) - cpu_before[1],
+        sender_rss=sender_rss,
+        receiver_rss=receiver_rss,
+        sender_cpu=tree_cpu_seconds(tx.pid) - cpu_before[0],
+        receiver_cpu=tree_cpu_seconds(rx.pid) - cpu_before[1],
         allocated=allocated,
         ok=status.state == pb.COMPLETED,
+        moved=stats.total_bytes,
     )
 
 
-def _ceiling(size: int, batch_bytes: int, connections: list[int]) -> dict[int, float]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "livemig.cli.ceiling", "serve", str(batch_bytes)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        address = line.strip().rsplit(" ", 1)[-1]
-        return {n: ceiling.measure(address, size, batch_bytes, n) for n in connections}
-    finally:
-        process.terminate()
-        process.wait()
+def receiver_args(destination: Path, batch_bytes: int, data_workers: int | None) -> list[str]:
+    """The receiver's command line; `data_workers` None keeps the receiver's own default."""
+    args = ["--memory-dir", str(destination), "--max-batch-bytes", str(batch_bytes)]
+    if data_workers is not None:
+        args += ["--data-workers", str(data_workers)]
+    return args
 
 
 def run_bench(
@@ -109,6 +112,7 @@ def run_bench(
     markdown: bool,
     destination_dir: Path | None = None,
     pattern: str = "random",
+    receiver_data_workers: int | None = None,
 ) -> None:
     console = Console(width=200)
     workdir = Path(tempfile.mkdtemp(prefix="livemig-bench-", dir=tmpfs_dir()))
@@ -116,10 +120,11 @@ def run_bench(
     cases: list[Case] = []
     try:
         with (
-            ServiceProcess("receiver", ["--memory-dir", str(destination), "--max-batch-bytes", str(batch_bytes)]) as rx,
+            Ceiling(max(connections), batch_bytes) as ceiling,
+            ServiceProcess("receiver", receiver_args(destination, batch_bytes, receiver_data_workers)) as rx,
             ServiceProcess("sender", []) as tx,
         ):
-            ceilings = _ceiling(size, batch_bytes, connections)
+            ceilings = {n: ceiling.measure(size, n) for n in connections}
             images = [(ratio, False) for ratio in touched]
             if 0.0 in touched:  # also zeros the guest wrote: no holes to skip, every page is read
                 images.insert(touched.index(0.0) + 1, (0.0, True))
@@ -128,12 +133,12 @@ def run_bench(
                 make_image(image, size, ratio, seed=7, allocate=allocate, pattern=pattern)
                 # Warm-up: the first migration after an image is written runs slow (the
                 # kernel is still settling the fresh tmpfs pages); it is not measured.
-                _run_case(tx, rx, image, ratio, connections[0], False, batch_bytes)
+                measure_case(tx, rx, image, ratio, connections[0], False, batch_bytes)
                 runs: dict[tuple[int, bool], list[Case]] = {}
                 for _ in range(repeat):  # interleaved, so drift hits every case alike
                     for count in connections:
                         for skip in (False, True):
-                            case = _run_case(tx, rx, image, ratio, count, skip, batch_bytes)
+                            case = measure_case(tx, rx, image, ratio, count, skip, batch_bytes)
                             case.allocated_zeros = allocate
                             runs.setdefault((count, skip), []).append(case)
                 cases.extend(min(r, key=lambda c: c.duration_ms) for r in runs.values())
@@ -142,6 +147,108 @@ def run_bench(
         shutil.rmtree(destination, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
     _print(console, cases, ceilings, size, batch_bytes, markdown, pattern)
+
+
+# Pure helpers for the tables (tested in tests/test_bench_tables.py).
+
+
+def gib_per_second(byte_count: float, seconds: float) -> float:
+    return byte_count / GIB / max(seconds, 1e-9)
+
+
+def cpu_per_gib(cpu_seconds: float, moved_bytes: int) -> float:
+    """CPU seconds per GiB of guest memory moved (zero pages included, skipped or sent)."""
+    return cpu_seconds / (moved_bytes / GIB) if moved_bytes else 0.0
+
+
+def percent(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f} %" if whole else "-"
+
+
+def image_label(touched: float, allocated_zeros: bool, pattern: str) -> str:
+    runs = " in runs" if pattern == "runs" and 0 < touched < 1 else ""
+    return f"{touched:.0%} touched{runs}{' (zeros written)' if allocated_zeros else ''}"
+
+
+def _key(case: Case) -> tuple[float, bool]:
+    return case.touched, case.allocated_zeros
+
+
+def scaling_rows(cases: Sequence[Case], ceilings: dict[int, float], pattern: str = "random") -> list[list[str]]:
+    """One row per image, skip mode and connection count.
+
+    "x first" is the speed-up over the first connection count of the same image and
+    skip mode (time ratio, so it also holds where skipping sends nothing); "% of
+    ceiling" compares payload throughput with N process pairs of bare gRPC.
+    """
+    first: dict[tuple[float, bool, bool], Case] = {}
+    no_skip: dict[tuple[float, bool, int], Case] = {}
+    for case in cases:
+        first.setdefault((*_key(case), case.skip), case)
+        if not case.skip:
+            no_skip[(*_key(case), case.connections)] = case
+    rows = []
+    for case in cases:
+        base = first[(*_key(case), case.skip)]
+        plain = no_skip.get((*_key(case), case.connections))
+        payload = gib_per_second(case.transmitted, case.duration_ms / 1000)
+        ceiling = ceilings.get(case.connections, 0.0) / GIB
+        rows.append(
+            [
+                f"{image_label(case.touched, case.allocated_zeros, pattern)}, "
+                f"{'with' if case.skip else 'no'} skip, {case.connections} conn",
+                f"{case.duration_ms} ms",
+                f"{payload:.2f}",
+                f"{base.duration_ms / max(case.duration_ms, 1):.2f}x",
+                percent(payload, ceiling) if case.transmitted else "-",
+                f"{cpu_per_gib(case.sender_cpu, case.moved):.2f}",
+                f"{cpu_per_gib(case.receiver_cpu, case.moved):.2f}",
+                percent(case.duration_ms, plain.duration_ms) if case.skip and plain else "",
+                "yes" if case.ok else "NO",
+            ]
+        )
+    return rows
+
+
+SCALING_HEADERS = [
+    "setup",
+    "time",
+    "payload GiB/s",
+    "speed-up over first conn count",
+    "% of ceiling (N process pairs)",
+    "sender CPU s per GiB moved",
+    "receiver CPU s per GiB moved",
+    "skip time as % of no-skip",
+    "ok",
+]
+
+
+def summary_rows(
+    cases: Sequence[Case], ceilings: dict[int, float], connections: Sequence[int], pattern: str = "random"
+) -> list[list[str]]:
+    """The issue's matrix: one column per connection count.
+
+    Per image: no-skip payload GiB/s and skip time as % of no-skip; then the
+    ceiling of N process pairs.
+    """
+    by_key = {(*_key(c), c.skip, c.connections): c for c in cases}
+    images = list(dict.fromkeys(_key(c) for c in cases))
+    rows = []
+    for touched, zeros in images:
+        label = image_label(touched, zeros, pattern)
+        plain = [by_key.get((touched, zeros, False, n)) for n in connections]
+        skipped = [by_key.get((touched, zeros, True, n)) for n in connections]
+        if touched > 0:
+            rows.append(
+                [f"{label}, no skip, payload GiB/s"]
+                + [f"{gib_per_second(c.transmitted, c.duration_ms / 1000):.2f}" if c else "" for c in plain]
+            )
+        rows.append(
+            [f"{label}: skip time as % of no-skip"]
+            + [percent(s.duration_ms, p.duration_ms) if s and p else "" for s, p in zip(skipped, plain, strict=True)]
+        )
+    rows.append(["ceiling: N process pairs of bare gRPC, GiB/s"] + [f"{ceilings[n] / GIB:.2f}" for n in connections])
+    return rows
 
 
 def _print(
@@ -153,60 +260,56 @@ def _print(
     markdown: bool,
     pattern: str = "random",
 ) -> None:
-    headers = [
-        "setup",
-        "time",
-        "% of no skip",
-        "transmitted",
-        "wire throughput",
-        "payload throughput",
-        "% of gRPC ceiling",
-        "sender CPU",
-        "receiver CPU",
-        "sender peak RSS",
-        "receiver peak RSS",
-        "dest. allocated",
-        "ok",
+    connections = list(dict.fromkeys(c.connections for c in cases)) or list(ceilings)
+
+    def table(title: str, headers: list[str], rows: list[list[str]]) -> None:
+        if markdown:
+            console.print(f"\n**{title}**\n", soft_wrap=True)
+        print_table(console, title, headers, rows, markdown)
+
+    guest = f"{human_bytes(size)} guest, {human_bytes(batch_bytes)} batches"
+    table(
+        f"livemig bench, summary: {guest}",
+        ["connections", *[str(n) for n in connections]],
+        summary_rows(cases, ceilings, connections, pattern),
+    )
+    table(
+        f"livemig bench, scaling: {guest}; CPU is each service's whole process tree, "
+        "per GiB moved (moved = total guest bytes, zero pages included)",
+        SCALING_HEADERS,
+        scaling_rows(cases, ceilings, pattern),
+    )
+    table(f"livemig bench, detail: {guest}", DETAIL_HEADERS, detail_rows(cases, size, pattern))
+
+
+DETAIL_HEADERS = [
+    "setup",
+    "time",
+    "transmitted",
+    "wire throughput",
+    "payload throughput",
+    "sender CPU",
+    "receiver CPU",
+    "sender peak RSS (tree)",
+    "receiver peak RSS (tree)",
+    "dest. allocated",
+]
+
+
+def detail_rows(cases: Sequence[Case], size: int, pattern: str = "random") -> list[list[str]]:
+    return [
+        [
+            f"{human_bytes(size)}, {image_label(case.touched, case.allocated_zeros, pattern)}, "
+            f"{'with' if case.skip else 'no'} skip, {case.connections} conn",
+            f"{case.duration_ms} ms",
+            human_bytes(case.transmitted),
+            f"{human_bytes(case.throughput)}/s",
+            f"{human_bytes(case.payload_throughput)}/s",
+            f"{case.sender_cpu:.2f} s",
+            f"{case.receiver_cpu:.2f} s",
+            human_bytes(case.sender_rss),
+            human_bytes(case.receiver_rss),
+            human_bytes(case.allocated),
+        ]
+        for case in cases
     ]
-    rows = []
-    baseline: dict[tuple[float, bool, int], int] = {}
-    for case in cases:
-        key = (case.touched, case.allocated_zeros, case.connections)
-        if not case.skip:
-            baseline[key] = max(case.duration_ms, 1)
-        rows.append(
-            [
-                f"{human_bytes(size)}, {case.touched:.0%} touched"
-                f"{' in runs' if pattern == 'runs' and 0 < case.touched < 1 else ''}"
-                f"{' (zeros written)' if case.allocated_zeros else ''}, "
-                f"{'with' if case.skip else 'no'} skip, "
-                f"{case.connections} conn",
-                f"{case.duration_ms} ms",
-                f"{100 * case.duration_ms / baseline[key]:.0f}%",
-                human_bytes(case.transmitted),
-                f"{human_bytes(case.throughput)}/s",
-                f"{human_bytes(case.payload_throughput)}/s",
-                f"{100 * case.payload_throughput / ceilings[case.connections]:.0f}%" if case.transmitted else "-",
-                f"{case.sender_cpu:.2f} s",
-                f"{case.receiver_cpu:.2f} s",
-                human_bytes(case.sender_rss),
-                human_bytes(case.receiver_rss),
-                human_bytes(case.allocated),
-                "yes" if case.ok else "NO",
-            ]
-        )
-    for count, value in ceilings.items():
-        rows.append(
-            [
-                f"bare gRPC ceiling, {human_bytes(batch_bytes)} messages, {count} conn",
-                "",
-                "",
-                "",
-                f"{human_bytes(value)}/s",
-                f"{human_bytes(value)}/s",
-                "100%",
-                *[""] * (len(headers) - 7),
-            ]
-        )
-    title = f"livemig bench: {human_bytes(size)} guest, {human_bytes(batch_bytes)} batches"
-    print_table(console, title, headers, rows, markdown)

@@ -1,13 +1,20 @@
-"""The bare gRPC ceiling: the same streams and message size, no scanning, no writing.
+"""The bare gRPC ceiling: N process pairs streaming the same messages, no scanning, no writing.
 
-`python -m livemig.cli.ceiling serve` runs a server whose TransferPages-shaped
-method only counts bytes; `measure()` streams `total` bytes to it over N
-connections with the same window as the sender. The ratio of livemig's payload
-throughput to this figure says how much the product itself costs.
+livemig's data plane is one process per connection on the sender and data-worker
+processes on the receiver, so the like-for-like ceiling is N *process pairs*:
+N server processes (`python -m livemig.cli.ceiling serve`) whose
+TransferPages-shaped method only counts bytes, and N client processes
+(`python -m livemig.cli.ceiling stream`), each with a channel of its own to its
+own server, with the sender's window. `Ceiling` starts the servers once, before
+anything is measured; `measure()` starts the clients, lets each connect, then
+releases them together and times until the last one has its final
+acknowledgement. The ratio of livemig's payload throughput to this figure says
+how much the product itself costs.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 import time
@@ -19,6 +26,7 @@ from livemig.common.transport import ServiceHost, channel_options, message_limit
 from livemig.sender.stream import WINDOW_BATCHES
 
 METHOD = "/livemig.bench.Ceiling/Stream"
+START_TIMEOUT_SECONDS = 30.0
 
 
 def _handler(request_iterator: Iterator[bytes], _context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -35,40 +43,112 @@ def serve(batch_bytes: int) -> None:
     host.serve_until_signalled()
 
 
-def measure(address: str, total: int, batch_bytes: int, connections: int) -> float:
-    """Bytes per second of payload streamed (acknowledged) over `connections` streams."""
+def stream(address: str, messages: int, batch_bytes: int, index: int) -> None:
+    """One client process: connect, say "ready", wait for "go" on stdin, stream, say "done"."""
     message = b"\x01" * batch_bytes
-    per_connection = total // batch_bytes // connections
-    errors: list[BaseException] = []
+    window = threading.Semaphore(WINDOW_BATCHES)
 
-    def stream(index: int) -> None:
-        window = threading.Semaphore(WINDOW_BATCHES)
+    def produce() -> Iterator[bytes]:
+        for _ in range(messages):
+            window.acquire()
+            yield message
 
-        def messages() -> Iterator[bytes]:
-            for _ in range(per_connection):
-                window.acquire()
-                yield message
+    with grpc.insecure_channel(address, options=channel_options(batch_bytes, index)) as channel:
+        grpc.channel_ready_future(channel).result(timeout=START_TIMEOUT_SECONDS)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        for _ack in channel.stream_stream(METHOD)(produce()):
+            window.release()
+    print("done", flush=True)
 
+
+def _read_line(process: subprocess.Popen[str], what: str) -> str:
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        raise RuntimeError(f"ceiling {what} process ended early (exit {process.wait()})")
+    return line.strip()
+
+
+class Ceiling:
+    """`count` ceiling server processes, started before anything is measured."""
+
+    def __init__(self, count: int, batch_bytes: int) -> None:
+        self.batch_bytes = batch_bytes
+        self.servers: list[subprocess.Popen[str]] = []
+        self.addresses: list[str] = []
         try:
-            with grpc.insecure_channel(address, options=channel_options(batch_bytes, index)) as channel:
-                call = channel.stream_stream(METHOD)(messages())
-                for _ack in call:
-                    window.release()
-        except BaseException as error:
-            errors.append(error)
+            for _ in range(count):
+                server = subprocess.Popen(
+                    [sys.executable, "-m", "livemig.cli.ceiling", "serve", str(batch_bytes)],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                self.servers.append(server)
+                self.addresses.append(_read_line(server, "server").rsplit(" ", 1)[-1])
+        except BaseException:
+            self.close()
+            raise
 
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(connections)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise errors[0]
-    return per_connection * connections * batch_bytes / elapsed
+    def measure(self, total: int, connections: int) -> float:
+        """Aggregate payload bytes per second of `connections` concurrent process pairs."""
+        if connections > len(self.addresses):
+            raise ValueError(f"{connections} connections but {len(self.addresses)} ceiling servers")
+        per_connection = max(total // self.batch_bytes // connections, 1)
+        clients = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "livemig.cli.ceiling",
+                    "stream",
+                    self.addresses[index],
+                    str(per_connection),
+                    str(self.batch_bytes),
+                    str(index),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for index in range(connections)
+        ]
+        try:
+            for client in clients:
+                if _read_line(client, "client") != "ready":
+                    raise RuntimeError("ceiling client did not connect")
+            started = time.perf_counter()
+            for client in clients:
+                assert client.stdin is not None
+                client.stdin.write("go\n")
+                client.stdin.flush()
+            for client in clients:
+                if _read_line(client, "client") != "done":
+                    raise RuntimeError("ceiling client did not finish")
+            elapsed = time.perf_counter() - started
+        finally:
+            for client in clients:
+                if client.poll() is None:
+                    client.kill()
+                client.wait()
+        return per_connection * connections * self.batch_bytes / elapsed
+
+    def close(self) -> None:
+        for server in self.servers:
+            if server.poll() is None:
+                server.terminate()
+        for server in self.servers:
+            server.wait()
+
+    def __enter__(self) -> Ceiling:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
         serve(int(sys.argv[2]))
+    elif sys.argv[1:2] == ["stream"]:
+        stream(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))

@@ -561,6 +561,12 @@ def _number_list(kind, bounds: tuple[float, float]):
     show_default=True,
     help="Touched pages one by one at random (worst case) or in 256 KiB runs (closer to real guests).",
 )
+@click.option(
+    "--receiver-data-workers",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="The receiver's --data-workers (default: the receiver's own default, one per core).",
+)
 def bench(
     size: int,
     connection_counts: list[int],
@@ -570,8 +576,9 @@ def bench(
     markdown: bool,
     memory_dir: Path | None,
     pattern: str,
+    receiver_data_workers: int | None,
 ) -> None:
-    """Reproduce the seed's table: zero share x skip x connections, plus the bare gRPC ceiling."""
+    """Scaling with connections, skip vs no-skip, CPU per GiB, against N process pairs of bare gRPC."""
     from livemig.cli.bench import run_bench
 
     run_bench(
@@ -583,6 +590,7 @@ def bench(
         markdown=markdown,
         destination_dir=memory_dir,
         pattern=pattern,
+        receiver_data_workers=receiver_data_workers,
     )
 
 

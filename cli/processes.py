@@ -107,12 +107,122 @@ class ServiceProcess:
         self.stop()
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (which may hold spaces and parentheses)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+def _children_of(pid: int) -> list[int] | None:
+    """Children of `pid` from /proc/PID/task/*/children; None where the kernel lacks the file."""
+    children: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []  # gone
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as file:
+                children.extend(int(child) for child in file.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{task}"):
+                continue  # the thread ended
+            return None  # no CONFIG_PROC_CHILDREN
+        except (OSError, ValueError):
+            continue
+    return children
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, from the parent pid in each /proc/*/stat (any kernel)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            parent = int(_stat_fields(int(entry))[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    return children
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants, parents first.
+
+    A service is a process tree now (the sender's fork server and connection
+    processes, the receiver's data workers), so its cost is the tree's.
+    Children come from /proc/PID/task/*/children (a few small files per member,
+    cheap enough to sample during a migration); where the kernel lacks them
+    (no CONFIG_PROC_CHILDREN), from the parent pid in every /proc/*/stat.
+    Processes that exit while the tree is read are left out.
+    """
+    tree, index = [pid], 0
+    by_parent: dict[int, list[int]] | None = None
+    while index < len(tree):
+        children = _children_of(tree[index]) if by_parent is None else None
+        if children is None:
+            by_parent = by_parent if by_parent is not None else _children_by_parent()
+            children = by_parent.get(tree[index], [])
+        tree.extend(sorted(set(children)))
+        index += 1
+    return tree
+
+
 def peak_rss_bytes(pid: int) -> int:
-    """VmHWM of a process (peak resident set)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
+    """VmHWM of one process (peak resident set); 0 when it is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return 0
+
+
+def tree_peak_rss_bytes(pid: int) -> int:
+    """Sum of VmHWM over the process tree of `pid`.
+
+    An upper bound of the tree's peak: members forked from one fork server share
+    their preloaded pages (counted in each), and members peak at different times.
+    Processes that ended before this call are not counted.
+    """
+    return sum(peak_rss_bytes(member) for member in process_tree(pid))
+
+
+class TreePeakSampler:
+    """Peak RSS of process trees that include short-lived members.
+
+    A connection process lives for one migration, so its VmHWM is gone once the
+    migration ends and a reading taken afterwards misses it. While running,
+    this samples the sum of VmHWM over each tree every `interval` seconds
+    (VmHWM is itself a peak, so sampling misses only members that live less
+    than one interval) and keeps the largest sum per root.
+    """
+
+    def __init__(self, pids: Sequence[int], interval: float = 0.25) -> None:
+        self.pids = list(pids)
+        self.interval = interval
+        self.peaks = dict.fromkeys(self.pids, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tree-peak-rss", daemon=True)
+
+    def _sample(self) -> None:
+        for pid in self.pids:
+            self.peaks[pid] = max(self.peaks[pid], tree_peak_rss_bytes(pid))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> TreePeakSampler:
+        for pid in self.pids:
+            reset_tree_peak_rss(pid)
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
 
 
 def reset_peak_rss(pid: int) -> None:
@@ -121,10 +231,38 @@ def reset_peak_rss(pid: int) -> None:
         Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
+def reset_tree_peak_rss(pid: int) -> None:
+    """reset_peak_rss on every live member of the process tree of `pid`."""
+    for member in process_tree(pid):
+        reset_peak_rss(member)
+
+
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    """User plus system CPU time one process (all its threads) has used so far."""
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_and_reaped_cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime: the process and the children it has reaped."""
+    fields = _stat_fields(pid)
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a service: its whole process tree, ended members included.
+
+    Each live member counts its own time plus its reaped children's
+    (cutime/cstime): a connection process that ended was reaped by the fork
+    server, so its time is in the fork server's cutime. A live process's cutime
+    never includes live descendants, so nothing is counted twice. Time of
+    processes whose parent never waits for them is lost (none in livemig).
+    """
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += _own_and_reaped_cpu_seconds(member)
+    return total
 
 
 class GuestProcess:

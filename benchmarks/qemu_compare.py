@@ -1,0 +1,310 @@
+"""QEMU's own migration (multifd) against livemig, on the same guest image, interleaved.
+
+Usage: .venv/bin/python benchmarks/qemu_compare.py [--size 1G] [--touched 1,0.5] [--connections 2]
+           [--repeat 3] [--markdown]
+
+QEMU side: two `-S` guests (never started, so no guest OS is needed) whose RAM
+is a file on /dev/shm (`memory-backend-file`, share=on); the source's file is
+written beforehand with the image livemig migrates (cli/images.make_image, same
+seed). The destination waits with `-incoming defer`; over QMP both get the
+multifd capability and N channels, the destination `migrate-incoming`, the
+source `migrate`, and `query-migrate` is polled until completed. A fresh pair
+runs each migration. Time: `migrate` to completed as seen by polling; CPU: both
+QEMU processes over the same span. Each run is checked: query-migrate's RAM
+counters must cover every page (normal + duplicate), and the first run of each
+case compares the destination's memory file with the image byte for byte.
+
+livemig side: a sender and a receiver (cli/processes.ServiceProcess) started
+once, the same image, the same number of connections, zero-page skipping on
+(QEMU always detects zero pages: its "duplicate" pages). CPU is each service's
+whole process tree. Medians of --repeat. Figures, never pass/fail.
+
+Skips with a message (exit 0) where qemu-system-x86_64 is missing; without
+/dev/kvm it uses TCG (nothing executes in an -S guest, so the accelerator does
+not change what migration does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from qmp import QMP, QMPError
+from rich.console import Console
+
+from livemig.cli.bench import GIB, cpu_per_gib, measure_case, receiver_args
+from livemig.cli.images import files_equal, make_image, tmpfs_dir
+from livemig.cli.processes import ServiceProcess, tree_cpu_seconds
+from livemig.cli.report import human_bytes, print_table
+from livemig.cli.units import Size
+
+QEMU = "qemu-system-x86_64"
+PAGE = 4096
+SEED = 7
+POLL_SECONDS = 0.005
+MIGRATION_TIMEOUT_SECONDS = 600.0
+
+
+def accelerator() -> str:
+    return "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class QemuGuest:
+    """A paused (-S) QEMU whose RAM is the file `memory`, with a QMP socket."""
+
+    def __init__(self, binary: str, memory: Path, size: int, folder: Path, name: str, incoming: bool) -> None:
+        self.qmp_path = folder / f"{name}.qmp"
+        command = [
+            binary,
+            "-accel",
+            accelerator(),
+            "-object",
+            f"memory-backend-file,id=mem,size={size},mem-path={memory},share=on",
+            "-machine",
+            "pc,memory-backend=mem",
+            "-m",
+            f"{size >> 20}M",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-S",
+            "-qmp",
+            f"unix:{self.qmp_path},server=on,wait=off",
+        ]
+        if incoming:
+            command += ["-incoming", "defer"]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            self.qmp = QMP(self.qmp_path)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def multifd(self, channels: int) -> None:
+        self.qmp.execute("migrate-set-capabilities", capabilities=[{"capability": "multifd", "state": True}])
+        self.qmp.execute("migrate-set-parameters", **{"multifd-channels": channels})
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        output = self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
+        if self.process.stdout:
+            self.process.stdout.close()
+        self.output = output
+
+
+@dataclass
+class Run:
+    ms: float
+    cpu_source: float
+    cpu_destination: float
+    ok: bool
+    note: str = ""
+
+
+def qemu_migrate(binary: str, source_memory: Path, size: int, channels: int, folder: Path, check: Path | None) -> Run:
+    """One QEMU migration of `source_memory` into a fresh destination file."""
+    destination_memory = folder / "qemu-destination.mem"
+    destination_memory.unlink(missing_ok=True)
+    source = QemuGuest(binary, source_memory, size, folder, "source", incoming=False)
+    destination = None
+    try:
+        destination = QemuGuest(binary, destination_memory, size, folder, "destination", incoming=True)
+        port = free_port()
+        for guest in (source, destination):
+            guest.multifd(channels)
+        destination.qmp.execute("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")
+        cpu_before = tree_cpu_seconds(source.pid), tree_cpu_seconds(destination.pid)
+        started = time.perf_counter()
+        source.qmp.execute("migrate", uri=f"tcp:127.0.0.1:{port}")
+        while True:
+            info = source.qmp.execute("query-migrate")
+            status = info.get("status")
+            if status in ("completed", "failed", "cancelled"):
+                break
+            if time.perf_counter() - started > MIGRATION_TIMEOUT_SECONDS:
+                raise QMPError("QEMU migration did not complete")
+            time.sleep(POLL_SECONDS)
+        elapsed = time.perf_counter() - started
+        # The destination finishes loading just after the source says completed; wait for it.
+        while destination.qmp.execute("query-status").get("status") == "inmigrate":
+            time.sleep(POLL_SECONDS)
+        cpu = tree_cpu_seconds(source.pid) - cpu_before[0], tree_cpu_seconds(destination.pid) - cpu_before[1]
+        ram = info.get("ram", {})
+        pages = ram.get("normal", 0) + ram.get("duplicate", 0)
+        ok = status == "completed" and pages >= size // PAGE
+        note = (
+            f"normal {ram.get('normal', 0)}, duplicate {ram.get('duplicate', 0)} pages, "
+            f"transferred {human_bytes(ram.get('transferred', 0))}, QEMU total-time {info.get('total-time')} ms"
+        )
+        if ok and check is not None:
+            ok = files_equal_prefix(destination_memory, check, size)
+            note += ", destination identical" if ok else ", DESTINATION DIFFERS"
+        return Run(elapsed * 1000, cpu[0], cpu[1], ok, note)
+    finally:
+        source.qmp.close()
+        source.close()
+        if destination is not None:
+            destination.qmp.close()
+            destination.close()
+        destination_memory.unlink(missing_ok=True)
+
+
+def files_equal_prefix(memory: Path, image: Path, size: int) -> bool:
+    """The first `size` bytes of QEMU's RAM file against the image (QEMU may round the file up)."""
+    if memory.stat().st_size == size:
+        return files_equal(memory, image)
+    with memory.open("rb") as a, image.open("rb") as b:
+        for offset in range(0, size, 8 << 20):
+            if a.read(8 << 20) != b.read(8 << 20):
+                return False
+            del offset
+    return True
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="1G", help="guest size, K/M/G (bare: MiB); default 1G")
+    parser.add_argument("--touched", default="1,0.5", help="touched ratios (pages at random); default 1,0.5")
+    parser.add_argument("--connections", default="2", help="multifd channels = livemig connections; default 2")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch-mib", type=int, default=4)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    console = Console(width=200)
+    binary = shutil.which(QEMU)
+    if binary is None:
+        console.print(f"skipped: {QEMU} is not installed (Debian: apt-get install qemu-system-x86)")
+        return
+    size = Size(default_unit="M").convert(args.size, None, None)
+    touched = [float(t) for t in args.touched.split(",")]
+    connections = [int(n) for n in args.connections.split(",")]
+    batch_bytes = args.batch_mib << 20
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    console.print(f"{version}; accelerator {accelerator()}" + ("" if accelerator() == "kvm" else " (no /dev/kvm)"))
+
+    workdir = Path(tempfile.mkdtemp(prefix="livemig-qemu-", dir=tmpfs_dir()))
+    qemu_runs: dict[tuple[float, int], list[Run]] = {}
+    livemig_runs: dict[tuple[float, int], list[Run]] = {}
+    notes: dict[tuple[float, int], str] = {}
+    try:
+        destination = workdir / "livemig-destination"
+        destination.mkdir()
+        with (
+            ServiceProcess("receiver", receiver_args(destination, batch_bytes, None)) as rx,
+            ServiceProcess("sender", []) as tx,
+        ):
+            for ratio in touched:
+                image = workdir / "guest.img"  # livemig's source
+                qemu_source = workdir / "qemu-source.mem"  # the same bytes, QEMU's source RAM
+                make_image(image, size, ratio, seed=SEED)
+                make_image(qemu_source, size, ratio, seed=SEED)
+                measure_case(tx, rx, image, ratio, connections[0], True, batch_bytes)  # warm-up
+                for repeat in range(args.repeat):
+                    for count in connections:
+                        key = (ratio, count)
+                        for side in ("qemu", "livemig") if repeat % 2 == 0 else ("livemig", "qemu"):
+                            if side == "qemu":
+                                run = qemu_migrate(
+                                    binary, qemu_source, size, count, workdir, image if repeat == 0 else None
+                                )
+                                qemu_runs.setdefault(key, []).append(run)
+                                if repeat == 0:
+                                    notes[key] = run.note
+                            else:
+                                case = measure_case(tx, rx, image, ratio, count, True, batch_bytes)
+                                livemig_runs.setdefault(key, []).append(
+                                    Run(case.duration_ms, case.sender_cpu, case.receiver_cpu, case.ok)
+                                )
+                image.unlink()
+                qemu_source.unlink()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    _print(console, size, qemu_runs, livemig_runs, notes, args.repeat, args.markdown)
+
+
+def _print(
+    console: Console,
+    size: int,
+    qemu_runs: dict[tuple[float, int], list[Run]],
+    livemig_runs: dict[tuple[float, int], list[Run]],
+    notes: dict[tuple[float, int], str],
+    repeat: int,
+    markdown: bool,
+) -> None:
+    headers = [
+        "image, channels = connections",
+        "QEMU ms",
+        "livemig ms",
+        "livemig / QEMU time",
+        "QEMU src CPU s/GiB",
+        "QEMU dst CPU s/GiB",
+        "livemig sender CPU s/GiB",
+        "livemig receiver CPU s/GiB",
+        "livemig / QEMU CPU (both ends)",
+        "ok",
+    ]
+    rows = []
+    for key, qemu in qemu_runs.items():
+        ratio, count = key
+        ours = livemig_runs[key]
+        q_cpu = median([r.cpu_source + r.cpu_destination for r in qemu])
+        l_cpu = median([r.cpu_source + r.cpu_destination for r in ours])
+        rows.append(
+            [
+                f"{human_bytes(size)}, {ratio:.0%} touched, {count}",
+                f"{median([r.ms for r in qemu]):.0f}",
+                f"{median([r.ms for r in ours]):.0f}",
+                f"{median([r.ms for r in ours]) / max(median([r.ms for r in qemu]), 1):.2f}",
+                f"{cpu_per_gib(median([r.cpu_source for r in qemu]), size):.2f}",
+                f"{cpu_per_gib(median([r.cpu_destination for r in qemu]), size):.2f}",
+                f"{cpu_per_gib(median([r.cpu_source for r in ours]), size):.2f}",
+                f"{cpu_per_gib(median([r.cpu_destination for r in ours]), size):.2f}",
+                f"{l_cpu / q_cpu:.2f}" if q_cpu else "-",
+                "yes" if all(r.ok for r in qemu + ours) else "NO",
+            ]
+        )
+    title = (
+        f"QEMU multifd against livemig (skip zero pages), medians of {repeat}, interleaved; "
+        f"CPU per GiB moved (total guest bytes, {size / GIB:.2f} GiB)"
+    )
+    if markdown:
+        console.print(f"\n**{title}**\n", soft_wrap=True)
+    print_table(console, title, headers, rows, markdown)
+    for (ratio, count), note in notes.items():
+        console.print(f"QEMU, {ratio:.0%} touched, {count} channels, first run: {note}", soft_wrap=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
