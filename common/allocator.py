@@ -35,3 +35,24 @@ def release_free_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_arenas(count: int = 2) -> bool:
+    """mallopt(M_ARENA_MAX, count): threads share `count` heaps instead of one each.
+
+    A long-lived worker process (a pooled connection process) runs new gRPC and
+    stream threads for every migration; with an arena per thread its heap grew by
+    ~25 MiB over 60 migrations before it levelled off. False where the C library
+    has no mallopt."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(M_ARENA_MAX, count))
