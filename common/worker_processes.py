@@ -16,6 +16,7 @@ JSON, with migration_id) covers every line.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -39,14 +40,20 @@ def worker_context(preload: Sequence[str]) -> multiprocessing.context.BaseContex
     imported once in the fork server."""
     context = multiprocessing.get_context("forkserver")
     mains = [name for name in _MAIN_MODULES if name in sys.modules]
-    context.set_forkserver_preload(["livemig.common.forkserver_signals", *preload, *mains])
+    context.set_forkserver_preload(
+        ["livemig.common.forkserver_signals", *preload, *mains, "livemig.common.forkserver_freeze"]
+    )
     return context
 
 
 def start_fork_server(preload: Sequence[str]) -> None:
-    """Start the fork server now (at service start), not on the first migration."""
+    """Start the fork server now (at service start), not on the first migration.
+
+    The service's own objects so far (its modules) are frozen too (gc.freeze), so
+    the collections it runs after each migration skip them."""
     worker_context(preload)
     multiprocessing.forkserver.ensure_running()
+    gc.freeze()
 
 
 class PipeSender:
