@@ -22,10 +22,12 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.forkserver
+import multiprocessing.process
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 LOG_MESSAGE = "log"
 
@@ -114,3 +116,51 @@ def relog(message: tuple, extra: dict[str, str] | None = None) -> None:
     """In the parent: log a worker's record through the parent's own handlers."""
     _kind, name, level, text = message
     logging.getLogger(name).log(level, "%s", text, extra=extra or {})
+
+
+class Worker(Protocol):
+    """A worker as its parent sees it: its process and its end of the pipe."""
+
+    @property
+    def process(self) -> multiprocessing.process.BaseProcess: ...
+
+    @property
+    def pipe(self) -> multiprocessing.connection.Connection: ...
+
+
+W = TypeVar("W", bound=Worker)
+
+
+def read_reports(
+    workers: Sequence[W], handle: Callable[[W, tuple], None], died: Callable[[W], None], timeout: float
+) -> bool:
+    """One round of a parent's report loop: waits up to `timeout` for a message or a death,
+    hands every message to handle(worker, message) in the order sent, and a death to
+    died(worker) after everything the worker said before it died. False when there was
+    nothing to wait on."""
+    waitables: dict[object, W] = {}
+    for worker in workers:
+        if not worker.pipe.closed:
+            waitables[worker.pipe] = worker
+        waitables[worker.process.sentinel] = worker
+    if not waitables:
+        return False
+    for ready in multiprocessing.connection.wait(list(waitables), timeout=timeout):
+        worker = waitables[ready]
+        if ready is worker.pipe:
+            _drain(worker, handle)
+        elif not worker.process.is_alive():
+            _drain(worker, handle)  # what it said before it died counts
+            died(worker)
+    return True
+
+
+def _drain(worker: W, handle: Callable[[W, tuple], None]) -> None:
+    while True:
+        try:
+            if worker.pipe.closed or not worker.pipe.poll():
+                return
+            message = worker.pipe.recv()
+        except (EOFError, OSError):
+            return
+        handle(worker, message)

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
-from livemig.common.worker_processes import LOG_MESSAGE, relog, worker_context
+from livemig.common.worker_processes import LOG_MESSAGE, read_reports, relog, worker_context
 from livemig.receiver import metrics
 from livemig.receiver.data_worker import PRELOAD, WorkerSpec, run_data_worker
 from livemig.receiver.registry import SessionRegistry
@@ -88,32 +88,9 @@ class DataWorkerPool:
                 if self._stopping and not any(w.process.is_alive() for w in self._workers):
                     return
                 workers = list(self._workers)
-            waitables = {}
-            for worker in workers:
-                if worker.dead:
-                    continue
-                if not worker.pipe.closed:
-                    waitables[worker.pipe] = worker
-                waitables[worker.process.sentinel] = worker
-            if not waitables:
+            live = [worker for worker in workers if not worker.dead]
+            if not read_reports(live, self._handle, self._died, _POLL_SECONDS):
                 return
-            for ready in multiprocessing.connection.wait(list(waitables), timeout=_POLL_SECONDS):
-                worker = waitables[ready]
-                if ready is worker.pipe:
-                    self._drain(worker)
-                elif not worker.process.is_alive():
-                    self._drain(worker)  # what it said before it died counts
-                    self._died(worker)
-
-    def _drain(self, worker: _Worker) -> None:
-        while True:
-            try:
-                if worker.pipe.closed or not worker.pipe.poll():
-                    return
-                message = worker.pipe.recv()
-            except (EOFError, OSError):
-                return
-            self._handle(worker, message)
 
     def _handle(self, worker: _Worker, message: tuple) -> None:
         kind = message[0]

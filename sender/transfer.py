@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from livemig.common.ranges import MemoryRange, RangeTable
-from livemig.common.worker_processes import LOG_MESSAGE, relog
+from livemig.common.worker_processes import LOG_MESSAGE, read_reports, relog
 from livemig.sender.batch_builder import Chunk
 from livemig.sender.connection_pool import ConnectionPool, PooledProcess, default_pool
 from livemig.sender.connection_process import ConnectionSpec
@@ -169,27 +169,7 @@ class TransferPool:
                 stop_sent = True
                 for connection in live:
                     self._send(connection, ("stop",))
-            waitables = {}
-            for connection in live:
-                waitables[connection.pipe] = connection
-                waitables[connection.process.sentinel] = connection
-            for ready in multiprocessing.connection.wait(list(waitables), timeout=_POLL_SECONDS):
-                connection = waitables[ready]
-                if ready is connection.pipe:
-                    self._drain(connection)
-                elif not connection.process.is_alive():
-                    self._drain(connection)  # what it said before it died counts
-                    self._died(connection)
-
-    def _drain(self, connection: _Connection) -> None:
-        while True:
-            try:
-                if connection.pipe.closed or not connection.pipe.poll():
-                    return
-                message = connection.pipe.recv()
-            except (EOFError, OSError):
-                return
-            self._handle(connection, message)
+            read_reports(live, self._handle, self._died, _POLL_SECONDS)
 
     def _handle(self, connection: _Connection, message: tuple) -> None:
         kind = message[0]
