@@ -125,6 +125,7 @@ def run_bench(
             ServiceProcess("sender", []) as tx,
         ):
             ceilings = {n: ceiling.measure(size, n) for n in connections}
+            ceiling_cpu = dict(ceiling.cpu_per_gib)
             images = [(ratio, False) for ratio in touched]
             if 0.0 in touched:  # also zeros the guest wrote: no holes to skip, every page is read
                 images.insert(touched.index(0.0) + 1, (0.0, True))
@@ -146,7 +147,7 @@ def run_bench(
     finally:
         shutil.rmtree(destination, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
-    _print(console, cases, ceilings, size, batch_bytes, markdown, pattern)
+    _print(console, cases, ceilings, size, batch_bytes, markdown, pattern, ceiling_cpu)
 
 
 # Pure helpers for the tables (tested in tests/test_bench_tables.py).
@@ -224,7 +225,11 @@ SCALING_HEADERS = [
 
 
 def summary_rows(
-    cases: Sequence[Case], ceilings: dict[int, float], connections: Sequence[int], pattern: str = "random"
+    cases: Sequence[Case],
+    ceilings: dict[int, float],
+    connections: Sequence[int],
+    pattern: str = "random",
+    ceiling_cpu: dict[int, tuple[float, float]] | None = None,
 ) -> list[list[str]]:
     """The issue's matrix: one column per connection count.
 
@@ -248,6 +253,12 @@ def summary_rows(
             + [percent(s.duration_ms, p.duration_ms) if s and p else "" for s, p in zip(skipped, plain, strict=True)]
         )
     rows.append(["ceiling: N process pairs of bare gRPC, GiB/s"] + [f"{ceilings[n] / GIB:.2f}" for n in connections])
+    if ceiling_cpu:  # what gRPC alone costs per GiB: the floor under the services' CPU figures
+        for side, label in ((0, "client"), (1, "server")):
+            rows.append(
+                [f"ceiling: {label} CPU s per GiB streamed"]
+                + [f"{ceiling_cpu[n][side]:.2f}" if n in ceiling_cpu else "" for n in connections]
+            )
     return rows
 
 
@@ -259,6 +270,7 @@ def _print(
     batch_bytes: int,
     markdown: bool,
     pattern: str = "random",
+    ceiling_cpu: dict[int, tuple[float, float]] | None = None,
 ) -> None:
     connections = list(dict.fromkeys(c.connections for c in cases)) or list(ceilings)
 
@@ -271,7 +283,7 @@ def _print(
     table(
         f"livemig bench, summary: {guest}",
         ["connections", *[str(n) for n in connections]],
-        summary_rows(cases, ceilings, connections, pattern),
+        summary_rows(cases, ceilings, connections, pattern, ceiling_cpu),
     )
     table(
         f"livemig bench, scaling: {guest}; CPU is each service's whole process tree, "

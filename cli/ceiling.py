@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from livemig.cli.processes import cpu_seconds
 from livemig.common.transport import ServiceHost, channel_options, message_limit
 from livemig.sender.stream import WINDOW_BATCHES
 
@@ -57,9 +58,11 @@ def stream(address: str, messages: int, batch_bytes: int, index: int) -> None:
         grpc.channel_ready_future(channel).result(timeout=START_TIMEOUT_SECONDS)
         print("ready", flush=True)
         sys.stdin.readline()
+        cpu = time.process_time()
         for _ack in channel.stream_stream(METHOD)(produce()):
             window.release()
-    print("done", flush=True)
+        cpu = time.process_time() - cpu
+    print(f"done {cpu:.6f}", flush=True)  # CPU seconds of streaming alone (not of starting up)
 
 
 def _read_line(process: subprocess.Popen[str], what: str) -> str:
@@ -75,6 +78,8 @@ class Ceiling:
 
     def __init__(self, count: int, batch_bytes: int) -> None:
         self.batch_bytes = batch_bytes
+        # connections -> (client, server) CPU seconds per GiB streamed: what gRPC itself costs
+        self.cpu_per_gib: dict[int, tuple[float, float]] = {}
         self.servers: list[subprocess.Popen[str]] = []
         self.addresses: list[str] = []
         try:
@@ -113,24 +118,31 @@ class Ceiling:
             )
             for index in range(connections)
         ]
+        client_cpu = 0.0
         try:
             for client in clients:
                 if _read_line(client, "client") != "ready":
                     raise RuntimeError("ceiling client did not connect")
+            server_cpu_before = sum(cpu_seconds(server.pid) for server in self.servers[:connections])
             started = time.perf_counter()
             for client in clients:
                 assert client.stdin is not None
                 client.stdin.write("go\n")
                 client.stdin.flush()
             for client in clients:
-                if _read_line(client, "client") != "done":
+                word, _, cpu = _read_line(client, "client").partition(" ")
+                if word != "done":
                     raise RuntimeError("ceiling client did not finish")
+                client_cpu += float(cpu)
             elapsed = time.perf_counter() - started
+            server_cpu = sum(cpu_seconds(server.pid) for server in self.servers[:connections]) - server_cpu_before
         finally:
             for client in clients:
                 if client.poll() is None:
                     client.kill()
                 client.wait()
+        gib = per_connection * connections * self.batch_bytes / (1 << 30)
+        self.cpu_per_gib[connections] = (client_cpu / gib, server_cpu / gib)
         return per_connection * connections * self.batch_bytes / elapsed
 
     def close(self) -> None:

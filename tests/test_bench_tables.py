@@ -67,6 +67,12 @@ def test_summary_has_a_column_per_connection_count() -> None:
     assert not any(row[0] == "0% touched, no skip, payload GiB/s" for row in rows)
 
 
+def test_summary_shows_what_bare_grpc_costs_per_gib() -> None:
+    rows = summary_rows(CASES, CEILINGS, [1, 2], ceiling_cpu={1: (2.1, 1.4), 2: (2.25, 1.5)})
+    assert rows[-2] == ["ceiling: client CPU s per GiB streamed", "2.10", "2.25"]
+    assert rows[-1] == ["ceiling: server CPU s per GiB streamed", "1.40", "1.50"]
+
+
 def test_receiver_data_workers_only_when_asked() -> None:
     assert "--data-workers" not in receiver_args(Path("/d"), 4 << 20, None)
     assert receiver_args(Path("/d"), 4 << 20, 3)[-2:] == ["--data-workers", "3"]
