@@ -53,10 +53,6 @@ class SessionLedger:
             self._streams.pop(worker, None)
             self.last_activity = time.monotonic()
 
-    def touch(self) -> None:
-        with self._lock:
-            self.last_activity = time.monotonic()
-
     def totals(self) -> tuple[int, int]:
         """(written bytes, batches), each batch id counted once."""
         with self._lock:

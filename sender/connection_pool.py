@@ -123,10 +123,6 @@ class ConnectionPool:
         for worker in idle:
             self._retire(worker)
 
-    def idle_count(self) -> int:
-        with self._lock:
-            return len(self._idle)
-
 
 _default: ConnectionPool | None = None
 _default_lock = threading.Lock()

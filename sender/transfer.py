@@ -78,7 +78,6 @@ class _Connection:
     failed: bool = False
     restarts: int = 0
     last_progress: float = field(default_factory=time.monotonic)
-    reconnects: int = 0
 
 
 class TransferPool:
@@ -186,7 +185,6 @@ class TransferPool:
         elif kind == "finished":
             with self._changed:
                 connection.finished = True
-                connection.reconnects = message[1]
                 self._changed.notify_all()
         elif kind == "failed":
             _kind, _name, text, code = message
@@ -250,10 +248,6 @@ class TransferPool:
     def first_error(self) -> BaseException | None:
         with self._changed:
             return self._errors[0] if self._errors else None
-
-    @property
-    def reconnects(self) -> int:
-        return sum(c.reconnects + c.restarts for c in self._connections)
 
     def close(self) -> None:
         """End the streams (half-close after the last batch), wait for every connection's
