@@ -146,6 +146,12 @@ def _children_by_parent() -> dict[int, list[int]]:
     return children
 
 
+def children_of(pid: int) -> list[int]:
+    """The live children of `pid` (on any kernel)."""
+    children = _children_of(pid)
+    return children if children is not None else _children_by_parent().get(pid, [])
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and its live descendants, parents first.
 

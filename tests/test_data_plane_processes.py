@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from livemig.cli.images import make_image
-from livemig.cli.processes import ServiceProcess
+from livemig.cli.processes import ServiceProcess, children_of
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
 from livemig.common.transport import channel_options
@@ -41,20 +41,12 @@ PAGE = 4096
 TRANSFER = "/livemig.v1.Receiver/TransferPages"
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            found += [int(child) for child in (task / "children").read_text().split()]
-    return found
-
-
 def fork_server_children(service_pid: int) -> list[int]:
     """Worker processes of a service: the children of its fork server."""
-    for child in children(service_pid):
+    for child in children_of(service_pid):
         with contextlib.suppress(OSError):
             if "forkserver" in Path(f"/proc/{child}/cmdline").read_text():
-                return children(child)
+                return children_of(child)
     return []
 
 
