@@ -23,6 +23,7 @@ import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.forkserver
 import multiprocessing.process
+import os
 import signal
 import sys
 import threading
@@ -35,6 +36,11 @@ LOG_MESSAGE = "log"
 # multiprocessing imports the parent's __main__ again in every worker; when that is
 # the command line, its imports (click, rich, ...) would cost every worker ~90 ms.
 _MAIN_MODULES = ("livemig.cli.main",)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity): the default number of workers."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def worker_context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:

@@ -18,7 +18,7 @@ import grpc
 
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.wire import BatchDecodeError, decode_batch
-from livemig.receiver.errors import STATUS_OF_REASON, Reason, ReceiverError
+from livemig.receiver.errors import STATUS_OF_REASON, Reason, ReceiverError, check_owner
 from livemig.receiver.writer import SessionWriter
 
 log = logging.getLogger("livemig.receiver")
@@ -41,12 +41,6 @@ class DataReports(Protocol):
     def stream_changed(self, session_id: str, delta: int) -> None: ...
 
 
-def _peer(context: grpc.ServicerContext) -> tuple[bytes, ...] | None:
-    """The caller's verified certificate identities (mutual TLS), or None."""
-    identities = context.peer_identities()
-    return tuple(identities) if identities else None
-
-
 class DataService:
     def __init__(self, writers: WriterLookup, reports: DataReports) -> None:
         self.writers = writers
@@ -58,8 +52,7 @@ class DataService:
         if not token:
             raise ReceiverError(Reason.UNAUTHENTICATED, "no session token given")
         writer = self.writers.writer(token)
-        if writer.owner is not None and _peer(context) != writer.owner:
-            raise ReceiverError(Reason.WRONG_SESSION, "session was prepared by another client certificate; refused")
+        check_owner(writer.owner, context)
         return writer
 
     def _refuse(self, error: ReceiverError, bound: SessionWriter | None, context: grpc.ServicerContext) -> None:

@@ -62,3 +62,16 @@ def storage_error(error: OSError, doing: str) -> ReceiverError:
     (RESOURCE_EXHAUSTED; the sender does not retry it)."""
     what = _FULL.get(error.errno or 0, error.strerror or str(error))
     return ReceiverError(Reason.STORAGE, f"{doing}: {what} ({error.filename or 'destination file'})")
+
+
+def peer_identities(context: grpc.ServicerContext) -> tuple[bytes, ...] | None:
+    """The caller's verified certificate identities (mutual TLS), or None."""
+    identities = context.peer_identities()
+    return tuple(identities) if identities else None
+
+
+def check_owner(owner: tuple[bytes, ...] | None, context: grpc.ServicerContext) -> None:
+    """Under mutual TLS a session belongs to the certificate identity that prepared it:
+    another trusted client holding the token still cannot use it (control calls or streams)."""
+    if owner is not None and peer_identities(context) != owner:
+        raise ReceiverError(Reason.WRONG_SESSION, "session was prepared by another client certificate; refused")

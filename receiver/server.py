@@ -9,14 +9,13 @@ workers own their page streams and the writes into destination memory.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.tls import INSECURE, Security
 from livemig.common.transport import ServiceHost, message_limit
-from livemig.common.worker_processes import start_fork_server
+from livemig.common.worker_processes import start_fork_server, usable_cores
 from livemig.receiver.data_worker import PRELOAD, WorkerSpec
 from livemig.receiver.data_workers import DataWorkerPool
 from livemig.receiver.registry import ReceiverLimits, SessionRegistry
@@ -25,10 +24,6 @@ from livemig.receiver.service import ReceiverService
 log = logging.getLogger("livemig.receiver")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Receiver"].full_name
 CONTROL_WORKERS = 32  # unary control calls only: page streams go to the data workers
-
-
-def default_data_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class Receiver:
@@ -46,7 +41,7 @@ class Receiver:
         memory_dir.mkdir(parents=True, exist_ok=True)
         self.registry = SessionRegistry(memory_dir, self.limits)
         start_fork_server(PRELOAD)
-        workers = self.limits.data_workers or default_data_workers()
+        workers = self.limits.data_workers or usable_cores()
         specs = [
             WorkerSpec(
                 index=index,

@@ -8,6 +8,7 @@ PrepareMigration's reply; TransferPages on this port is UNIMPLEMENTED.
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import grpc
 
@@ -15,27 +16,22 @@ from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.ranges import MemoryRange
 from livemig.receiver import metrics
-from livemig.receiver.errors import STATUS_OF_REASON, Reason, ReceiverError
+from livemig.receiver.errors import STATUS_OF_REASON, ReceiverError, check_owner, peer_identities
 from livemig.receiver.registry import SessionRegistry
 from livemig.receiver.session import Session
 
 log = logging.getLogger("livemig.receiver")
 
 
-def _peer(context: grpc.ServicerContext) -> tuple[bytes, ...] | None:
-    """The caller's verified certificate identities (mutual TLS), or None."""
-    identities = context.peer_identities()
-    return tuple(identities) if identities else None
-
-
 def _abort(context: grpc.ServicerContext, error: ReceiverError) -> None:
     context.abort(STATUS_OF_REASON[error.reason], error.message)
 
 
-class DataPorts:
+class DataPorts(Protocol):
     """Where page streams go (the data workers' ports)."""
 
-    ports: list[int]
+    @property
+    def ports(self) -> list[int]: ...
 
 
 class ReceiverService(pb_grpc.ReceiverServicer):
@@ -46,14 +42,13 @@ class ReceiverService(pb_grpc.ReceiverServicer):
     def _owned(self, token: str, context: grpc.ServicerContext) -> Session:
         """The session of a token, if the caller is the client that prepared it (mutual TLS)."""
         session = self.registry.get(token)
-        if session.owner is not None and _peer(context) != session.owner:
-            raise ReceiverError(Reason.WRONG_SESSION, "session was prepared by another client certificate; refused")
+        check_owner(session.owner, context)
         return session
 
     def PrepareMigration(self, request: pb.PrepareMigrationRequest, context: grpc.ServicerContext):
         layout = [MemoryRange(r.gpa, r.length) for r in request.layout.ranges]
         try:
-            session = self.registry.prepare(layout, request.page_size, request.migration_id, _peer(context))
+            session = self.registry.prepare(layout, request.page_size, request.migration_id, peer_identities(context))
         except ReceiverError as error:
             _abort(context, error)
         metrics.ACTIVE_SESSIONS.set(self.registry.active_count())

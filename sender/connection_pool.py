@@ -17,12 +17,11 @@ import contextlib
 import logging
 import multiprocessing.connection
 import multiprocessing.process
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 
-from livemig.common.worker_processes import worker_context
+from livemig.common.worker_processes import usable_cores, worker_context
 from livemig.sender.connection_process import PRELOAD, run_connection
 
 IDLE_SECONDS = 120.0
@@ -45,13 +44,9 @@ class PooledProcess:
         return self.process.is_alive() and not self.pipe.closed
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 class ConnectionPool:
     def __init__(self, max_idle: int | None = None, idle_seconds: float = IDLE_SECONDS) -> None:
-        self.max_idle = max_idle if max_idle is not None else max(2, _cores())
+        self.max_idle = max_idle if max_idle is not None else max(2, usable_cores())
         self.idle_seconds = idle_seconds
         self._context = worker_context(PRELOAD)
         self._idle: list[PooledProcess] = []
