@@ -42,7 +42,7 @@ class _Worker:
     port: int = 0
     started: float = field(default_factory=time.monotonic)
     restarts: int = 0
-    dead: bool = False  # could not be started again (e.g. during shutdown)
+    dead: bool = False  # could not listen, or could not be started again: no longer served or waited for
 
 
 class DataWorkerPool:
@@ -52,6 +52,7 @@ class DataWorkerPool:
         self._changed = threading.Condition()
         self._stopping = False
         self._stopped = False
+        self._start_error = ""
         self._ended: dict[str, set[int]] = {}  # session id -> workers that have ended it
         self._workers = [self._start(spec) for spec in specs]
         self._reader = threading.Thread(target=self._read, name="data-worker-reports", daemon=True)
@@ -62,6 +63,9 @@ class DataWorkerPool:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         with self._changed:
             while not all(w.port for w in self._workers):
+                if self._start_error:
+                    self.stop(0.0)
+                    raise RuntimeError(self._start_error)
                 if time.monotonic() > deadline or self._stopping:
                     raise RuntimeError("data workers did not start listening")
                 self._changed.wait(_POLL_SECONDS)
@@ -69,7 +73,7 @@ class DataWorkerPool:
     @property
     def ports(self) -> list[int]:
         with self._changed:
-            return [w.port for w in self._workers]
+            return [w.port for w in self._workers if not w.dead]
 
     def _start(self, spec: WorkerSpec) -> _Worker:
         parent_end, child_end = self._context.Pipe(duplex=True)
@@ -121,13 +125,21 @@ class DataWorkerPool:
                 worker.spec = replace(worker.spec, port=message[1])  # a restart takes the same port
                 self._changed.notify_all()
             log.info("data worker %d listening on %s:%d", index, worker.spec.host, message[1])
-        elif kind == "failed":
+        elif kind == "failed":  # cannot listen (its port is taken): starting it again would not help
+            with self._changed:
+                worker.dead = True
+                if not worker.port:
+                    self._start_error = f"data worker {index} cannot listen on {worker.spec.host}: {message[1]}"
+                self._changed.notify_all()
             log.error("data worker %d cannot serve: %s", index, message[1])
 
     def _died(self, worker: _Worker) -> None:
         index = worker.spec.index
         self.registry.worker_gone(index)
         with self._changed:
+            if worker.dead:  # it could not listen: not started again
+                self._changed.notify_all()
+                return
             for ended in self._ended.values():
                 ended.add(index)  # a dead worker holds no session open
             self._changed.notify_all()
@@ -158,7 +170,7 @@ class DataWorkerPool:
     def end_session(self, session_id: str, state: str, expired_after: float) -> None:
         with self._changed:
             self._ended[session_id] = set()
-            workers = list(self._workers)
+            workers = [w for w in self._workers if not w.dead]
         for worker in workers:
             try:
                 worker.pipe.send(("end", session_id, state, expired_after))

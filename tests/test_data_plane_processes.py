@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from tests.helpers import (
     assert_destination_equals_source,
     migrate,
     receiver_stub,
+    run_cli,
     sender_stub,
     start_guest,
     start_mid_transfer,
@@ -276,3 +278,27 @@ def test_connection_processes_are_kept_for_the_next_migration(shm_dir):
         assert sorted(fork_server_children(tx.pid)) == kept  # the same two processes served both
     assert first.state == second.state == pb.COMPLETED
     assert len(kept) == 2
+
+
+def test_busy_data_port_is_one_line_at_start(shm_dir):
+    """A data worker that cannot listen stops the receiver at start with one clear line."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        busy = taken.getsockname()[1]
+        result = run_cli(
+            "receiver",
+            "--insecure",
+            "--listen",
+            "127.0.0.1:0",
+            "--memory-dir",
+            str(shm_dir / "dst"),
+            "--data-workers",
+            "1",
+            "--data-port",
+            str(busy),
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "cannot start the data workers: data worker 0 cannot listen on 127.0.0.1" in output
+    assert f"Failed to bind to address 127.0.0.1:{busy}" in output
