@@ -95,11 +95,15 @@ def measure_case(
     )
 
 
-def receiver_args(destination: Path, batch_bytes: int, data_workers: int | None) -> list[str]:
-    """The receiver's command line; `data_workers` None keeps the receiver's own default."""
+def receiver_args(
+    destination: Path, batch_bytes: int, data_workers: int | None, write_mode: str | None = None
+) -> list[str]:
+    """The receiver's command line; None keeps the receiver's own default."""
     args = ["--memory-dir", str(destination), "--max-batch-bytes", str(batch_bytes)]
     if data_workers is not None:
         args += ["--data-workers", str(data_workers)]
+    if write_mode is not None:
+        args += ["--write-mode", write_mode]
     return args
 
 
@@ -113,6 +117,7 @@ def run_bench(
     destination_dir: Path | None = None,
     pattern: str = "random",
     receiver_data_workers: int | None = None,
+    receiver_write_mode: str | None = None,
 ) -> None:
     console = Console(width=200)
     workdir = Path(tempfile.mkdtemp(prefix="livemig-bench-", dir=tmpfs_dir()))
@@ -121,7 +126,9 @@ def run_bench(
     try:
         with (
             Ceiling(max(connections), batch_bytes) as ceiling,
-            ServiceProcess("receiver", receiver_args(destination, batch_bytes, receiver_data_workers)) as rx,
+            ServiceProcess(
+                "receiver", receiver_args(destination, batch_bytes, receiver_data_workers, receiver_write_mode)
+            ) as rx,
             ServiceProcess("sender", []) as tx,
         ):
             ceilings = {n: ceiling.measure(size, n) for n in connections}

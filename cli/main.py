@@ -178,6 +178,15 @@ def _metrics_options(command):
     show_default=True,
     help="Page streams one data worker serves at once; one more is refused (RESOURCE_EXHAUSTED).",
 )
+@click.option(
+    "--write-mode",
+    type=click.Choice(["auto", "pwrite", "mapped"]),
+    default="auto",
+    show_default=True,
+    help="How data workers write destination memory: pwrite (least CPU, but one writer at a time per "
+    "tmpfs file), mapped (a shared mapping: workers write in parallel; hugetlbfs needs it); "
+    "auto: mapped from 3 data workers on.",
+)
 @tls_options(server=True)
 def receiver(
     listen: str,
@@ -191,6 +200,7 @@ def receiver(
     data_workers: int,
     data_port: int,
     max_streams_per_worker: int,
+    write_mode: str,
     security,
 ) -> None:
     """Run the receiver service (destination host)."""
@@ -205,7 +215,13 @@ def receiver(
     except OSError as error:
         _fail(f"livemig receiver: --memory-dir {memory_dir}: {error.strerror or error}")
     limits = ReceiverLimits(
-        max_batch_bytes, max_sessions, max_destination_bytes, idle_timeout, data_workers, max_streams_per_worker
+        max_batch_bytes,
+        max_sessions,
+        max_destination_bytes,
+        idle_timeout,
+        data_workers,
+        max_streams_per_worker,
+        write_mode,
     )
     try:
         service = Receiver(memory_dir, limits, security, listen.rpartition(":")[0], data_port)
@@ -567,6 +583,12 @@ def _number_list(kind, bounds: tuple[float, float]):
     default=None,
     help="The receiver's --data-workers (default: the receiver's own default, one per core).",
 )
+@click.option(
+    "--receiver-write-mode",
+    type=click.Choice(["auto", "pwrite", "mapped"]),
+    default=None,
+    help="The receiver's --write-mode (default: the receiver's own default).",
+)
 def bench(
     size: int,
     connection_counts: list[int],
@@ -577,6 +599,7 @@ def bench(
     memory_dir: Path | None,
     pattern: str,
     receiver_data_workers: int | None,
+    receiver_write_mode: str | None,
 ) -> None:
     """Scaling with connections, skip vs no-skip, CPU per GiB, against N process pairs of bare gRPC."""
     from livemig.cli.bench import run_bench
@@ -591,6 +614,7 @@ def bench(
         destination_dir=memory_dir,
         pattern=pattern,
         receiver_data_workers=receiver_data_workers,
+        receiver_write_mode=receiver_write_mode,
     )
 
 

@@ -29,6 +29,7 @@ from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 from livemig.receiver import metrics
 from livemig.receiver.errors import Reason, ReceiverError
 from livemig.receiver.session import Session, SessionState
+from livemig.receiver.writer import WriteMode
 
 # Finished sessions are remembered (without their memory) so that a late batch
 # gets "session is completed" rather than "unknown session".
@@ -46,6 +47,7 @@ class ReceiverLimits:
     idle_timeout_seconds: float = 60.0
     data_workers: int = 0  # 0: one per core
     max_streams_per_worker: int = 128
+    write_mode: str = "auto"  # receiver/writer.WriteMode; resolved by the Receiver
 
 
 class DataPlane(Protocol):
@@ -63,6 +65,23 @@ class NoDataPlane:
 
 
 STATE_PREFIX = "livemig-receiver-state-"
+HUGE_PAGE_POOLS = Path("/sys/kernel/mm/hugepages")
+
+
+def free_bytes(directory: Path) -> int:
+    """Free space for destination memory in `directory`.
+
+    A hugetlbfs mount without a size= limit (systemd's /dev/hugepages is one) reports
+    no blocks at all: its space is the free pages of the kernel's pool of its page size.
+    """
+    stat = os.statvfs(directory)
+    if stat.f_blocks == 0:
+        pool = HUGE_PAGE_POOLS / f"hugepages-{stat.f_bsize // 1024}kB" / "free_hugepages"
+        try:
+            return int(pool.read_text()) * stat.f_bsize
+        except (OSError, ValueError):
+            pass
+    return stat.f_bavail * stat.f_frsize
 
 
 def private_state_dir() -> Path:
@@ -95,6 +114,8 @@ class SessionRegistry:
         self.memory_dir = memory_dir
         self.limits = limits or ReceiverLimits()
         self.max_batch_bytes = self.limits.max_batch_bytes
+        # Resolved from limits.write_mode by the Receiver, which knows its data workers.
+        self.write_mode = WriteMode.PWRITE if self.limits.write_mode == WriteMode.AUTO else self.limits.write_mode
         # Private to the receiver: received-pages maps and session records.
         self.state_dir = state_dir or private_state_dir()
         self.records_dir = self.state_dir / "sessions"
@@ -126,8 +147,7 @@ class SessionRegistry:
                     f"> {budget} allowed (--max-destination-bytes)",
                 )
         else:
-            stat = os.statvfs(self.memory_dir)
-            free = stat.f_bavail * stat.f_frsize
+            free = free_bytes(self.memory_dir)
             # Sessions in flight may still fill their sparse files: count them as used.
             allocated = sum(s.allocated_bytes() for s in active)
             if requested + in_use - allocated > free:
@@ -161,6 +181,7 @@ class SessionRegistry:
             max_batch_bytes=self.max_batch_bytes,
             state_directory=self.state_dir / session_id,
             owner=owner,
+            write_mode=self.write_mode,
         )
         with self._lock:
             try:

@@ -31,7 +31,15 @@ from livemig.common.ranges import MemoryRange
 from livemig.common.wire import DecodedBatch
 from livemig.receiver.errors import Reason, ReceiverError
 from livemig.receiver.ledger import SessionLedger
-from livemig.receiver.writer import ACTIVE, RecordRegion, SessionRecord, SessionWriter, refusal_for_state
+from livemig.receiver.writer import (
+    ACTIVE,
+    RecordRegion,
+    SessionRecord,
+    SessionWriter,
+    WriteMode,
+    file_write_mode,
+    refusal_for_state,
+)
 
 
 class SessionState(enum.Enum):
@@ -81,6 +89,7 @@ class Session:
         max_batch_bytes: int,
         state_directory: Path | None = None,
         owner: tuple[bytes, ...] | None = None,
+        write_mode: str = WriteMode.PWRITE,
     ) -> Session:
         """Make the destination files and maps. Raises ReceiverError(BAD_LAYOUT or STORAGE);
         a failure leaves nothing behind."""
@@ -99,6 +108,7 @@ class Session:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 regions.append(RegionFile(memory_range.gpa, memory_range.length, str(path), fd))
                 os.ftruncate(fd, memory_range.length)  # sparse: reads as zero, allocates nothing
+                write_mode = file_write_mode(write_mode, fd)
                 received = state_directory / f"received-{index}.map"
                 map_fd = os.open(received, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 try:
@@ -112,7 +122,9 @@ class Session:
             shutil.rmtree(directory, ignore_errors=True)
             shutil.rmtree(state_directory, ignore_errors=True)
             raise ReceiverError(Reason.STORAGE, f"cannot create destination memory: {error}") from error
-        record = SessionRecord(session_id, migration_id, owner, page_size, max_batch_bytes, tuple(record_regions))
+        record = SessionRecord(
+            session_id, migration_id, owner, page_size, max_batch_bytes, tuple(record_regions), write_mode=write_mode
+        )
         layout = MemoryLayout(regions, page_size)
         return cls(session_id, token, migration_id, directory, state_directory, layout, record)
 
@@ -139,6 +151,7 @@ class Session:
             record.regions,
             state.value,
             expired_after or self.expired_after,
+            record.write_mode,
         )
 
     def received_pages(self, index: int) -> np.ndarray:

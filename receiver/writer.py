@@ -11,11 +11,23 @@ first byte is written, so a refused batch changes nothing.
 Ordering across processes needs no lock: a page's flag is set before its batch
 is acknowledged, and the sender names a page in a zero record only in a later
 iteration, after every acknowledgement of the earlier one (its barrier).
+
+Two ways to write (the control process picks one per session, see WriteMode):
+pwrite(2) costs the least CPU, but on tmpfs a write holds the file's inode lock
+for the whole copy and page allocation, so the workers of one session write one at
+a time: on a 16-core host the receiver stopped at ~2.1 GiB/s whatever the number of
+connections. Stores through a shared mapping fault pages in under the page lock
+only, so workers write in parallel (benchmarks/dest_writes.py measures both); the
+kernel clears each new page before the copy, which is why pwrite stays the choice
+where there are few workers. A range's pages are allocated first with
+madvise(MADV_POPULATE_WRITE), which reports a full tmpfs or an empty huge-page pool
+as an error (turned into ENOSPC) where a plain store would raise SIGBUS.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import pickle
@@ -30,8 +42,56 @@ from livemig.common.wire import DecodedBatch
 from livemig.receiver.errors import Reason, ReceiverError, storage_error
 
 _ZERO_BLOCK = bytes(1 << 20)
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14; the constant is in Python 3.13
 
 ACTIVE = "active"
+
+
+class WriteMode:
+    """How data workers write destination memory (see the module docstring)."""
+
+    AUTO = "auto"
+    PWRITE = "pwrite"
+    MAPPED = "mapped"
+    CHOICES = (AUTO, PWRITE, MAPPED)
+    # With this many data workers or more, parallel writers outrun one pwrite writer.
+    MAPPED_FROM_WORKERS = 3
+
+
+def mapped_writes_supported() -> bool:
+    """Can this kernel populate a shared mapping (MADV_POPULATE_WRITE)? Without it a
+    full tmpfs would kill a worker with SIGBUS instead of failing one batch."""
+    try:
+        with mmap.mmap(-1, mmap.PAGESIZE) as probe:
+            probe.madvise(MADV_POPULATE_WRITE, 0, mmap.PAGESIZE)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def choose_write_mode(preferred: str, data_workers: int) -> str:
+    """The receiver's write mode from --write-mode and its number of data workers."""
+    if preferred == WriteMode.PWRITE:
+        return WriteMode.PWRITE
+    if not mapped_writes_supported():
+        if preferred == WriteMode.MAPPED:
+            raise RuntimeError("mapped writes need madvise(MADV_POPULATE_WRITE), Linux 5.14 or later")
+        return WriteMode.PWRITE
+    if preferred == WriteMode.MAPPED or data_workers >= WriteMode.MAPPED_FROM_WORKERS:
+        return WriteMode.MAPPED
+    return WriteMode.PWRITE
+
+
+def file_write_mode(preferred: str, fd: int) -> str:
+    """`preferred`, unless the file takes no write(2) at all (hugetlbfs): then mapped."""
+    if preferred == WriteMode.PWRITE:
+        try:
+            os.pwrite(fd, b"", 0)
+        except OSError as error:
+            if error.errno == errno.EINVAL and mapped_writes_supported():
+                return WriteMode.MAPPED
+            raise
+    return preferred
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +119,7 @@ class SessionRecord:
     regions: tuple[RecordRegion, ...]
     state: str = ACTIVE  # or completed / aborted / expired
     expired_after: float = 0.0
+    write_mode: str = WriteMode.PWRITE
 
     def dump(self, path: Path) -> None:
         """Atomically (write, then rename): a reader sees the old record or the new one."""
@@ -99,6 +160,8 @@ class SessionWriter:
         regions: list[RegionFile] = []
         self._maps: list[mmap.mmap] = []
         self._received: list[np.ndarray] = []
+        self._destinations: list[mmap.mmap] = []  # mapped write mode: one shared mapping per region
+        self._destination_views: list[memoryview] = []
         if self.state != ACTIVE:
             self.layout = MemoryLayout([RegionFile(r.gpa, r.length, r.path) for r in record.regions], record.page_size)
             return
@@ -114,6 +177,10 @@ class SessionWriter:
                     os.close(map_fd)
                 self._maps.append(shared)
                 self._received.append(np.frombuffer(shared, dtype=np.bool_))
+                if record.write_mode == WriteMode.MAPPED:
+                    destination = mmap.mmap(regions[-1].fd, region.length)
+                    self._destinations.append(destination)
+                    self._destination_views.append(memoryview(destination))
         except OSError:
             for region in regions:
                 os.close(region.fd)
@@ -212,11 +279,17 @@ class SessionWriter:
         return len(data), zeroed, True
 
     def _write(self, data: memoryview, regions: list[int], offsets: list[int], lengths: list[int]) -> None:
-        files = self.layout.regions
         position = 0
-        for index, offset, length in zip(regions, offsets, lengths, strict=True):
-            _write_all(files[index].fd, data[position : position + length], offset)
-            position += length
+        if self._destinations:
+            for index, offset, length in zip(regions, offsets, lengths, strict=True):
+                _populate(self._destinations[index], offset, length)
+                self._destination_views[index][offset : offset + length] = data[position : position + length]
+                position += length
+        else:
+            files = self.layout.regions
+            for index, offset, length in zip(regions, offsets, lengths, strict=True):
+                _write_all(files[index].fd, data[position : position + length], offset)
+                position += length
         self._mark_received(np.array(regions), np.array(offsets, dtype=np.int64), np.array(lengths, dtype=np.int64))
 
     def _mark_received(self, regions: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> None:
@@ -247,7 +320,10 @@ class SessionWriter:
         for run_start, run_stop in zip(edges[0::2], edges[1::2], strict=True):
             start = max(offset, (first_page + run_start) * page_size)
             stop = min(offset + length, (first_page + run_stop) * page_size)
-            _write_zeros(region.fd, start, stop - start)
+            if self._destinations:
+                _store_zeros(self._destination_views[index], start, stop - start)
+            else:
+                _write_zeros(region.fd, start, stop - start)
             zeroed += stop - start
         return zeroed
 
@@ -265,10 +341,14 @@ class SessionWriter:
             self._close_maps()
 
     def _close_maps(self) -> None:
-        for shared in self._maps:
+        for view in self._destination_views:
+            view.release()
+        self._destination_views = []
+        for shared in [*self._maps, *self._destinations]:
             with contextlib.suppress(BufferError):  # a view still alive: the map goes with it
                 shared.close()
         self._maps = []
+        self._destinations = []
 
 
 def _write_all(fd: int, data: memoryview, offset: int) -> None:
@@ -281,3 +361,21 @@ def _write_zeros(fd: int, offset: int, length: int) -> None:
     zeros = memoryview(_ZERO_BLOCK)
     for start in range(offset, offset + length, len(zeros)):
         _write_all(fd, zeros[: min(len(zeros), offset + length - start)], start)
+
+
+def _populate(destination: mmap.mmap, offset: int, length: int) -> None:
+    """Allocate the pages of [offset, offset + length) before storing into them."""
+    start = offset - offset % mmap.PAGESIZE
+    try:
+        destination.madvise(MADV_POPULATE_WRITE, start, offset + length - start)
+    except OSError as error:
+        if error.errno == errno.EFAULT:  # the store would have raised SIGBUS: no page to be had
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from error
+        raise
+
+
+def _store_zeros(view: memoryview, offset: int, length: int) -> None:
+    zeros = memoryview(_ZERO_BLOCK)
+    for start in range(offset, offset + length, len(zeros)):
+        size = min(len(zeros), offset + length - start)
+        view[start : start + size] = zeros[:size]

@@ -74,9 +74,11 @@ def send_raw(port: int, frames: list[bytes], metadata=()) -> list[pb.PageBatchAc
         return list(transfer(iter(frames), timeout=30, metadata=metadata))
 
 
-@pytest.fixture
-def two_workers(shm_dir: Path) -> Iterator[ServiceProcess]:
-    with ServiceProcess("receiver", ["--memory-dir", str(shm_dir / "dst"), "--data-workers", "2"]) as rx:
+@pytest.fixture(params=["pwrite", "mapped"])
+def two_workers(shm_dir: Path, request) -> Iterator[ServiceProcess]:
+    """Two data workers, writing with each of the receiver's write modes (--write-mode)."""
+    args = ["--memory-dir", str(shm_dir / "dst"), "--data-workers", "2", "--write-mode", request.param]
+    with ServiceProcess("receiver", args) as rx:
         assert len(rx.data_ports) == 2
         yield rx
 

@@ -93,10 +93,13 @@ def expected_reasons(ranges, zero_ranges, payload_length) -> set[Reason]:
     return reasons
 
 
-@pytest.fixture(scope="module")
-def session(tmp_path_factory) -> Session:
+@pytest.fixture(scope="module", params=["pwrite", "mapped"])
+def session(tmp_path_factory, request) -> Session:
+    """Both ways of writing destination memory (receiver/writer.WriteMode)."""
     directory = tmp_path_factory.mktemp("fuzz")
-    return Session.create("id", "token", "fuzz", directory / "session", LAYOUT, PAGE, MAX_BATCH)
+    return Session.create(
+        "id", "token", "fuzz", directory / "session", LAYOUT, PAGE, MAX_BATCH, write_mode=request.param
+    )
 
 
 def file_sizes(session: Session) -> list[int]:

@@ -285,12 +285,16 @@ def small_tmpfs(shm_dir: Path):
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-def test_destination_filling_up_is_a_storage_fault(sender, shm_dir, small_tmpfs):
+@pytest.mark.parametrize("write_mode", ["pwrite", "mapped"])
+def test_destination_filling_up_is_a_storage_fault(sender, shm_dir, small_tmpfs, write_mode):
+    """Both write modes: a mapped store into a full tmpfs would be SIGBUS; populating first
+    turns it into the same one-line ENOSPC fault as pwrite's."""
     image = shm_dir / "big.img"
     make_image(image, 32 * MIB, 1.0)  # 32 MiB of non-zero pages into 8 MiB of space
     memory_dir = small_tmpfs / "dst"
     # The budget check at prepare would refuse it: promise more than the filesystem has.
-    with ServiceProcess("receiver", ["--memory-dir", str(memory_dir), "--max-destination-bytes", str(1 << 30)]) as rx:
+    arguments = ["--memory-dir", str(memory_dir), "--max-destination-bytes", str(1 << 30), "--write-mode", write_mode]
+    with ServiceProcess("receiver", arguments) as rx:
         status = migrate(sender.address, rx.address, [(0, image)], connections=1)
         assert status.state == pb.FAILED
         assert "RESOURCE_EXHAUSTED" in status.error and "no space left" in status.error, status.error

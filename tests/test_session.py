@@ -17,10 +17,22 @@ from livemig.receiver.errors import Reason, ReceiverError
 from livemig.receiver.session import Session
 
 PAGE = 4096
+WRITE_MODE = "pwrite"
+
+
+@pytest.fixture(scope="module", params=["pwrite", "mapped"], autouse=True)
+def write_mode(request):
+    """Every test here runs against both ways of writing destination memory."""
+    global WRITE_MODE
+    WRITE_MODE = request.param
+    yield request.param
+    WRITE_MODE = "pwrite"
 
 
 def new_session(directory: Path, layout: list[MemoryRange]) -> Session:
-    return Session.create("id", "token", "migration", directory / "session", layout, PAGE, 4 << 20)
+    return Session.create(
+        "id", "token", "migration", directory / "session", layout, PAGE, 4 << 20, write_mode=WRITE_MODE
+    )
 
 
 BATCH_IDS = itertools.count(1)

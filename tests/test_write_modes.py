@@ -1,0 +1,83 @@
+"""How the receiver writes destination memory: pwrite or a shared mapping (receiver/writer.py).
+
+The unit tests and fuzz tests of sessions run against both modes (their fixtures are
+parametrised), and so do the multi-process tests with two data workers. Here: which mode
+a receiver picks, and hugetlbfs, which takes no write(2) at all.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from livemig.cli.images import make_image
+from livemig.cli.processes import ServiceProcess
+from livemig.common.proto import livemig_pb2 as pb
+from livemig.receiver.registry import free_bytes
+from livemig.receiver.writer import WriteMode, choose_write_mode, file_write_mode, mapped_writes_supported
+from tests.helpers import assert_destination_equals_source, migrate
+
+MIB = 1 << 20
+HUGE_PAGES = Path("/proc/sys/vm/nr_hugepages")
+
+
+def test_auto_picks_mapped_writes_from_three_workers() -> None:
+    assert choose_write_mode(WriteMode.PWRITE, 64) == WriteMode.PWRITE
+    assert choose_write_mode(WriteMode.AUTO, 1) == WriteMode.PWRITE
+    assert choose_write_mode(WriteMode.AUTO, 2) == WriteMode.PWRITE
+    expected = WriteMode.MAPPED if mapped_writes_supported() else WriteMode.PWRITE
+    assert choose_write_mode(WriteMode.AUTO, 3) == expected
+    assert choose_write_mode(WriteMode.AUTO, 16) == expected
+
+
+def test_a_file_that_takes_pwrite_keeps_the_preferred_mode(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "region", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert file_write_mode(WriteMode.PWRITE, fd) == WriteMode.PWRITE
+        assert file_write_mode(WriteMode.MAPPED, fd) == WriteMode.MAPPED
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def hugetlbfs(shm_dir: Path) -> Iterator[Path]:
+    """A private hugetlbfs mount with 32 reserved 2 MiB pages (root only); restored after."""
+    if not HUGE_PAGES.exists():
+        pytest.skip("no huge pages in this kernel")
+    before = HUGE_PAGES.read_text().strip()
+    mount_point = shm_dir / "huge"
+    mount_point.mkdir()
+    try:
+        HUGE_PAGES.write_text(str(int(before) + 32))
+        mounted = subprocess.run(
+            ["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", str(mount_point)], capture_output=True, text=True
+        )
+    except OSError as error:
+        pytest.skip(f"cannot reserve huge pages here (needs root): {error}")
+    if mounted.returncode:
+        HUGE_PAGES.write_text(before)
+        pytest.skip(f"cannot mount hugetlbfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+        HUGE_PAGES.write_text(before)
+
+
+@pytest.mark.e2e
+def test_hugetlbfs_destination_is_written_through_a_mapping(sender, shm_dir: Path, hugetlbfs: Path) -> None:
+    """hugetlbfs refuses write(2); the receiver finds out at prepare and maps the files instead.
+    Runs with the default write mode, which on a 2-core host would otherwise be pwrite."""
+    # No size= limit: the space is the pool's free pages (statvfs alone says 0 bytes).
+    assert free_bytes(hugetlbfs) >= 32 * 2 * MIB
+    image = shm_dir / "guest.img"
+    make_image(image, 16 * MIB, 0.5, seed=11)
+    with ServiceProcess("receiver", ["--memory-dir", str(hugetlbfs / "dst"), "--data-workers", "2"]) as rx:
+        status = migrate(sender.address, rx.address, [(0, image)], connections=2, verify=True)
+        assert status.state == pb.COMPLETED, status.error
+        assert status.stats.verified
+        assert_destination_equals_source(status, [(0, image)])
