@@ -70,7 +70,8 @@ def measure_case(
                 max_batch_bytes=batch_bytes,
             ),
         )
-    sender_rss, receiver_rss = rss.peaks[tx.pid], rss.peaks[rx.pid]
+    # Without shared mappings: in mapped write mode each data worker maps destination memory.
+    sender_rss, receiver_rss = rss.private_peaks[tx.pid], rss.private_peaks[rx.pid]
     stats = status.stats
     allocated = sum(os.stat(r.path).st_blocks * 512 for r in status.destination_regions)
     for region in status.destination_regions:
@@ -309,8 +310,8 @@ DETAIL_HEADERS = [
     "payload throughput",
     "sender CPU",
     "receiver CPU",
-    "sender peak RSS (tree)",
-    "receiver peak RSS (tree)",
+    "sender peak private RSS (tree, sampled)",
+    "receiver peak private RSS (tree, sampled)",
     "dest. allocated",
 ]
 

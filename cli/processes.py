@@ -193,6 +193,26 @@ def tree_peak_rss_bytes(pid: int) -> int:
     return sum(peak_rss_bytes(member) for member in process_tree(pid))
 
 
+def private_rss_bytes(pid: int) -> int:
+    """Resident memory of one process without shared memory (RssAnon + RssFile); 0 when gone.
+
+    A receiver in mapped write mode maps the destination files (shared memory) in each
+    data worker: VmHWM counts those pages once per worker that touched them, though
+    they are the guest's destination memory, not the service's own."""
+    fields: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("RssAnon", "RssFile"):
+                fields[name] = int(value.split()[0]) * 1024
+    return sum(fields.values())
+
+
+def tree_private_rss_bytes(pid: int) -> int:
+    """Sum of private_rss_bytes over the process tree of `pid`."""
+    return sum(private_rss_bytes(member) for member in process_tree(pid))
+
+
 class TreePeakSampler:
     """Peak RSS of process trees that include short-lived members.
 
@@ -200,19 +220,22 @@ class TreePeakSampler:
     migration ends and a reading taken afterwards misses it. While running,
     this samples the sum of VmHWM over each tree every `interval` seconds
     (VmHWM is itself a peak, so sampling misses only members that live less
-    than one interval) and keeps the largest sum per root.
+    than one interval) and keeps the largest sum per root. `private_peaks` keeps
+    the largest sampled sum of memory without shared mappings (tree_private_rss_bytes).
     """
 
     def __init__(self, pids: Sequence[int], interval: float = 0.25) -> None:
         self.pids = list(pids)
         self.interval = interval
         self.peaks = dict.fromkeys(self.pids, 0)
+        self.private_peaks = dict.fromkeys(self.pids, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tree-peak-rss", daemon=True)
 
     def _sample(self) -> None:
         for pid in self.pids:
             self.peaks[pid] = max(self.peaks[pid], tree_peak_rss_bytes(pid))
+            self.private_peaks[pid] = max(self.private_peaks[pid], tree_private_rss_bytes(pid))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -84,12 +84,13 @@ class WorkerWriters:
             self._forget_old()
             return writer
 
-    def end(self, session_id: str, state: str, expired_after: float) -> None:
+    def end(self, session_id: str, state: str, expired_after: float) -> SessionWriter | None:
+        """Stop the session's writes here; the caller releases the writer once it has said so."""
         with self._lock:
             writer = self._by_id.get(session_id)
         if writer is not None:
             writer.end(state, expired_after)
-            release_free_memory()  # gRPC's and our buffers of the session go back to the system
+        return writer
 
     def _forget_old(self) -> None:
         ended = [token for token, w in self._by_token.items() if w.state != "active"]
@@ -150,8 +151,11 @@ def run_data_worker(spec: WorkerSpec, pipe) -> None:
             break  # the control process is gone
         if message[0] == "end":
             _kind, session_id, state, expired_after = message
-            writers.end(session_id, state, expired_after)
-            sender.send(("ended", session_id))
+            ended = writers.end(session_id, state, expired_after)
+            sender.send(("ended", session_id))  # no write in flight: the control process may go on
+            if ended is not None:
+                ended.release()  # unmap and close off the control process's critical path
+            release_free_memory()  # gRPC's and our buffers of the session go back to the system
         elif message[0] == "stop":
             grace = message[1]
             break

@@ -54,7 +54,7 @@ class DataPlane(Protocol):
     """The data workers, as the registry sees them."""
 
     def end_session(self, session_id: str, state: str, expired_after: float) -> None:
-        """Tell every worker the session ended; returns when each has closed its files."""
+        """Tell every worker the session ended; returns when none writes any more (each closes its files just after)."""
 
 
 class NoDataPlane:
@@ -206,7 +206,7 @@ class SessionRegistry:
     def _end_in_workers(self, session: Session, state: SessionState, idle_seconds: float = 0.0) -> None:
         """Called with session.lock held and the session active. The record says the session
         ended before any worker is told, so a worker that loads it afterwards refuses too;
-        returns once every worker has finished its writes and closed its files."""
+        returns once every worker has finished its writes (files are closed just after)."""
         self._publish(session, state, idle_seconds)
         self.data_plane.end_session(session.session_id, state.value, idle_seconds)
 

@@ -180,6 +180,7 @@ class Session:
     def _end_local_writer(self) -> None:
         if self._local_writer is not None:
             self._local_writer.end(self.state.value if not self.active else "completing")
+            self._local_writer.release()
             self._local_writer = None
 
     # -- the end (call after every data worker has ended the session) ---------------

@@ -4,10 +4,12 @@ Starting a process costs tens of milliseconds even from the fork server (more on
 a loaded host: three context switches per start), which a short migration
 would feel for every connection. So the sender keeps finished connection
 processes idle and hands them to the next migration; each serves one
-migration's connection at a time (sender/connection_process.py). At most
-`max_idle` wait (default: one per core), each for at most `idle_seconds` and
-for at most MAX_USES migrations; a process that died or ended badly is never
-reused.
+migration's connection at a time (sender/connection_process.py). As many wait
+as were last in use at once (a host that migrates with 8 connections keeps 8
+even on 2 cores: starting 6 cost 250 ms per migration there), and at least
+`max_idle` (default: one per core), at most MAX_KEPT; each waits at most
+`idle_seconds`, and serves at most MAX_USES migrations; a process that died or
+ended badly is never reused.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ EXIT_SECONDS = 5.0
 # reused process flat at 51-59 MiB over 100 migrations (60 -> 85 MiB without); a fresh
 # process after this many migrations bounds whatever else a long life accumulates.
 MAX_USES = 256
+MAX_KEPT = 64  # idle processes, whatever the connection counts seen
 
 
 @dataclass(slots=True)
@@ -52,6 +55,8 @@ class ConnectionPool:
         self._idle: list[PooledProcess] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._in_use = 0
+        self._peak_in_use = 0  # since the last idle process expired
         self._reaper = threading.Thread(target=self._reap, name="connection-pool-reaper", daemon=True)
         self._reaper.start()
         # Before multiprocessing's own exit handler (registered earlier, so run later), which
@@ -61,19 +66,26 @@ class ConnectionPool:
     def acquire(self) -> PooledProcess:
         """An idle connection process, or a new one."""
         with self._lock:
+            self._in_use += 1
+            self._peak_in_use = max(self._peak_in_use, self._in_use)
             while self._idle:
                 worker = self._idle.pop()
                 if worker.usable:
                     return worker
                 self._retire(worker)
-        parent_end, child_end = self._context.Pipe(duplex=True)
-        process = self._context.Process(
-            target=run_connection,
-            args=(logging.getLogger().getEffectiveLevel(), child_end),
-            name="livemig-connection",
-            daemon=True,
-        )
-        process.start()
+        try:
+            parent_end, child_end = self._context.Pipe(duplex=True)
+            process = self._context.Process(
+                target=run_connection,
+                args=(logging.getLogger().getEffectiveLevel(), child_end),
+                name="livemig-connection",
+                daemon=True,
+            )
+            process.start()
+        except BaseException:
+            with self._lock:
+                self._in_use -= 1
+            raise
         child_end.close()
         return PooledProcess(process, parent_end)
 
@@ -81,7 +93,9 @@ class ConnectionPool:
         """A process whose migration part ended cleanly: keep it for the next migration."""
         worker.uses += 1
         with self._lock:
-            if worker.usable and not self._closed and worker.uses < MAX_USES and len(self._idle) < self.max_idle:
+            self._in_use -= 1
+            kept = min(MAX_KEPT, max(self.max_idle, self._peak_in_use))
+            if worker.usable and not self._closed and worker.uses < MAX_USES and len(self._idle) < kept:
                 worker.idle_since = time.monotonic()
                 self._idle.append(worker)
                 return
@@ -89,6 +103,11 @@ class ConnectionPool:
 
     def discard(self, worker: PooledProcess) -> None:
         """A process that died or did not end its part: never reused."""
+        with self._lock:
+            self._in_use -= 1
+        self._end(worker)
+
+    def _end(self, worker: PooledProcess) -> None:
         if worker.process.is_alive():
             worker.process.kill()
         worker.process.join(EXIT_SECONDS)
@@ -98,7 +117,7 @@ class ConnectionPool:
         with contextlib.suppress(OSError, EOFError, ValueError):
             worker.pipe.send(("exit",))
         worker.process.join(EXIT_SECONDS)
-        self.discard(worker)
+        self._end(worker)
 
     def _reap(self) -> None:
         while True:
@@ -107,6 +126,8 @@ class ConnectionPool:
             with self._lock:
                 stale = [w for w in self._idle if now - w.idle_since > self.idle_seconds]
                 self._idle = [w for w in self._idle if w not in stale]
+                if stale:  # quiet for a while: keep only what is in use now (or max_idle)
+                    self._peak_in_use = self._in_use
             for worker in stale:
                 self._retire(worker)
 

@@ -267,19 +267,22 @@ def test_long_all_zero_scan_does_not_expire_its_session(sender, shm_dir):
     assert status.stats.transfer_ms > 200, status.stats
 
 
-def test_connection_processes_are_kept_for_the_next_migration(shm_dir):
+@pytest.mark.parametrize("connections", [2, 6])
+def test_connection_processes_are_kept_for_the_next_migration(shm_dir, connections):
+    """As many as the last migration used, also more than this host has cores."""
     image = shm_dir / "guest.img"
     make_image(image, 16 * MIB, 0.5, seed=9)
     with (
         ServiceProcess("sender", []) as tx,
         ServiceProcess("receiver", ["--memory-dir", str(shm_dir / "dst")]) as rx,
     ):
-        first = migrate(tx.address, rx.address, [(0, image)], connections=2, skip_zero_pages=True, verify=True)
+        options = {"connections": connections, "skip_zero_pages": True, "verify": True}
+        first = migrate(tx.address, rx.address, [(0, image)], **options)
         kept = sorted(fork_server_children(tx.pid))
-        second = migrate(tx.address, rx.address, [(0, image)], connections=2, skip_zero_pages=True, verify=True)
-        assert sorted(fork_server_children(tx.pid)) == kept  # the same two processes served both
+        second = migrate(tx.address, rx.address, [(0, image)], **options)
+        assert sorted(fork_server_children(tx.pid)) == kept  # the same processes served both
     assert first.state == second.state == pb.COMPLETED
-    assert len(kept) == 2
+    assert len(kept) == connections
 
 
 def test_busy_data_port_is_one_line_at_start(shm_dir):

@@ -19,6 +19,7 @@ import pytest
 from livemig.cli.processes import (
     cpu_seconds,
     peak_rss_bytes,
+    private_rss_bytes,
     process_tree,
     reset_tree_peak_rss,
     tree_cpu_seconds,
@@ -133,3 +134,23 @@ def test_both_ways_of_finding_children_agree(tree: Tree) -> None:
 
     assert _children_of(tree.pid) == [tree.child_pid]
     assert _children_by_parent()[tree.pid] == [tree.child_pid]
+
+
+def test_private_rss_leaves_out_shared_mappings(shm_dir) -> None:
+    """A receiver's data workers map destination memory: that is not the service's own."""
+    script = (
+        "import mmap, os, sys\n"
+        f"fd = os.open({str(shm_dir / 'shared')!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+        f"os.ftruncate(fd, {HOLD_BYTES})\n"
+        f"m = mmap.mmap(fd, {HOLD_BYTES})\n"
+        f"for start in range(0, {HOLD_BYTES}, 1 << 20): m[start : start + (1 << 20)] = b'x' * (1 << 20)\n"
+        "print('mapped', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "mapped"
+        assert peak_rss_bytes(child.pid) >= HOLD_BYTES
+        assert private_rss_bytes(child.pid) < HOLD_BYTES
+    finally:
+        child.communicate("\n", timeout=30)
