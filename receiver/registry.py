@@ -29,7 +29,7 @@ from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 from livemig.receiver import metrics
 from livemig.receiver.errors import Reason, ReceiverError
 from livemig.receiver.session import Session, SessionState
-from livemig.receiver.writer import WriteMode
+from livemig.receiver.writer import WriteMode, session_write_mode
 
 # Finished sessions are remembered (without their memory) so that a late batch
 # gets "session is completed" rather than "unknown session".
@@ -65,6 +65,7 @@ class NoDataPlane:
 
 
 STATE_PREFIX = "livemig-receiver-state-"
+MAX_CONNECTIONS = 4096  # page streams a sender may announce for one migration (its own limit is lower)
 HUGE_PAGE_POOLS = Path("/sys/kernel/mm/hugepages")
 
 
@@ -114,8 +115,10 @@ class SessionRegistry:
         self.memory_dir = memory_dir
         self.limits = limits or ReceiverLimits()
         self.max_batch_bytes = self.limits.max_batch_bytes
-        # Resolved from limits.write_mode by the Receiver, which knows its data workers.
+        # Set by the Receiver (writer.usable_write_mode; its data workers); each session's
+        # mode follows from them and the sender's connections (writer.session_write_mode).
         self.write_mode = WriteMode.PWRITE if self.limits.write_mode == WriteMode.AUTO else self.limits.write_mode
+        self.data_workers = 1
         # Private to the receiver: received-pages maps and session records.
         self.state_dir = state_dir or private_state_dir()
         self.records_dir = self.state_dir / "sessions"
@@ -163,11 +166,16 @@ class SessionRegistry:
         page_size: int,
         migration_id: str,
         owner: tuple[bytes, ...] | None = None,
+        connections: int = 0,
     ) -> Session:
         try:
             size = effective_page_size(page_size)
         except ValueError as error:
             raise ReceiverError(Reason.BAD_LAYOUT, str(error)) from error
+        if connections > MAX_CONNECTIONS:
+            raise ReceiverError(
+                Reason.MALFORMED, f"{connections} connections announced; a migration has at most {MAX_CONNECTIONS}"
+            )
         with self._lock:
             self._check_limits(layout)
         session_id = uuid.uuid4().hex
@@ -181,7 +189,7 @@ class SessionRegistry:
             max_batch_bytes=self.max_batch_bytes,
             state_directory=self.state_dir / session_id,
             owner=owner,
-            write_mode=self.write_mode,
+            write_mode=session_write_mode(self.write_mode, self.data_workers, connections),
         )
         with self._lock:
             try:

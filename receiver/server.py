@@ -20,7 +20,7 @@ from livemig.receiver.data_worker import PRELOAD, WorkerSpec
 from livemig.receiver.data_workers import DataWorkerPool
 from livemig.receiver.registry import ReceiverLimits, SessionRegistry
 from livemig.receiver.service import ReceiverService
-from livemig.receiver.writer import choose_write_mode
+from livemig.receiver.writer import usable_write_mode
 
 log = logging.getLogger("livemig.receiver")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Receiver"].full_name
@@ -43,7 +43,8 @@ class Receiver:
         self.registry = SessionRegistry(memory_dir, self.limits)
         start_fork_server(PRELOAD)
         workers = self.limits.data_workers or usable_cores()
-        self.registry.write_mode = choose_write_mode(self.limits.write_mode, workers)
+        self.registry.write_mode = usable_write_mode(self.limits.write_mode)
+        self.registry.data_workers = workers
         specs = [
             WorkerSpec(
                 index=index,

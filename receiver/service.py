@@ -48,16 +48,19 @@ class ReceiverService(pb_grpc.ReceiverServicer):
     def PrepareMigration(self, request: pb.PrepareMigrationRequest, context: grpc.ServicerContext):
         layout = [MemoryRange(r.gpa, r.length) for r in request.layout.ranges]
         try:
-            session = self.registry.prepare(layout, request.page_size, request.migration_id, peer_identities(context))
+            session = self.registry.prepare(
+                layout, request.page_size, request.migration_id, peer_identities(context), request.connections
+            )
         except ReceiverError as error:
             _abort(context, error)
         metrics.ACTIVE_SESSIONS.set(self.registry.active_count())
         log.info(
-            "prepared session %s for migration %s: %d bytes in %d regions",
+            "prepared session %s for migration %s: %d bytes in %d regions, %s writes",
             session.session_id,
             session.migration_id,
             session.layout.total_bytes,
             len(layout),
+            session.record.write_mode,
             extra={"migration_id": session.migration_id},
         )
         return pb.PrepareMigrationResponse(

@@ -69,17 +69,25 @@ def mapped_writes_supported() -> bool:
     return True
 
 
-def choose_write_mode(preferred: str, data_workers: int) -> str:
-    """The receiver's write mode from --write-mode and its number of data workers."""
-    if preferred == WriteMode.PWRITE:
-        return WriteMode.PWRITE
-    if not mapped_writes_supported():
-        if preferred == WriteMode.MAPPED:
-            raise RuntimeError("mapped writes need madvise(MADV_POPULATE_WRITE), Linux 5.14 or later")
-        return WriteMode.PWRITE
-    if preferred == WriteMode.MAPPED or data_workers >= WriteMode.MAPPED_FROM_WORKERS:
-        return WriteMode.MAPPED
+def usable_write_mode(preferred: str) -> str:
+    """--write-mode as this kernel allows it (checked once, at start): auto without
+    MADV_POPULATE_WRITE is pwrite; mapped without it is an error."""
+    if preferred == WriteMode.PWRITE or mapped_writes_supported():
+        return preferred
+    if preferred == WriteMode.MAPPED:
+        raise RuntimeError("mapped writes need madvise(MADV_POPULATE_WRITE), Linux 5.14 or later")
     return WriteMode.PWRITE
+
+
+def session_write_mode(mode: str, data_workers: int, connections: int) -> str:
+    """One session's write mode. Its streams spread over the data workers, so
+    min(workers, connections) of them write at once; from MAPPED_FROM_WORKERS
+    writers on, parallel stores beat one pwrite writer at a time. A sender that
+    does not say its connections (0) is taken to use every worker."""
+    if mode != WriteMode.AUTO:
+        return mode
+    writers = min(data_workers, connections) if connections else data_workers
+    return WriteMode.MAPPED if writers >= WriteMode.MAPPED_FROM_WORKERS else WriteMode.PWRITE
 
 
 def file_write_mode(preferred: str, fd: int) -> str:

@@ -279,6 +279,7 @@ class Migration:
                 layout=pb.MemoryRangeTable(ranges=to_pb_ranges(self.layout.table.ranges)),
                 page_size=self.request.page_size,
                 migration_id=self.migration_id,
+                connections=self.request.connections,
             ),
             timeout=CONTROL_TIMEOUT_SECONDS,
         )

@@ -23,12 +23,13 @@ MIB = 1 << 20
 LAYOUT = [MemoryRange(0, MIB), MemoryRange(1 << 30, MIB)]
 
 
-def prepare(stub, layout=LAYOUT, page_size=0) -> pb.PrepareMigrationResponse:
+def prepare(stub, layout=LAYOUT, page_size=0, connections=0) -> pb.PrepareMigrationResponse:
     return stub.PrepareMigration(
         pb.PrepareMigrationRequest(
             layout=pb.MemoryRangeTable(ranges=[pb.MemoryRange(gpa=r.gpa, length=r.length) for r in layout]),
             page_size=page_size,
             migration_id="test",
+            connections=connections,
         ),
         timeout=10,
     )
@@ -203,20 +204,21 @@ def test_abort_removes_destination_files(receiver, session):
 
 
 @pytest.mark.parametrize(
-    ("layout", "page_size"),
+    ("layout", "page_size", "connections"),
     [
-        ([MemoryRange(0, 8192), MemoryRange(4096, 4096)], 0),  # overlapping regions
-        ([MemoryRange(0, 5000)], 0),  # size not a page multiple
-        ([MemoryRange(0, 4096)], 3000),  # page size not a power of two
-        ([], 0),
+        ([MemoryRange(0, 8192), MemoryRange(4096, 4096)], 0, 0),  # overlapping regions
+        ([MemoryRange(0, 5000)], 0, 0),  # size not a page multiple
+        ([MemoryRange(0, 4096)], 3000, 0),  # page size not a power of two
+        ([], 0, 0),
+        ([MemoryRange(0, 4096)], 0, 4097),  # more streams announced than any migration has
     ],
 )
-def test_prepare_rejects_bad_layouts(receiver, layout, page_size, module_dir):
+def test_prepare_rejects_bad_layouts(receiver, layout, page_size, connections, module_dir):
     channel, stub = receiver_stub(receiver.address)
     with channel:
         before = set((module_dir / "destination").iterdir())
         with pytest.raises(grpc.RpcError) as raised:
-            prepare(stub, layout, page_size)
+            prepare(stub, layout, page_size, connections)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert set((module_dir / "destination").iterdir()) == before
 

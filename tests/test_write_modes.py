@@ -17,21 +17,54 @@ import pytest
 from livemig.cli.images import make_image
 from livemig.cli.processes import ServiceProcess
 from livemig.common.proto import livemig_pb2 as pb
+from livemig.receiver import writer
 from livemig.receiver.registry import free_bytes
-from livemig.receiver.writer import WriteMode, choose_write_mode, file_write_mode, mapped_writes_supported
+from livemig.receiver.writer import (
+    WriteMode,
+    file_write_mode,
+    mapped_writes_supported,
+    session_write_mode,
+    usable_write_mode,
+)
 from tests.helpers import assert_destination_equals_source, migrate
 
 MIB = 1 << 20
 HUGE_PAGES = Path("/proc/sys/vm/nr_hugepages")
 
 
-def test_auto_picks_mapped_writes_from_three_workers() -> None:
-    assert choose_write_mode(WriteMode.PWRITE, 64) == WriteMode.PWRITE
-    assert choose_write_mode(WriteMode.AUTO, 1) == WriteMode.PWRITE
-    assert choose_write_mode(WriteMode.AUTO, 2) == WriteMode.PWRITE
-    expected = WriteMode.MAPPED if mapped_writes_supported() else WriteMode.PWRITE
-    assert choose_write_mode(WriteMode.AUTO, 3) == expected
-    assert choose_write_mode(WriteMode.AUTO, 16) == expected
+def test_auto_picks_mapped_writes_from_three_concurrent_writers() -> None:
+    """Writers at once: the session's connections, spread over the data workers."""
+    assert session_write_mode(WriteMode.PWRITE, 16, 8) == WriteMode.PWRITE
+    assert session_write_mode(WriteMode.MAPPED, 16, 1) == WriteMode.MAPPED
+    assert session_write_mode(WriteMode.AUTO, 16, 1) == WriteMode.PWRITE
+    assert session_write_mode(WriteMode.AUTO, 16, 2) == WriteMode.PWRITE
+    assert session_write_mode(WriteMode.AUTO, 16, 3) == WriteMode.MAPPED
+    assert session_write_mode(WriteMode.AUTO, 16, 8) == WriteMode.MAPPED
+    assert session_write_mode(WriteMode.AUTO, 2, 8) == WriteMode.PWRITE  # two workers: two writers at most
+    assert session_write_mode(WriteMode.AUTO, 16, 0) == WriteMode.MAPPED  # not said: every worker
+    assert session_write_mode(WriteMode.AUTO, 2, 0) == WriteMode.PWRITE
+
+
+def test_auto_is_pwrite_where_the_kernel_cannot_populate_mappings(monkeypatch) -> None:
+    assert usable_write_mode(WriteMode.PWRITE) == WriteMode.PWRITE
+    monkeypatch.setattr(writer, "mapped_writes_supported", lambda: False)
+    assert usable_write_mode(WriteMode.AUTO) == WriteMode.PWRITE
+    with pytest.raises(RuntimeError, match=r"5\.14"):
+        usable_write_mode(WriteMode.MAPPED)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("connections", "expected"), [(2, "pwrite"), (4, "mapped")])
+def test_receiver_writes_a_many_stream_session_through_mappings(sender, shm_dir, connections, expected) -> None:
+    if expected == WriteMode.MAPPED and not mapped_writes_supported():
+        pytest.skip("this kernel has no MADV_POPULATE_WRITE")
+    image = shm_dir / "guest.img"
+    make_image(image, 16 * MIB, 0.5, seed=12)
+    with ServiceProcess("receiver", ["--memory-dir", str(shm_dir / "dst"), "--data-workers", "4"]) as rx:
+        status = migrate(sender.address, rx.address, [(0, image)], connections=connections, verify=True)
+        assert status.state == pb.COMPLETED, status.error
+        assert_destination_equals_source(status, [(0, image)])
+        assert f"{expected} writes" in "".join(rx.lines)
 
 
 def test_a_file_that_takes_pwrite_keeps_the_preferred_mode(tmp_path: Path) -> None:

@@ -230,14 +230,16 @@ class MigrationStatus(_message.Message):
     def __init__(self, migration_id: _Optional[str] = ..., state: _Optional[_Union[MigrationState, str]] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[MigrationStats, _Mapping]] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., destination: _Optional[str] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., iterations: _Optional[_Iterable[_Union[IterationStats, _Mapping]]] = ..., phase: _Optional[str] = ..., live: _Optional[bool] = ...) -> None: ...
 
 class PrepareMigrationRequest(_message.Message):
-    __slots__ = ("layout", "page_size", "migration_id")
+    __slots__ = ("layout", "page_size", "migration_id", "connections")
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     layout: MemoryRangeTable
     page_size: int
     migration_id: str
-    def __init__(self, layout: _Optional[_Union[MemoryRangeTable, _Mapping]] = ..., page_size: _Optional[int] = ..., migration_id: _Optional[str] = ...) -> None: ...
+    connections: int
+    def __init__(self, layout: _Optional[_Union[MemoryRangeTable, _Mapping]] = ..., page_size: _Optional[int] = ..., migration_id: _Optional[str] = ..., connections: _Optional[int] = ...) -> None: ...
 
 class PrepareMigrationResponse(_message.Message):
     __slots__ = ("session_token", "destination_regions", "max_batch_bytes", "data_ports")
