@@ -5,7 +5,8 @@ session. A stream is bound to its session by the "livemig-session" metadata
 entry when the sender gives one (so a stream that has nothing to send yet, while
 all-zero memory is being scanned, already keeps its session alive), or else by
 its first batch. Every applied batch is reported to the control process before
-it is acknowledged.
+it is acknowledged. The next batch is received while this one is written
+(common/read_ahead.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol
 import grpc
 
 from livemig.common.proto import livemig_pb2 as pb
+from livemig.common.read_ahead import ReadAhead
 from livemig.common.wire import BatchDecodeError, decode_batch
 from livemig.receiver.errors import STATUS_OF_REASON, Reason, ReceiverError, check_owner
 from livemig.receiver.writer import SessionWriter
@@ -73,7 +75,8 @@ class DataService:
                     self._refuse(error, None, context)
                 bound = writer
                 self.reports.stream_changed(bound.session_id, +1)
-            for raw in request_iterator:
+            # The next batch is received while this one is written (common/read_ahead.py).
+            for raw in ReadAhead(request_iterator, name="transfer-read-ahead"):
                 try:
                     try:
                         batch = decode_batch(raw)

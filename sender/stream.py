@@ -7,6 +7,10 @@ independent of guest size), and reports each chunk once, when the receiver has
 acknowledged it (or when it needed no batch), to a ChunkReporter. When a
 connection breaks, a new stream resends every unacknowledged frame under its
 batch id (writes are idempotent and the receiver counts a batch id once).
+The next chunk is read, scanned and framed on a thread of its own while the
+current batch is being sent (common/read_ahead.py): gRPC's synchronous stream
+asks for a message only when the last one is sent, and on a 16-core host that
+wait had one connection at 0.9 GiB/s instead of 1.5-1.7.
 
 It runs inside a connection process (sender/connection_process.py); nothing here
 knows about processes, statistics or metrics.
@@ -25,8 +29,9 @@ from typing import Protocol
 import grpc
 
 from livemig.common.proto import livemig_pb2 as pb
+from livemig.common.read_ahead import ReadAhead
 from livemig.common.wire import GRPC_MESSAGE_PREFIX
-from livemig.sender.batch_builder import BatchBuilder, Chunk
+from livemig.sender.batch_builder import BatchBuilder, BuiltBatch, Chunk
 from livemig.sender.stats import ChunkOutcome
 
 log = logging.getLogger("livemig.sender")
@@ -114,6 +119,9 @@ class ConnectionStream:
         self._input_done = False
         self._source_error: BaseException | None = None
         self._last_progress = time.monotonic()
+        # Chunks read, scanned and framed one ahead of the stream (common/read_ahead.py),
+        # shared by the streams of a reconnect: a batch built but not sent stays there.
+        self._built: ReadAhead[BuiltBatch] | None = None
 
     def run(self) -> None:
         """Stream until the inbox is closed and every batch acknowledged, or raise."""
@@ -124,6 +132,8 @@ class ConnectionStream:
             # full collection frees; drop the big frames now rather than then.
             with self._lock:
                 self._in_flight.clear()
+            if self._built is not None:
+                self._built.close(join_seconds=5)  # before the builder's buffer goes
             self.builder.release()
 
     def _stream_with_retries(self) -> None:
@@ -262,23 +272,17 @@ class ConnectionStream:
                 self._set_producing(False)
                 yield frame
                 self._set_producing(True)
+            if self._built is None:
+                self._built = ReadAhead(self._build_batches(), name=f"connection-{self.index}-build")
             while self._current(epoch) and not self._input_done:
                 try:
-                    chunk = self.inbox.get(timeout=_POLL_SECONDS)
+                    built = self._built.next(timeout=_POLL_SECONDS)
                 except queue.Empty:
                     continue
-                if chunk is None:
-                    self._input_done = True
+                except StopIteration:
+                    self._input_done = not self.stop.is_set()
                     return
-                try:
-                    built = self.builder.build(chunk)
-                except Exception as error:  # e.g. a guest memory file shrank: fatal, not a network fault
-                    self._source_error = error
-                    self.stop.set()
-                    return
-                if built.frame is None:
-                    self.reporter.chunk_done(ChunkReport(self.index, chunk.chunk_id, built.outcome, None, None))
-                    continue
+                chunk = built.chunk
                 pending = Pending(chunk, built.frame, built.outcome)
                 with self._lock:
                     self._in_flight[chunk.chunk_id] = pending  # from now on a broken stream resends it
@@ -291,3 +295,24 @@ class ConnectionStream:
                 self._set_producing(True)
         finally:
             self._set_producing(False)
+
+    def _build_batches(self) -> Iterator[BuiltBatch]:
+        """Chunks from the inbox made into frames, in order, until the inbox closes (or the
+        migration stops); chunks with nothing to send are reported here and then."""
+        while not self.stop.is_set():
+            try:
+                chunk = self.inbox.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                continue
+            if chunk is None:
+                return
+            try:
+                built = self.builder.build(chunk)
+            except Exception as error:  # e.g. a guest memory file shrank: fatal, not a network fault
+                self._source_error = error
+                self.stop.set()
+                return
+            if built.frame is None:
+                self.reporter.chunk_done(ChunkReport(self.index, chunk.chunk_id, built.outcome, None, None))
+                continue
+            yield built
