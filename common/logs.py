@@ -19,10 +19,11 @@ import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from livemig.common.migration_ids import MAX_MIGRATION_ID_CHARS
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 MAX_ARGUMENT_CHARS = 512
 MAX_MESSAGE_CHARS = 8192
-MAX_MIGRATION_ID_CHARS = 64
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 

@@ -12,6 +12,8 @@ it is acknowledged. The next batch is received while this one is written
 from __future__ import annotations
 
 import logging
+import queue
+import time
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -44,9 +46,12 @@ class DataReports(Protocol):
 
 
 class DataService:
-    def __init__(self, writers: WriterLookup, reports: DataReports) -> None:
+    def __init__(self, writers: WriterLookup, reports: DataReports, unbound_stream_seconds: float = 60.0) -> None:
         self.writers = writers
         self.reports = reports
+        # A stream that names no session (metadata or first batch) within this is closed:
+        # idle unauthenticated streams would otherwise hold a worker's slots for good.
+        self.unbound_stream_seconds = unbound_stream_seconds
 
     def _owned(self, token: str, context: grpc.ServicerContext) -> SessionWriter:
         """Under mutual TLS a session belongs to the certificate identity that prepared it:
@@ -65,6 +70,7 @@ class DataService:
 
     def TransferPages(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext):
         bound: SessionWriter | None = None
+        requests: ReadAhead[bytes] | None = None
         try:
             token = dict(context.invocation_metadata()).get(SESSION_METADATA)
             if token is not None:
@@ -76,7 +82,26 @@ class DataService:
                 bound = writer
                 self.reports.stream_changed(bound.session_id, +1)
             # The next batch is received while this one is written (common/read_ahead.py).
-            for raw in ReadAhead(request_iterator, name="transfer-read-ahead"):
+            requests = ReadAhead(request_iterator, name="transfer-read-ahead")
+            opened = time.monotonic()
+            while True:
+                try:
+                    if bound is None:
+                        left = self.unbound_stream_seconds - (time.monotonic() - opened)
+                        raw = requests.next(timeout=max(left, 0.0))
+                    else:
+                        raw = requests.next()
+                except StopIteration:
+                    break
+                except queue.Empty:
+                    self._refuse(
+                        ReceiverError(
+                            Reason.UNAUTHENTICATED,
+                            f"stream named no session within {self.unbound_stream_seconds:g} s; closed",
+                        ),
+                        None,
+                        context,
+                    )
                 try:
                     try:
                         batch = decode_batch(raw)
@@ -95,5 +120,7 @@ class DataService:
                     self.reports.batch_applied(writer.session_id, batch.header.batch_id, written, zeroed)
                 yield pb.PageBatchAck(batch_id=batch.header.batch_id, bytes_written=written)
         finally:
+            if requests is not None:
+                requests.close()
             if bound is not None:
                 self.reports.stream_changed(bound.session_id, -1)

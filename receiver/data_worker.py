@@ -52,6 +52,7 @@ class WorkerSpec:
     max_streams: int
     max_message_bytes: int
     log_level: int
+    unbound_stream_seconds: float = 60.0  # a stream must name its session within this (--idle-timeout)
 
 
 class WorkerWriters:
@@ -136,7 +137,7 @@ def run_data_worker(spec: WorkerSpec, pipe) -> None:
         max_message_bytes=spec.max_message_bytes,
         maximum_concurrent_rpcs=spec.max_streams,
     )
-    add_data_service(DataService(writers, PipeReports(sender)), host.server)
+    add_data_service(DataService(writers, PipeReports(sender), spec.unbound_stream_seconds), host.server)
     try:
         port = host.start(f"{spec.host}:{spec.port}", spec.security.server_credentials())
     except (OSError, RuntimeError) as error:

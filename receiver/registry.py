@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from livemig.common.migration_ids import MIGRATION_ID_RULE, is_migration_id
 from livemig.common.ranges import MemoryRange, effective_page_size
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 from livemig.receiver import metrics
@@ -172,6 +173,8 @@ class SessionRegistry:
             size = effective_page_size(page_size)
         except ValueError as error:
             raise ReceiverError(Reason.BAD_LAYOUT, str(error)) from error
+        if migration_id and not is_migration_id(migration_id):
+            raise ReceiverError(Reason.MALFORMED, f"migration_id must be empty or {MIGRATION_ID_RULE}")
         if connections > MAX_CONNECTIONS:
             raise ReceiverError(
                 Reason.MALFORMED, f"{connections} connections announced; a migration has at most {MAX_CONNECTIONS}"

@@ -55,6 +55,7 @@ class Receiver:
                 max_streams=self.limits.max_streams_per_worker,
                 max_message_bytes=message_limit(self.limits.max_batch_bytes),
                 log_level=logging.getLogger().getEffectiveLevel(),
+                unbound_stream_seconds=self.limits.idle_timeout_seconds,
             )
             for index in range(workers)
         ]

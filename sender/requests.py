@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from livemig.common.migration_ids import MIGRATION_ID_RULE, is_migration_id
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MAX_PAGE_SIZE, MIN_PAGE_SIZE, effective_page_size
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
@@ -34,12 +35,10 @@ MAX_TIMEOUT_MS = 7 * 24 * 3_600_000  # a week
 MAX_ITERATIONS = 100_000  # as the CLI allows; each iteration keeps a small record
 MIN_BANDWIDTH = 1e3  # bytes/s; below, every estimate is "never" anyway
 MAX_BANDWIDTH = 1e13  # 10 TB/s, beyond any link
-MAX_MIGRATION_ID_CHARS = 64
 DEFAULT_DOWNTIME_MS = 300  # Cloud Hypervisor's default
 DEFAULT_MAX_ITERATIONS = 30
 
 _HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})$")
-_MIGRATION_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 _STRATEGIES = frozenset(pb.TimeoutStrategy.values())
 
 
@@ -162,8 +161,8 @@ MIGRATION_ID_RULES: tuple[Rule, ...] = (
     Rule("migration_id", "is required", lambda m, c: bool(m.migration_id)),
     Rule(
         "migration_id",
-        f"must be at most {MAX_MIGRATION_ID_CHARS} characters of [A-Za-z0-9_-]",
-        lambda m, c: len(m.migration_id) <= MAX_MIGRATION_ID_CHARS and bool(_MIGRATION_ID.fullmatch(m.migration_id)),
+        f"must be {MIGRATION_ID_RULE}",
+        lambda m, c: is_migration_id(m.migration_id),
     ),
 )
 

@@ -23,12 +23,12 @@ MIB = 1 << 20
 LAYOUT = [MemoryRange(0, MIB), MemoryRange(1 << 30, MIB)]
 
 
-def prepare(stub, layout=LAYOUT, page_size=0, connections=0) -> pb.PrepareMigrationResponse:
+def prepare(stub, layout=LAYOUT, page_size=0, connections=0, migration_id="test") -> pb.PrepareMigrationResponse:
     return stub.PrepareMigration(
         pb.PrepareMigrationRequest(
             layout=pb.MemoryRangeTable(ranges=[pb.MemoryRange(gpa=r.gpa, length=r.length) for r in layout]),
             page_size=page_size,
-            migration_id="test",
+            migration_id=migration_id,
             connections=connections,
         ),
         timeout=10,
@@ -221,6 +221,20 @@ def test_prepare_rejects_bad_layouts(receiver, layout, page_size, connections, m
             prepare(stub, layout, page_size, connections)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert set((module_dir / "destination").iterdir()) == before
+
+
+@pytest.mark.parametrize("migration_id", ["x" * 65, "../../etc", "id\nforged log line", "ünïcode"])
+def test_prepare_rejects_a_migration_id_that_is_not_an_id(receiver, migration_id, module_dir):
+    channel, stub = receiver_stub(receiver.address)
+    with channel:
+        before = set((module_dir / "destination").iterdir())
+        with pytest.raises(grpc.RpcError) as raised:
+            prepare(stub, [MemoryRange(0, 4096)], migration_id=migration_id)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "migration_id" in raised.value.details()
+        assert set((module_dir / "destination").iterdir()) == before
+        unnamed = prepare(stub, [MemoryRange(0, 4096)], migration_id="")  # optional: "for logs only"
+        stub.AbortMigration(pb.AbortMigrationRequest(session_token=unnamed.session_token, reason="test"))
 
 
 def test_unknown_session_on_complete_and_abort(receiver):

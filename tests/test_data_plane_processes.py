@@ -256,6 +256,31 @@ def test_open_stream_with_nothing_to_send_keeps_its_session(shm_dir):
             assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+def test_stream_that_names_no_session_is_closed_after_the_idle_timeout(shm_dir):
+    """Idle unauthenticated streams would hold a worker's slots for good: a stream without
+    session metadata that sends nothing is closed after --idle-timeout; the slot comes back."""
+    args = ["--memory-dir", str(shm_dir / "dst"), "--data-workers", "1", "--idle-timeout", "0.5"]
+    args += ["--max-streams-per-worker", "1"]
+    release = threading.Event()
+    with ServiceProcess("receiver", args) as rx:
+        port = next(iter(rx.data_ports.values()))
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            started = time.monotonic()
+            silent = _idle_stream(channel, release)
+            with pytest.raises(grpc.RpcError) as raised:
+                list(silent)
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "named no session" in raised.value.details()
+            assert time.monotonic() - started < 30
+        release.set()
+        # The worker's only slot is free again: a real session's stream is served.
+        channel, stub = receiver_stub(rx.address)
+        with channel:
+            session = prepare(stub, [MemoryRange(0, MIB)])
+            frame = encode_batch(session.session_token, 1, [MemoryRange(0, 4)], [b"abcd"])
+            assert send_raw(session.data_ports[0], [frame])[0].bytes_written == 4
+
+
 def test_long_all_zero_scan_does_not_expire_its_session(sender, shm_dir):
     image = shm_dir / "zeros.img"
     make_image(image, 1024 * MIB, 0.0, allocate=True)  # zeros the guest wrote: every page is read and scanned
