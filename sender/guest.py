@@ -8,9 +8,12 @@ LIVEMIG_GUEST_PID.
 
 A pid from a request is only ever signalled if that process really is the guest:
 it maps one of the migration's region files (by device and inode, from
-/proc/PID/maps), checked at StartMigration and again right before SIGSTOP (the
-pid may have been reused meanwhile), and it is never init, the sender or the
-sender's parent.
+/proc/PID/maps), checked at StartMigration and again right before SIGSTOP, and it
+is never init, the sender or the sender's parent. Signals go through a pidfd opened
+at StartMigration (pidfd_open), never through the number: if the guest exits and
+its pid is reused, the new process cannot be stopped by mistake (the signal fails
+with ESRCH). A maps check read through /proc/PID is the pidfd's process whenever
+that process is still alive afterwards, which the signal itself proves.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class GuestControl:
         self.hooks = hooks or GuestHooks()
         self.paused = False
         self._files: frozenset[FileId] = frozenset()
+        self._pidfd = -1
 
     @property
     def can_pause(self) -> bool:
@@ -58,7 +62,32 @@ class GuestControl:
         if not self.pid:
             return
         self._files = frozenset(file_id(os.fstat(fd)) for fd in region_fds)
-        self._check_is_guest()
+        if self.pid <= 1 or self.pid in (os.getpid(), os.getppid()):
+            raise GuestControlError(f"pid {self.pid} is not a guest (init, the sender or its parent)")
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError as error:
+            raise GuestControlError(f"guest process {self.pid} does not exist") from error
+        except OSError as error:
+            raise GuestControlError(f"cannot open process {self.pid}: {error.strerror}") from error
+        try:
+            self._check_is_guest()
+            self._signal(0)  # still alive: the maps just read were its own
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let go of the guest process (its pidfd); it stays paused or running as it is."""
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def _signal(self, signum: int) -> None:
+        try:
+            signal.pidfd_send_signal(self._pidfd, signum)
+        except ProcessLookupError as error:
+            raise GuestControlError(f"guest process {self.pid} exited") from error
 
     def _check_is_guest(self) -> None:
         if self.pid <= 1 or self.pid in (os.getpid(), os.getppid()):
@@ -74,8 +103,8 @@ class GuestControl:
 
     def pause(self) -> None:
         if self.pid:
-            self._check_is_guest()  # the pid may have been reused since StartMigration
-            os.kill(self.pid, signal.SIGSTOP)
+            self._check_is_guest()  # it may have unmapped its memory since StartMigration
+            self._signal(signal.SIGSTOP)  # fails if the checked process is gone (pid reused)
             self.paused = True
             self._wait_stopped()
         elif self.hooks.pause_command:
@@ -88,7 +117,7 @@ class GuestControl:
             return
         try:
             if self.pid:
-                os.kill(self.pid, signal.SIGCONT)
+                self._signal(signal.SIGCONT)
             elif self.hooks.resume_command:
                 self._run_hook(self.hooks.resume_command)
             self.paused = False

@@ -248,6 +248,7 @@ class Migration:
             self.layout.close()
             if self.dirty_log is not None:
                 self.dirty_log.close()
+            self.guest.close()
             # gRPC calls and generators leave reference cycles holding buffers and
             # frames; collect them, then hand the freed memory back to the system, so a
             # long-lived sender does not grow with the number of migrations.

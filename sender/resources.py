@@ -84,7 +84,7 @@ def acquire(
         if ordered[0].dirty_log:
             dirty_log = _open_dirty_log(layout, ordered, config)
         guest = GuestControl(migration_id, request.guest_pid, config.hooks)
-        guest.check(region.fd for region in layout.regions)
+        guest.check(region.fd for region in layout.regions)  # holds a pidfd from here (closed on failure)
         return MigrationResources(layout, dirty_log, guest)
     except BaseException as error:
         if dirty_log is not None:

@@ -318,14 +318,15 @@ def test_client_strings_cannot_forge_or_flood_log_lines(shm_dir):
     with ServiceProcess("receiver", ["--memory-dir", str(shm_dir / "dst")]) as rx:
         channel, stub = receiver_stub(rx.address)
         with channel:
-            session = stub.PrepareMigration(
-                pb.PrepareMigrationRequest(
-                    layout=pb.MemoryRangeTable(ranges=[pb.MemoryRange(gpa=0, length=4096)]), migration_id=forged
-                ),
-                timeout=10,
-            )
+            layout = pb.MemoryRangeTable(ranges=[pb.MemoryRange(gpa=0, length=4096)])
+            with pytest.raises(grpc.RpcError) as raised:  # an id is an id: refused at the door
+                stub.PrepareMigration(pb.PrepareMigrationRequest(layout=layout, migration_id=forged), timeout=10)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            session = stub.PrepareMigration(pb.PrepareMigrationRequest(layout=layout, migration_id="ok"), timeout=10)
             stub.AbortMigration(
-                pb.AbortMigrationRequest(session_token=session.session_token, reason="r" * (2 * MIB) + "\nforged"),
+                pb.AbortMigrationRequest(
+                    session_token=session.session_token, reason=forged + "r" * (2 * MIB) + "\nforged"
+                ),
                 timeout=10,
             )
         time.sleep(0.5)  # the log lines reach the pump
