@@ -131,8 +131,25 @@ def test_sender_refuses_a_receiver_it_does_not_trust(pki, secured, shm_dir, modu
         )
         status = run_migration(f"localhost:{tx.port}", request, security=client(pki))
     assert status.state == pb.FAILED
-    assert "unavailable" in status.error
+    assert "failed TLS verification: its certificate is not signed by the CA given with --tls-ca" in status.error
     assert not (module_dir / "rogue-dst").exists() or not any((module_dir / "rogue-dst").iterdir())
+
+
+def test_sender_names_a_receiver_certificate_for_another_host(pki, shm_dir, module_dir):
+    """Signed by the right CA, dialled by an address its certificate does not name."""
+    image = shm_dir / "guest.img"
+    make_image(image, MIB, 0.5)
+    args = ["--memory-dir", str(module_dir / "other-host-dst"), "--listen", "0.0.0.0:0", *tls_args(pki, "receiver")]
+    with (
+        ServiceProcess("receiver", args) as rx,
+        ServiceProcess("sender", tls_args(pki, "sender")) as tx,
+    ):
+        request = pb.StartMigrationRequest(
+            destination=f"127.0.0.2:{rx.port}", regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))]
+        )
+        status = run_migration(f"localhost:{tx.port}", request, security=client(pki))
+    assert status.state == pb.FAILED
+    assert "failed TLS verification: its certificate does not name the host dialled" in status.error, status.error
 
 
 def test_plaintext_needs_to_be_asked_for():
