@@ -30,7 +30,7 @@ from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 from livemig.receiver import metrics
 from livemig.receiver.errors import Reason, ReceiverError
 from livemig.receiver.session import Session, SessionState
-from livemig.receiver.writer import WriteMode, session_write_mode
+from livemig.receiver.writer import session_write_mode
 
 # Finished sessions are remembered (without their memory) so that a late batch
 # gets "session is completed" rather than "unknown session".
@@ -48,7 +48,7 @@ class ReceiverLimits:
     idle_timeout_seconds: float = 60.0
     data_workers: int = 0  # 0: one per core
     max_streams_per_worker: int = 128
-    write_mode: str = "auto"  # receiver/writer.WriteMode; resolved by the Receiver
+    write_mode: str = "auto"  # receiver/writer.WriteMode: auto, pwrite or mapped
 
 
 class DataPlane(Protocol):
@@ -118,7 +118,7 @@ class SessionRegistry:
         self.max_batch_bytes = self.limits.max_batch_bytes
         # Set by the Receiver (writer.usable_write_mode; its data workers); each session's
         # mode follows from them and the sender's connections (writer.session_write_mode).
-        self.write_mode = WriteMode.PWRITE if self.limits.write_mode == WriteMode.AUTO else self.limits.write_mode
+        self.write_mode = self.limits.write_mode
         self.data_workers = 1
         # Private to the receiver: received-pages maps and session records.
         self.state_dir = state_dir or private_state_dir()

@@ -52,9 +52,9 @@ class WriteMode:
 
     AUTO = "auto"
     PWRITE = "pwrite"
-    MAPPED = "mapped"
-    CHOICES = (AUTO, PWRITE, MAPPED)
-    # With this many data workers or more, parallel writers outrun one pwrite writer.
+    MAPPED = "mapped"  # (cli/main.py lists the three for --write-mode)
+    # From this many writers at once (data workers a session's streams land on), stores
+    # through a mapping outrun pwrite writers taking turns (benchmarks/dest_writes.py).
     MAPPED_FROM_WORKERS = 3
 
 
