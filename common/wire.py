@@ -5,8 +5,11 @@ so any gRPC client can speak it. protobuf's Python runtime copies a `bytes` fiel
 every set, serialize, parse and read; for megabyte payloads those copies cost more
 than the network. So the Python fast path writes the `data` field itself, first,
 followed by the serialized header fields (protobuf accepts fields in any order), and
-on receipt slices the payload out as a memoryview. Messages from other encoders
-(data not first) are parsed the ordinary way.
+on receipt slices the payload out as a memoryview. A connection process goes one
+step further (FrameInPlace): it reads guest memory straight into the message it
+sends, after a `padding` field that puts the payload on an 8-byte boundary (the
+zero-page scan reads pages as 64-bit words). Messages from other encoders (data
+neither first nor after padding) are parsed the ordinary way.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from livemig.common.bytes_in_place import WritableBytes
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
 
 DATA_FIELD_NUMBER = pb.PageBatch.DESCRIPTOR.fields_by_name["data"].number
 _DATA_TAG = bytes([(DATA_FIELD_NUMBER << 3) | 2])  # wire type 2: length-delimited
+PADDING_FIELD_NUMBER = pb.PageBatch.DESCRIPTOR.fields_by_name["padding"].number
+_PADDING_TAG = bytes([(PADDING_FIELD_NUMBER << 3) | 2])
+DATA_ALIGNMENT = 8
 GRPC_MESSAGE_PREFIX = 5  # gRPC's compressed-flag byte and 4-byte length before each message
 # Room for the header fields: token, id and a range table of a worst-case batch.
 HEADER_ALLOWANCE = 1 << 20
@@ -79,6 +86,21 @@ def unpack_ranges(packed: bytes) -> np.ndarray:
     return np.frombuffer(packed, dtype=RANGE_DTYPE).reshape(-1, 2).astype(np.uint64)
 
 
+def _header(
+    session_token: str,
+    batch_id: int,
+    ranges: np.ndarray | Sequence[MemoryRange],
+    zero_ranges: np.ndarray | Sequence[MemoryRange],
+) -> bytes:
+    """Every field of a PageBatch but data (and padding), serialized."""
+    return pb.PageBatch(
+        session_token=session_token,
+        batch_id=batch_id,
+        ranges=pack_ranges(ranges),
+        zero_ranges=pack_ranges(zero_ranges),
+    ).SerializeToString()
+
+
 def encode_batch(
     session_token: str,
     batch_id: int,
@@ -87,14 +109,49 @@ def encode_batch(
     zero_ranges: np.ndarray | Sequence[MemoryRange] = (),
 ) -> bytes:
     """Serialize a PageBatch whose data is the concatenation of `payload`, copying it once."""
-    header = pb.PageBatch(
-        session_token=session_token,
-        batch_id=batch_id,
-        ranges=pack_ranges(ranges),
-        zero_ranges=pack_ranges(zero_ranges),
-    ).SerializeToString()
+    header = _header(session_token, batch_id, ranges, zero_ranges)
     data_length = sum(len(part) for part in payload)
     return b"".join((_DATA_TAG, encode_varint(data_length), *payload, header))
+
+
+def aligned_prefix(data_length: int) -> bytes:
+    """The padding field, then data's key and length: a multiple of DATA_ALIGNMENT
+    bytes long, so data written right after it keeps the alignment of the buffer."""
+    length = encode_varint(data_length)
+    fill = -(len(_PADDING_TAG) + 1 + len(_DATA_TAG) + len(length)) % DATA_ALIGNMENT
+    return b"".join((_PADDING_TAG, bytes([fill]), bytes(fill), _DATA_TAG, length))
+
+
+class FrameInPlace:
+    """A PageBatch whose page bytes are written straight into the message to be sent.
+
+    The header (ranges, no zero ranges) is fixed at creation; the caller fills
+    `data` (data_length bytes, every one of them) and calls finish(), or
+    discard() when the chunk turned out to need another frame (it had zero pages).
+    See common/bytes_in_place.py for why the message is filled in place.
+    """
+
+    __slots__ = ("_message", "data")
+
+    def __init__(
+        self, session_token: str, batch_id: int, ranges: np.ndarray | Sequence[MemoryRange], data_length: int
+    ) -> None:
+        header = _header(session_token, batch_id, ranges, ())
+        prefix = aligned_prefix(data_length)
+        self._message = WritableBytes(len(prefix) + data_length + len(header))
+        view = self._message.view
+        view[: len(prefix)] = prefix
+        view[len(prefix) + data_length :] = header
+        self.data = view[len(prefix) : len(prefix) + data_length]
+
+    def finish(self) -> bytes:
+        self.data.release()
+        return self._message.finish()
+
+    def discard(self) -> None:
+        """Drop it unsent; nothing once finished."""
+        self.data.release()
+        self._message.discard()
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +167,15 @@ def _decoded(header: pb.PageBatch, data: memoryview) -> DecodedBatch:
 
 
 def decode_batch(raw: bytes) -> DecodedBatch:
-    """Parse a PageBatch; the payload is a view into `raw` when data comes first."""
+    """Parse a PageBatch; the payload is a view into `raw` when data comes first
+    (after padding, if any)."""
     try:
-        if raw[:1] == _DATA_TAG:
-            length, start = decode_varint(raw, 1)
+        data_at = 0
+        if raw[:1] == _PADDING_TAG:
+            fill, after = decode_varint(raw, 1)
+            data_at = after + fill
+        if raw[data_at : data_at + 1] == _DATA_TAG:
+            length, start = decode_varint(raw, data_at + 1)
             end = start + length
             if end <= len(raw):
                 header = pb.PageBatch.FromString(memoryview(raw)[end:])

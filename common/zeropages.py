@@ -101,6 +101,22 @@ def _runs(gpa: int, bounds: np.ndarray, flags: np.ndarray, want: bool) -> np.nda
     return np.column_stack((starts + np.uint64(gpa), stops - starts))
 
 
+def merge_contiguous(ranges: np.ndarray, boundaries: np.ndarray | None = None) -> np.ndarray:
+    """Ranges (k x 2 uint64), in their order, each merged with the next where it ends
+    at the next's start and that start is not in `boundaries` (region starts): the
+    data ranges a scan returns when it finds no zero page."""
+    if len(ranges) <= 1:
+        return ranges
+    starts = ranges[:, 0]
+    ends = starts + ranges[:, 1]
+    joins = starts[1:] == ends[:-1]
+    if boundaries is not None and len(boundaries):
+        joins &= ~np.isin(starts[1:], boundaries)
+    first = np.flatnonzero(np.concatenate(([True], ~joins)))
+    last = np.concatenate((first[1:], [len(ranges)])) - 1
+    return np.column_stack((starts[first], ends[last] - starts[first]))
+
+
 def scan_zero_pages(gpa: int, buffer: bytes | bytearray | memoryview, page_size: int) -> ZeroScan:
     """Classify the span [gpa, gpa + len(buffer)) whose bytes are `buffer`."""
     data = np.frombuffer(buffer, dtype=np.uint8)

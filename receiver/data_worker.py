@@ -25,7 +25,7 @@ from pathlib import Path
 
 import grpc
 
-from livemig.common.allocator import limit_arenas, release_free_memory
+from livemig.common.allocator import recycle_large_blocks, release_free_memory
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.tls import Security
 from livemig.common.transport import ServiceHost
@@ -127,7 +127,7 @@ def add_data_service(service: DataService, server: grpc.Server) -> None:
 def run_data_worker(spec: WorkerSpec, pipe) -> None:
     """Process entry point (started by the control process through the fork server)."""
     ignore_stop_signals()
-    limit_arenas(4)  # long-lived, a thread per stream: bounded heaps, not one per thread
+    recycle_large_blocks()  # one heap, megabyte blocks reused; trimmed at each session end
     sender = PipeSender(pipe)
     log_through_parent(sender, spec.log_level)
     writers = WorkerWriters(spec.records_dir)

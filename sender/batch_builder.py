@@ -5,6 +5,12 @@ reads it from the guest's files, finds its zero pages (with skipping on) and
 frames the rest as one PageBatch. It runs inside a connection process, so page
 data goes from the guest memory file to the socket without crossing processes;
 only the chunk's ranges come in and its outcome (counters) goes out.
+
+Pages are read straight into the message that will be sent (common/wire.py,
+FrameInPlace), framed as if every page held data. When that is so (always
+without skipping, and for every chunk of a fully written guest) the frame is
+ready as read. A chunk with zero pages instead gets a second, smaller frame of
+only its data pages, copied out of the first (which is dropped unsent).
 """
 
 from __future__ import annotations
@@ -16,8 +22,15 @@ import numpy as np
 
 from livemig.common.guest_memory import MemoryLayout
 from livemig.common.ranges import MemoryRange
-from livemig.common.wire import GRPC_MESSAGE_PREFIX, encode_batch
-from livemig.common.zeropages import EMPTY_RANGES, ZeroScan, count_pages, scan_guest_range, scan_pages
+from livemig.common.wire import GRPC_MESSAGE_PREFIX, FrameInPlace, encode_batch
+from livemig.common.zeropages import (
+    EMPTY_RANGES,
+    ZeroScan,
+    count_pages,
+    merge_contiguous,
+    scan_guest_range,
+    scan_pages,
+)
 from livemig.sender.stats import ChunkOutcome
 
 
@@ -61,47 +74,63 @@ class BuiltBatch:
 
 
 class BatchBuilder:
-    """Turns chunks into frames; one per connection (it owns a chunk-sized buffer)."""
+    """Turns chunks into frames; one per connection."""
 
     def __init__(self, plan: TransferPlan) -> None:
         self.plan = plan
-        self._buffer = memoryview(bytearray(plan.chunk_bytes))
         self._region_starts = plan.layout.region_starts()
 
     def release(self) -> None:
-        self._buffer = memoryview(b"")
+        """Nothing to give back: frames are the only buffers, and they leave with the batch."""
 
     def build(self, chunk: Chunk) -> BuiltBatch:
         """Read and scan one chunk. Errors reading guest memory propagate (fatal)."""
         plan = self.plan
         started = time.monotonic()
         outcome = ChunkOutcome(chunk_bytes=chunk.length)
-        if not plan.skip_zero_pages:
-            data_ranges, zero_ranges, payload = self._read_all(chunk, outcome)
-        elif len(chunk.ranges) > 1 and all(
-            r.gpa % plan.page_size == 0 and r.length % plan.page_size == 0 for r in chunk.ranges
-        ):
-            data_ranges, zero_ranges, payload = self._scan_gathered(chunk, outcome)
-        else:
-            data_ranges, zero_ranges, payload = self._scan_each(chunk, outcome)
-        outcome.transmitted_bytes = chunk.length - outcome.zero_bytes
-        if chunk.zero_records:
-            outcome.zeroed_bytes = outcome.zero_bytes
-        else:
-            zero_ranges = EMPTY_RANGES
+        chunk_ranges = np.array([(r.gpa, r.length) for r in chunk.ranges], dtype=np.uint64).reshape(-1, 2)
+        # Framed as all data; the pages are read into it where they will be sent.
+        in_place = FrameInPlace(
+            plan.session_token, chunk.chunk_id, merge_contiguous(chunk_ranges, self._region_starts), chunk.length
+        )
+        try:
+            if not plan.skip_zero_pages:
+                data_ranges, zero_ranges, payload = self._read_all(chunk, outcome, in_place.data)
+            elif len(chunk.ranges) > 1 and all(
+                r.gpa % plan.page_size == 0 and r.length % plan.page_size == 0 for r in chunk.ranges
+            ):
+                data_ranges, zero_ranges, payload = self._scan_gathered(chunk, outcome, in_place.data)
+            else:
+                data_ranges, zero_ranges, payload = self._scan_each(chunk, outcome, in_place.data)
+            outcome.transmitted_bytes = chunk.length - outcome.zero_bytes
+            if chunk.zero_records:
+                outcome.zeroed_bytes = outcome.zero_bytes
+            else:
+                zero_ranges = EMPTY_RANGES
+            if outcome.zero_pages == 0 and chunk.length:
+                payload.clear()  # views into the frame: none may outlive finish()
+                frame: bytes | None = in_place.finish()  # every page read and non-zero: complete
+            elif len(data_ranges) or len(zero_ranges):
+                frame = encode_batch(plan.session_token, chunk.chunk_id, data_ranges, payload, zero_ranges)
+            else:
+                frame = None
+        finally:
+            payload = []
+            in_place.discard()  # unsent and dropped (no-op once finished)
         outcome.scan_seconds = time.monotonic() - started
-        if not len(data_ranges) and not len(zero_ranges):
+        if frame is None:
             return BuiltBatch(chunk, None, outcome)
-        frame = encode_batch(plan.session_token, chunk.chunk_id, data_ranges, payload, zero_ranges)
         outcome.wire_bytes = len(frame) + GRPC_MESSAGE_PREFIX
         outcome.batches = 1
         return BuiltBatch(chunk, frame, outcome)
 
-    def _read_all(self, chunk: Chunk, outcome: ChunkOutcome) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
+    def _read_all(
+        self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview
+    ) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
         """No skipping: every byte goes out as it is."""
         payload, position = [], 0
         for memory_range in chunk.ranges:
-            buffer = self._buffer[position : position + memory_range.length]
+            buffer = into[position : position + memory_range.length]
             position += memory_range.length
             self.plan.layout.read_into(memory_range.gpa, buffer)
             payload.append(buffer)
@@ -109,11 +138,13 @@ class BatchBuilder:
         data = np.array([(r.gpa, r.length) for r in chunk.ranges], dtype=np.uint64).reshape(-1, 2)
         return data, EMPTY_RANGES, payload
 
-    def _scan_each(self, chunk: Chunk, outcome: ChunkOutcome) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
+    def _scan_each(
+        self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview
+    ) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
         """Range by range, skipping file holes unread (large ranges: iteration 0)."""
         data_parts, zero_parts, payload, position = [], [], [], 0
         for memory_range in chunk.ranges:
-            buffer = self._buffer[position : position + memory_range.length]
+            buffer = into[position : position + memory_range.length]
             position += memory_range.length
             scan = scan_guest_range(self.plan.layout, memory_range.gpa, buffer, self.plan.page_size)
             _count(outcome, scan, memory_range.length)
@@ -123,18 +154,20 @@ class BatchBuilder:
             payload.extend(buffer[gpa - base : gpa - base + length] for gpa, length in scan.data.tolist())
         return np.concatenate(data_parts), np.concatenate(zero_parts), payload
 
-    def _scan_gathered(self, chunk: Chunk, outcome: ChunkOutcome) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
+    def _scan_gathered(
+        self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview
+    ) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
         """Many page-aligned ranges (dirty pages): read back to back, scanned in one pass."""
         page_size = self.plan.page_size
         position = 0
         for memory_range in chunk.ranges:
-            self.plan.layout.read_into(memory_range.gpa, self._buffer[position : position + memory_range.length])
+            self.plan.layout.read_into(memory_range.gpa, into[position : position + memory_range.length])
             position += memory_range.length
         page_gpas = np.concatenate([np.arange(r.gpa, r.end, page_size, dtype=np.uint64) for r in chunk.ranges])
-        scan, offsets = scan_pages(page_gpas, self._buffer[:position], page_size, self._region_starts)
+        scan, offsets = scan_pages(page_gpas, into[:position], page_size, self._region_starts)
         _count(outcome, scan, position)
         payload = [
-            self._buffer[offset : offset + length]
+            into[offset : offset + length]
             for offset, length in zip(offsets.tolist(), scan.data[:, 1].tolist(), strict=True)
         ]
         return scan.data, scan.zero, payload

@@ -28,8 +28,9 @@ from livemig.sender.connection_process import PRELOAD, run_connection
 
 IDLE_SECONDS = 120.0
 EXIT_SECONDS = 5.0
-# Connection processes limit glibc's arenas (common/allocator.limit_arenas), which kept a
-# reused process flat at 51-59 MiB over 100 migrations (60 -> 85 MiB without); a fresh
+# Connection processes use one glibc arena, trimmed after each migration
+# (common/allocator.py); with arenas limited to two a reused process stayed flat at
+# 51-59 MiB over 100 migrations (60 -> 85 MiB with one per thread); a fresh
 # process after this many migrations bounds whatever else a long life accumulates.
 MAX_USES = 256
 MAX_KEPT = 64  # idle processes, whatever the connection counts seen

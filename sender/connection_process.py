@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from livemig.common.allocator import limit_arenas, release_free_memory
+from livemig.common.allocator import recycle_large_blocks, release_free_memory
 from livemig.common.guest_memory import LayoutError, MemoryLayout, open_source_layout
 from livemig.common.ranges import MemoryRange
 from livemig.common.tls import Security
@@ -173,7 +173,7 @@ def run_connection(log_level: int, pipe) -> None:
     (a late "stop" or "close") are ignored. ("exit",) or a closed pipe ends it.
     """
     ignore_stop_signals()
-    limit_arenas()
+    recycle_large_blocks()  # one heap, frames reused; trimmed after each migration
     sender = PipeSender(pipe)
     log_through_parent(sender, log_level)
     session: _Session | None = None

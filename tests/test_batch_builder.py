@@ -115,3 +115,84 @@ def test_any_chunk_reassembles_to_the_source(tmp_path_factory, touched, first, c
         assert built.outcome.zero_bytes + built.outcome.transmitted_bytes == count * PAGE
     finally:
         layout.close()
+
+
+PADDING_FIRST = b"\x2a"  # the padding field's key: the frame was read into in place
+
+
+def test_a_chunk_without_zero_pages_is_sent_as_read(guest):
+    layout, contents = guest
+    chunk = Chunk(2, (MemoryRange(GPA + 9 * PAGE, 3 * PAGE),), zero_records=True)
+    for skip in (True, False):
+        built = builder(layout, skip=skip).build(chunk)
+        assert built.frame[:1] == PADDING_FIRST
+        batch = decode_batch(built.frame)
+        assert bytes(batch.data) == contents[9 * PAGE : 12 * PAGE]
+        assert batch.ranges.tolist() == [[GPA + 9 * PAGE, 3 * PAGE]] and not len(batch.zero_ranges)
+        assert built.outcome.transmitted_bytes == 3 * PAGE and built.outcome.wire_bytes == len(built.frame) + 5
+
+
+def test_a_chunk_with_zero_pages_is_framed_again_with_only_its_data(guest):
+    layout, _contents = guest
+    built = builder(layout, skip=True).build(Chunk(2, (MemoryRange(GPA + 8 * PAGE, 4 * PAGE),), zero_records=False))
+    assert built.frame[:1] != PADDING_FIRST
+    assert pages_of(decode_batch(built.frame).ranges) == [9, 10, 11]
+
+
+def test_ranges_read_in_place_never_merge_across_regions(tmp_path):
+    """Two regions back to back in gpa space: one all-data chunk over both keeps two ranges."""
+    first = write_guest(tmp_path / "a.img", list(range(PAGES)))
+    second = write_guest(tmp_path / "b.img", list(range(PAGES)))
+    end = GPA + PAGES * PAGE
+    layout = open_source_layout([(GPA, str(tmp_path / "a.img")), (end, str(tmp_path / "b.img"))], PAGE)
+    try:
+        chunk = Chunk(1, (MemoryRange(end - 2 * PAGE, 2 * PAGE), MemoryRange(end, 2 * PAGE)), zero_records=False)
+        for skip in (True, False):
+            batch = decode_batch(builder(layout, skip=skip).build(chunk).frame)
+            assert batch.ranges.tolist() == [[end - 2 * PAGE, 2 * PAGE], [end, 2 * PAGE]]
+            assert bytes(batch.data) == first[-2 * PAGE :] + second[: 2 * PAGE]
+    finally:
+        layout.close()
+
+
+@given(
+    st.lists(st.integers(0, PAGES - 1), unique=True, max_size=PAGES),
+    st.lists(st.tuples(st.integers(0, PAGES - 1), st.integers(1, 6)), min_size=1, max_size=6),
+    st.booleans(),
+    st.booleans(),
+    st.integers(0, PAGE - 1),
+)
+def test_any_chunk_of_any_shape_reassembles(tmp_path_factory, touched, spans, skip, zero_records, head):
+    """Gathered page ranges, or one unaligned range: in place or framed again, the
+    destination ends up with the source's bytes and the counters add up."""
+    directory = tmp_path_factory.mktemp("guest")
+    contents = write_guest(directory / "guest.img", touched)
+    layout = open_source_layout([(GPA, str(directory / "guest.img"))], PAGE)
+    try:
+        pages = sorted({p for first, count in spans for p in range(first, min(first + count, PAGES))})
+        if len(pages) > 1:
+            ranges = tuple(MemoryRange(GPA + p * PAGE, PAGE) for p in pages)
+        else:  # one range with partial pages at both ends
+            length = min(PAGES * PAGE - head, pages[0] * PAGE + PAGE)
+            ranges = (MemoryRange(GPA + head, length - head) if length > head else MemoryRange(GPA, PAGE),)
+        chunk = Chunk(5, ranges, zero_records=zero_records)
+        built = builder(layout, skip=skip).build(chunk)
+        destination = bytearray(PAGES * PAGE)
+        for r in ranges:  # what the destination held before: anything; zero records must clear it
+            destination[r.gpa - GPA : r.gpa - GPA + r.length] = b"\xee" * r.length if zero_records else bytes(r.length)
+        if built.frame is not None:
+            batch = decode_batch(built.frame)
+            position = 0
+            for gpa, length in batch.ranges.tolist():
+                destination[gpa - GPA : gpa - GPA + length] = batch.data[position : position + length]
+                position += length
+            assert position == len(batch.data)
+            for gpa, length in batch.zero_ranges.tolist():
+                destination[gpa - GPA : gpa - GPA + length] = bytes(length)
+        for r in ranges:
+            assert destination[r.gpa - GPA : r.gpa - GPA + r.length] == contents[r.gpa - GPA : r.gpa - GPA + r.length]
+        outcome = built.outcome
+        assert outcome.transmitted_bytes + outcome.zero_bytes == chunk.length
+        assert (built.frame is None) == (outcome.batches == 0)
+    finally:
+        layout.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,7 +10,10 @@ from hypothesis import strategies as st
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import (
+    DATA_ALIGNMENT,
     BatchDecodeError,
+    FrameInPlace,
+    aligned_prefix,
     decode_batch,
     decode_varint,
     encode_batch,
@@ -77,3 +81,40 @@ def test_malformed_bytes_raise_batch_decode_error(raw):
 def test_packed_ranges_are_little_endian_u64_pairs():
     packed = pack_ranges([MemoryRange(0x1000, 0x2000)])
     assert packed == (0x1000).to_bytes(8, "little") + (0x2000).to_bytes(8, "little")
+
+
+@given(st.integers(0, (1 << 35) - 1))
+def test_aligned_prefix_keeps_the_alignment_of_its_buffer(data_length):
+    prefix = aligned_prefix(data_length)
+    assert len(prefix) % DATA_ALIGNMENT == 0
+    if data_length <= 3000:
+        assert pb.PageBatch.FromString(prefix + b"d" * data_length).data == b"d" * data_length
+
+
+@given(st.text(max_size=40), st.integers(0, (1 << 64) - 1), range_lists, st.binary(min_size=1, max_size=3000))
+def test_frame_in_place_is_protobuf_and_decodes_without_copy(token, batch_id, ranges, data):
+    frame = FrameInPlace(token, batch_id, ranges, len(data))
+    frame.data[:] = data
+    raw = frame.finish()
+    assert type(raw) is bytes
+    message = pb.PageBatch.FromString(raw)  # any protobuf parser: padding is a field like another
+    assert message.data == data and message.session_token == token and message.batch_id == batch_id
+    assert message.ranges == pack_ranges(ranges) and not message.zero_ranges
+    decoded = decode_batch(raw)
+    assert bytes(decoded.data) == data and decoded.data.obj is raw
+    assert ranges_from_array(decoded.ranges) == ranges
+
+
+def test_frame_in_place_data_is_8_byte_aligned():
+    frame = FrameInPlace("t", 1, [MemoryRange(0, 4 << 20)], 4 << 20)
+    try:
+        assert np.frombuffer(frame.data, dtype=np.uint8).ctypes.data % DATA_ALIGNMENT == 0
+    finally:
+        frame.discard()
+
+
+def test_padding_content_is_ignored_and_a_torn_padding_is_malformed():
+    raw = b"\x2a\x03\x01\x02\x03" + encode_batch("t", 4, [MemoryRange(0, 2)], [b"hi"])  # padding, then data
+    assert bytes(decode_batch(raw).data) == b"hi"
+    with pytest.raises(BatchDecodeError):
+        decode_batch(b"\x2a\x7f\x00")  # padding longer than the message

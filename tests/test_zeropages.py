@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from livemig.common.guest_memory import open_source_layout
 from livemig.common.ranges import MemoryRange, merge_ranges
-from livemig.common.zeropages import count_pages, scan_guest_range, scan_pages, scan_zero_pages
+from livemig.common.zeropages import count_pages, merge_contiguous, scan_guest_range, scan_pages, scan_zero_pages
 
 
 def test_seed_worked_example_unaligned_head():
@@ -163,3 +163,28 @@ def test_scan_pages_agrees_with_per_range_scans(page_size, spans, data):
     gathered = {int(g): i * page_size for i, g in enumerate(page_gpas.tolist())}
     for r, offset in zip(scan.data_ranges, offsets.tolist(), strict=True):
         assert gathered[r.gpa] == offset
+
+
+@settings(max_examples=100)
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(1, 4)), min_size=1, max_size=12, unique_by=lambda t: t[0]),
+    st.lists(st.integers(0, 48), max_size=4),
+)
+def test_merge_contiguous_is_what_a_scan_of_all_data_pages_returns(spans, boundary_pages):
+    """The header a connection writes before reading (all data) equals the scan's when
+    no page is zero: same merged ranges, never across a region start."""
+    page_size = 4096
+    taken: set[int] = set()
+    ranges = []
+    for first, count in sorted(spans):
+        pages = [p for p in range(first, first + count) if p not in taken]
+        taken.update(pages)
+        ranges.extend((p * page_size, page_size) for p in pages)
+    array = np.array(ranges, dtype=np.uint64).reshape(-1, 2)
+    boundaries = np.array([p * page_size for p in boundary_pages], dtype=np.uint64)
+    page_gpas = np.concatenate([np.arange(g, g + n, page_size, dtype=np.uint64) for g, n in ranges])
+    all_data = memoryview(b"\x01" * (len(page_gpas) * page_size))
+    scan, _offsets = scan_pages(page_gpas, all_data, page_size, boundaries)
+    merged = merge_contiguous(array, boundaries)
+    assert merged.tolist() == scan.data.tolist()
+    assert int(merged[:, 1].sum()) == len(page_gpas) * page_size
