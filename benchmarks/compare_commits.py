@@ -36,10 +36,12 @@ from livemig.cli.images import make_image, tmpfs_dir
 from livemig.cli.processes import ServiceProcess, process_tree
 from livemig.cli.report import human_bytes, print_table
 from livemig.cli.units import Size
+from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 
 PACKAGES = ("cli", "common", "sender", "receiver")
 # (touched ratio, skip zero pages): the issue's cases for "no more than 10 % slower".
 CASES = ((1.0, False), (0.5, True))
+OLD_DEFAULT_BATCH_MIB = 4  # 5433915's default batch: each side runs as it ships
 
 
 def repo_root() -> Path:
@@ -92,6 +94,7 @@ class Side:
     label: str
     tree: Path
     env: dict[str, str]
+    batch_bytes: int
     tx: ServiceProcess | None = None
     rx: ServiceProcess | None = None
     runs: dict[tuple[float, bool, int], list[Case]] = field(default_factory=dict)
@@ -118,12 +121,18 @@ def main() -> None:
     parser.add_argument("--size", default="1G", help="guest size, K/M/G (bare: MiB); default 1G")
     parser.add_argument("--connections", default="1,2")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--batch-mib", type=int, default=4)
+    parser.add_argument(
+        "--batch-mib",
+        type=int,
+        default=None,
+        help="batch size for both sides (default: each side's own default, OLD_DEFAULT_BATCH_MIB for the old one)",
+    )
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     size = Size(default_unit="M").convert(args.size, None, None)
     connections = [int(n) for n in args.connections.split(",")]
-    batch_bytes = args.batch_mib << 20
+    old_batch = (args.batch_mib or OLD_DEFAULT_BATCH_MIB) << 20
+    new_batch = args.batch_mib << 20 if args.batch_mib else DEFAULT_MAX_BATCH_BYTES
 
     root = repo_root()
     console = Console(width=200)
@@ -134,14 +143,14 @@ def main() -> None:
         old_tree, old_commit = add_worktree(root, args.old_ref, scratch)
         new_commit = subprocess.check_output(["git", "-C", str(root), "rev-parse", "HEAD"], text=True).strip()
         dirty = subprocess.check_output(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"])
-        old = Side(f"old {old_commit[:7]}", old_tree, {"PYTHONPATH": str(import_shim(old_tree))})
-        new = Side(f"new {new_commit[:7]}{'+changes' if dirty else ''}", root, {})
+        old = Side(f"old {old_commit[:7]}", old_tree, {"PYTHONPATH": str(import_shim(old_tree))}, old_batch)
+        new = Side(f"new {new_commit[:7]}{'+changes' if dirty else ''}", root, {}, new_batch)
         check_code(old.env, old.tree, old.tree, old.label)
         check_code(new.env, new.tree, new.tree, new.label)
         console.print(f"{old.label}: {old_tree}; {new.label}: {root} (checked: each loads its own tree)")
         with ExitStack() as stack:
             for side in (old, new):
-                start(side, stack, workdir, batch_bytes)
+                start(side, stack, workdir, side.batch_bytes)
                 assert side.tx is not None and side.rx is not None
                 console.print(
                     f"{side.label}: sender tree {len(process_tree(side.tx.pid))} processes, "
@@ -152,12 +161,12 @@ def main() -> None:
                 make_image(image, size, touched, seed=7)
                 for side in (old, new):  # warm-up, not measured
                     assert side.tx is not None and side.rx is not None
-                    measure_case(side.tx, side.rx, image, touched, connections[0], skip, batch_bytes)
+                    measure_case(side.tx, side.rx, image, touched, connections[0], skip, side.batch_bytes)
                 for repeat in range(args.repeat):
                     for count in connections:
                         for side in (old, new) if repeat % 2 == 0 else (new, old):
                             assert side.tx is not None and side.rx is not None
-                            case = measure_case(side.tx, side.rx, image, touched, count, skip, batch_bytes)
+                            case = measure_case(side.tx, side.rx, image, touched, count, skip, side.batch_bytes)
                             side.runs.setdefault((touched, skip, count), []).append(case)
                 image.unlink()
     finally:

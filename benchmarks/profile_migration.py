@@ -58,6 +58,9 @@ def main() -> None:
     parser.add_argument("--migrations", type=int, default=3)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--receiver-arg", action="append", default=[], help="extra receiver argument")
+    parser.add_argument(
+        "--py-spy-arg", action="append", default=[], help="extra py-spy record argument (e.g. --gil: GIL holders only)"
+    )
     parser.add_argument("--out", type=Path, default=Path("profiles"))
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
@@ -83,7 +86,17 @@ def main() -> None:
                 return status.stats.duration_ms
 
             migrate()  # warm-up: pools started, image in the page cache
-            record = [py_spy, "record", "--subprocesses", "--nonblocking", "--format", "raw", "--rate", str(args.rate)]
+            record = [
+                py_spy,
+                "record",
+                "--subprocesses",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--rate",
+                str(args.rate),
+                *args.py_spy_arg,
+            ]
             recorders = [
                 subprocess.Popen(
                     [*record, "--pid", str(service.pid), "--output", str(args.out / f"{service.role}.txt")],

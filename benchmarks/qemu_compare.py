@@ -45,6 +45,7 @@ from livemig.cli.images import files_equal, make_image, tmpfs_dir
 from livemig.cli.processes import ServiceProcess, tree_cpu_seconds
 from livemig.cli.report import human_bytes, print_table
 from livemig.cli.units import Size
+from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 
 QEMU = "qemu-system-x86_64"
 PAGE = 4096
@@ -201,7 +202,7 @@ def main() -> None:
     parser.add_argument("--touched", default="1,0.5", help="touched ratios (pages at random); default 1,0.5")
     parser.add_argument("--connections", default="2", help="multifd channels = livemig connections; default 2")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--batch-mib", type=int, default=4)
+    parser.add_argument("--batch-mib", type=int, default=DEFAULT_MAX_BATCH_BYTES >> 20)
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     console = Console(width=200)

@@ -137,7 +137,7 @@ def _metrics_options(command):
 @click.option(
     "--max-batch-bytes",
     type=Size(min_bytes=4096, max_bytes=64 << 20),
-    default="4M",
+    default="8M",  # common.transport.DEFAULT_MAX_BATCH_BYTES (tests/test_cli.py checks)
     show_default=True,
     help="Largest page payload one batch may carry (K/M/G).",
 )
@@ -561,7 +561,7 @@ def _number_list(kind, bounds: tuple[float, float]):
     callback=_number_list(int, (1, MAX_CONNECTIONS)),
 )
 @click.option("--touched", "touched_ratios", default="0,0.5,1", show_default=True, callback=_number_list(float, (0, 1)))
-@click.option("--batch-mib", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--batch-mib", type=click.IntRange(1, 64), default=8, show_default=True)  # the default batch
 @click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True, help="Runs per case; best kept.")
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
 @click.option(

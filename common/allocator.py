@@ -33,7 +33,7 @@ M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 
 # The largest block glibc will serve from the heap (HEAP_MAX_SIZE / 2 on 64-bit); a
-# frame is at most a chunk (4 MiB by default) plus its header.
+# frame is at most a chunk (8 MiB by default) plus its header.
 LARGE_BLOCK_BYTES = 32 << 20
 # Free memory at the top of the heap is kept up to this; sessions end with a trim.
 KEEP_FREE_BYTES = 1 << 30

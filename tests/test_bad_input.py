@@ -14,7 +14,7 @@ from livemig.common.digest import memory_digest
 from livemig.common.guest_memory import open_source_layout
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
-from livemig.common.transport import channel_options
+from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES, channel_options
 from livemig.common.wire import encode_batch
 from tests.helpers import migrate, receiver_stub, sender_stub, start_mid_transfer
 
@@ -70,7 +70,7 @@ def test_prepare_creates_sparse_zero_destination_under_memory_dir(receiver, modu
         assert Path(region.path).is_relative_to(module_dir / "destination")
         assert os.stat(region.path).st_size == region.length
     assert allocated(prepared) == 0
-    assert prepared.max_batch_bytes == 4 * MIB
+    assert prepared.max_batch_bytes == DEFAULT_MAX_BATCH_BYTES
 
 
 def test_valid_batch_is_written_and_acknowledged(receiver, session):
@@ -120,7 +120,7 @@ def test_malformed_bytes_are_invalid_argument(receiver, session):
 
 def test_oversized_batch_is_resource_exhausted(receiver, session):
     _stub, prepared = session
-    payload = b"\x01" * (4 * MIB + 4096)
+    payload = b"\x01" * (DEFAULT_MAX_BATCH_BYTES + 4096)
     frame = encode_batch(
         prepared.session_token, 1, [MemoryRange(0, 4096), MemoryRange(1 << 30, len(payload) - 4096)], [payload]
     )
@@ -132,7 +132,7 @@ def test_oversized_batch_is_resource_exhausted(receiver, session):
 
 def test_batch_over_grpc_message_limit_is_resource_exhausted(receiver, session):
     _stub, prepared = session
-    payload = b"\x01" * (6 * MIB)
+    payload = b"\x01" * (DEFAULT_MAX_BATCH_BYTES + 2 * MIB)  # over the 1 MiB header allowance too
     frame = encode_batch(prepared.session_token, 1, [MemoryRange(0, len(payload))], [payload])
     with pytest.raises(grpc.RpcError) as raised:
         send_raw(receiver.data_address, [frame])

@@ -264,3 +264,15 @@ def test_json_log_format_makes_every_service_line_json(shm_dir):
         assert any("listening on" in m for m in messages) and any("metrics on" in m for m in messages)
     about = [r for r in (json.loads(line) for line in tx.lines) if status.migration_id in r["message"]]
     assert about and all(r.get("migration_id") == status.migration_id for r in about)
+
+
+def test_batch_size_defaults_agree():
+    """The receiver's --max-batch-bytes and the bench's --batch-mib default to the
+    services' own default batch (common/transport.py)."""
+    from livemig.cli.main import bench, receiver
+    from livemig.cli.units import Size
+    from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
+
+    receiver_default = next(p.default for p in receiver.params if p.name == "max_batch_bytes")
+    assert Size().convert(receiver_default, None, None) == DEFAULT_MAX_BATCH_BYTES
+    assert next(p.default for p in bench.params if p.name == "batch_mib") << 20 == DEFAULT_MAX_BATCH_BYTES

@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from livemig.common.guest_memory import open_source_layout
 from livemig.common.ranges import MemoryRange, merge_ranges
-from livemig.common.zeropages import count_pages, merge_contiguous, scan_guest_range, scan_pages, scan_zero_pages
+from livemig.common.zeropages import (
+    count_pages,
+    merge_contiguous,
+    page_flags,
+    scan_guest_range,
+    scan_pages,
+    scan_zero_pages,
+)
 
 
 def test_seed_worked_example_unaligned_head():
@@ -188,3 +195,13 @@ def test_merge_contiguous_is_what_a_scan_of_all_data_pages_returns(spans, bounda
     merged = merge_contiguous(array, boundaries)
     assert merged.tolist() == scan.data.tolist()
     assert int(merged[:, 1].sum()) == len(page_gpas) * page_size
+
+
+@given(st.lists(st.tuples(st.integers(-1, 63), st.integers(1, (1 << 64) - 1)), min_size=1, max_size=40))
+def test_page_flags_reads_doubtful_pages_in_full(rows):
+    """Each row: no data (-1), or one non-zero word at a position; first words zero or not."""
+    pages = np.zeros((len(rows), 64), dtype=np.uint64)
+    for index, (word, value) in enumerate(rows):
+        if word >= 0:
+            pages[index, word] = value
+    assert page_flags(pages).tolist() == [word >= 0 for word, _value in rows]
