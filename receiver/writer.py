@@ -15,8 +15,9 @@ iteration, after every acknowledgement of the earlier one (its barrier).
 Two ways to write (the control process picks one per session, see WriteMode):
 pwrite(2) costs the least CPU, but on tmpfs a write holds the file's inode lock
 for the whole copy and page allocation, so the workers of one session write one at
-a time: on a 16-core host the receiver stopped at ~2.1 GiB/s whatever the number of
-connections. Stores through a shared mapping fault pages in under the page lock
+a time (they take turns on a sleeping lock, receiver/write_turns.py, rather than
+spin on that one): on a 16-core host the receiver stopped at ~2.1 GiB/s whatever
+the number of connections. Stores through a shared mapping fault pages in under the page lock
 only, so workers write in parallel (benchmarks/dest_writes.py measures both); the
 kernel clears each new page before the copy, which is why pwrite stays the choice
 where there are few workers. A range's pages are allocated first with
@@ -40,6 +41,7 @@ import numpy as np
 from livemig.common.guest_memory import MemoryLayout, RegionFile
 from livemig.common.wire import DecodedBatch
 from livemig.receiver.errors import Reason, ReceiverError, storage_error
+from livemig.receiver.write_turns import WriteTurns
 
 _ZERO_BLOCK = bytes(1 << 20)
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14; the constant is in Python 3.13
@@ -170,6 +172,7 @@ class SessionWriter:
         self._received: list[np.ndarray] = []
         self._destinations: list[mmap.mmap] = []  # mapped write mode: one shared mapping per region
         self._destination_views: list[memoryview] = []
+        self._turns: list[WriteTurns] = []
         if self.state != ACTIVE:
             self.layout = MemoryLayout([RegionFile(r.gpa, r.length, r.path) for r in record.regions], record.page_size)
             return
@@ -195,6 +198,8 @@ class SessionWriter:
             self._close_maps()
             raise
         self.layout = MemoryLayout(regions, record.page_size)
+        # pwrite writers of a file take turns across workers (receiver/write_turns.py)
+        self._turns = [WriteTurns(region.fd) for region in regions]
         self._region_starts = np.array([r.gpa for r in self.layout.regions], dtype=np.uint64)
         self._region_ends = np.array([r.gpa + r.length for r in self.layout.regions], dtype=np.uint64)
 
@@ -295,9 +300,20 @@ class SessionWriter:
                 position += length
         else:
             files = self.layout.regions
-            for index, offset, length in zip(regions, offsets, lengths, strict=True):
-                _write_all(files[index].fd, data[position : position + length], offset)
-                position += length
+            turn: WriteTurns | None = None  # held for a run of ranges in one file
+            try:
+                for index, offset, length in zip(regions, offsets, lengths, strict=True):
+                    if turn is not self._turns[index]:
+                        if turn is not None:
+                            turn.release()
+                            turn = None
+                        self._turns[index].acquire()
+                        turn = self._turns[index]
+                    _write_all(files[index].fd, data[position : position + length], offset)
+                    position += length
+            finally:
+                if turn is not None:
+                    turn.release()
         self._mark_received(np.array(regions), np.array(offsets, dtype=np.int64), np.array(lengths, dtype=np.int64))
 
     def _mark_received(self, regions: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> None:
@@ -331,7 +347,8 @@ class SessionWriter:
             if self._destinations:
                 _store_zeros(self._destination_views[index], start, stop - start)
             else:
-                _write_zeros(region.fd, start, stop - start)
+                with self._turns[index]:
+                    _write_zeros(region.fd, start, stop - start)
             zeroed += stop - start
         return zeroed
 
