@@ -47,6 +47,8 @@ _ZERO_BLOCK = bytes(1 << 20)
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14; the constant is in Python 3.13
 
 ACTIVE = "active"
+# Up to this many ranges a batch's pages are flagged received range by range.
+FEW_RANGES = 8
 
 
 class WriteMode:
@@ -314,6 +316,11 @@ class SessionWriter:
             finally:
                 if turn is not None:
                     turn.release()
+        if len(regions) <= FEW_RANGES:  # a chunk of contiguous memory: slices cost less than numpy set-up
+            page_size = self.layout.page_size
+            for index, offset, length in zip(regions, offsets, lengths, strict=True):
+                self._received[index][offset // page_size : -(-(offset + length) // page_size)] = True
+            return
         self._mark_received(np.array(regions), np.array(offsets, dtype=np.int64), np.array(lengths, dtype=np.int64))
 
     def _mark_received(self, regions: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> None:

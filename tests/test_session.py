@@ -123,3 +123,20 @@ def test_a_resent_batch_is_acknowledged_but_applied_and_counted_once(shm_dir):
     assert apply(session, [MemoryRange(0, 4)], [b"abcd"], batch_id=7) == (4, 0)
     assert (session.written_bytes, session.batches) == (4, 1)
     session.complete(transmitted_bytes=4, batches=1, digest=b"")
+
+
+@settings(max_examples=60)
+@given(st.sets(st.integers(0, 63), min_size=1, max_size=30), st.integers(0, PAGE - 1), st.integers(1, PAGE))
+def test_received_pages_are_flagged_for_few_and_many_ranges_alike(tmp_path_factory, starts, head, length):
+    """A batch of one range or dozens (two ways to flag pages): exactly the pages touched."""
+    directory = tmp_path_factory.mktemp("session")
+    size = 66 * PAGE
+    session = new_session(directory, [MemoryRange(0, size)])
+    ranges = [MemoryRange(page * PAGE + head, length) for page in sorted(starts)]
+    ranges = [r for r, nxt in zip(ranges, [*ranges[1:], None], strict=True) if nxt is None or r.end <= nxt.gpa]
+    apply(session, ranges, [b"\x07" * r.length for r in ranges])
+    expected = np.zeros(size // PAGE, dtype=bool)
+    for r in ranges:
+        expected[r.gpa // PAGE : -(-r.end // PAGE)] = True
+    assert np.array_equal(session.received_pages(0), expected)
+    session.abort()
