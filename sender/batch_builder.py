@@ -115,7 +115,6 @@ class BatchBuilder:
             else:
                 frame = None
         finally:
-            payload = []
             in_place.discard()  # unsent and dropped (no-op once finished)
         outcome.scan_seconds = time.monotonic() - started
         if frame is None:
