@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import mmap
+import operator
 import os
 import pickle
 import threading
@@ -302,30 +304,27 @@ class SessionWriter:
                 position += length
         else:
             files = self.layout.regions
-            turn: WriteTurns | None = None  # held for a run of ranges in one file
-            try:
-                for index, offset, length in zip(regions, offsets, lengths, strict=True):
-                    if turn is not self._turns[index]:
-                        if turn is not None:
-                            turn.release()
-                            turn = None
-                        self._turns[index].acquire()
-                        turn = self._turns[index]
-                    _write_all(files[index].fd, data[position : position + length], offset)
-                    position += length
-            finally:
-                if turn is not None:
-                    turn.release()
-        if len(regions) <= FEW_RANGES:  # a chunk of contiguous memory: slices cost less than numpy set-up
-            page_size = self.layout.page_size
+            ranges = zip(regions, offsets, lengths, strict=True)
+            for index, run in itertools.groupby(ranges, key=operator.itemgetter(0)):
+                with self._turns[index]:  # one turn for a run of ranges in one file
+                    for _index, offset, length in run:
+                        _write_all(files[index].fd, data[position : position + length], offset)
+                        position += length
+        self._mark_received(regions, offsets, lengths)
+
+    def _mark_received(self, regions: list[int], offsets: list[int], lengths: list[int]) -> None:
+        """Flag every page a range touched: range by range for a few ranges (slices cost
+        less than numpy's set-up), else with one vectorised pass per region."""
+        page_size = self.layout.page_size
+        if len(regions) <= FEW_RANGES:
             for index, offset, length in zip(regions, offsets, lengths, strict=True):
                 self._received[index][offset // page_size : -(-(offset + length) // page_size)] = True
             return
-        self._mark_received(np.array(regions), np.array(offsets, dtype=np.int64), np.array(lengths, dtype=np.int64))
-
-    def _mark_received(self, regions: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> None:
-        """Flag every page a range touched, with one vectorised pass per region."""
-        page_size = self.layout.page_size
+        regions, offsets, lengths = (
+            np.array(regions),
+            np.array(offsets, dtype=np.int64),
+            np.array(lengths, dtype=np.int64),
+        )
         for index in np.unique(regions).tolist():
             mine = regions == index
             first = offsets[mine] // page_size

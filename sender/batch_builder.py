@@ -95,7 +95,8 @@ class BatchBuilder:
         )
         try:
             if not plan.skip_zero_pages:
-                data_ranges, zero_ranges, payload = self._read_all(chunk, outcome, in_place.data)
+                payload = self._read_all(chunk, outcome, in_place.data)
+                data_ranges, zero_ranges = chunk_ranges, EMPTY_RANGES
             elif len(chunk.ranges) > 1 and all(
                 r.gpa % plan.page_size == 0 and r.length % plan.page_size == 0 for r in chunk.ranges
             ):
@@ -123,10 +124,8 @@ class BatchBuilder:
         outcome.batches = 1
         return BuiltBatch(chunk, frame, outcome)
 
-    def _read_all(
-        self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview
-    ) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
-        """No skipping: every byte goes out as it is."""
+    def _read_all(self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview) -> list[memoryview]:
+        """No skipping: every byte goes out as it is (the chunk's ranges are the data ranges)."""
         payload, position = [], 0
         for memory_range in chunk.ranges:
             buffer = into[position : position + memory_range.length]
@@ -134,8 +133,7 @@ class BatchBuilder:
             self.plan.layout.read_into(memory_range.gpa, buffer)
             payload.append(buffer)
             outcome.normal_pages += count_pages(memory_range.gpa, memory_range.length, self.plan.page_size)
-        data = np.array([(r.gpa, r.length) for r in chunk.ranges], dtype=np.uint64).reshape(-1, 2)
-        return data, EMPTY_RANGES, payload
+        return payload
 
     def _scan_each(
         self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview
