@@ -91,6 +91,7 @@ def _header(
     batch_id: int,
     ranges: np.ndarray | Sequence[MemoryRange],
     zero_ranges: np.ndarray | Sequence[MemoryRange],
+    attempt: int,
 ) -> bytes:
     """Every field of a PageBatch but data (and padding), serialized."""
     return pb.PageBatch(
@@ -98,6 +99,7 @@ def _header(
         batch_id=batch_id,
         ranges=pack_ranges(ranges),
         zero_ranges=pack_ranges(zero_ranges),
+        attempt=attempt,
     ).SerializeToString()
 
 
@@ -107,9 +109,10 @@ def encode_batch(
     ranges: np.ndarray | Sequence[MemoryRange],
     payload: Sequence[bytes | bytearray | memoryview],
     zero_ranges: np.ndarray | Sequence[MemoryRange] = (),
+    attempt: int = 0,
 ) -> bytes:
     """Serialize a PageBatch whose data is the concatenation of `payload`, copying it once."""
-    header = _header(session_token, batch_id, ranges, zero_ranges)
+    header = _header(session_token, batch_id, ranges, zero_ranges, attempt)
     data_length = sum(len(part) for part in payload)
     return b"".join((_DATA_TAG, encode_varint(data_length), *payload, header))
 
@@ -134,9 +137,14 @@ class FrameInPlace:
     __slots__ = ("_message", "data")
 
     def __init__(
-        self, session_token: str, batch_id: int, ranges: np.ndarray | Sequence[MemoryRange], data_length: int
+        self,
+        session_token: str,
+        batch_id: int,
+        ranges: np.ndarray | Sequence[MemoryRange],
+        data_length: int,
+        attempt: int = 0,
     ) -> None:
-        header = _header(session_token, batch_id, ranges, ())
+        header = _header(session_token, batch_id, ranges, (), attempt)
         prefix = aligned_prefix(data_length)
         self._message = WritableBytes(len(prefix) + data_length + len(header))
         view = self._message.view

@@ -38,7 +38,7 @@ class WriterLookup(Protocol):
 class DataReports(Protocol):
     """Where a data worker's facts go (the control process owns counters and metrics)."""
 
-    def batch_applied(self, session_id: str, batch_id: int, written: int, zeroed: int) -> None: ...
+    def batch_applied(self, session_id: str, batch_id: int, attempt: int, written: int, zeroed: int) -> None: ...
 
     def batch_rejected(self, reason: Reason) -> None: ...
 
@@ -117,7 +117,8 @@ class DataService:
                 except ReceiverError as error:
                     self._refuse(error, bound, context)
                 if now:
-                    self.reports.batch_applied(writer.session_id, batch.header.batch_id, written, zeroed)
+                    header = batch.header
+                    self.reports.batch_applied(writer.session_id, header.batch_id, header.attempt, written, zeroed)
                 yield pb.PageBatchAck(batch_id=batch.header.batch_id, bytes_written=written)
         finally:
             if requests is not None:

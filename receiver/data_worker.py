@@ -9,7 +9,7 @@ parked.
 
 Messages on the pipe (tuples):
   control -> worker: ("end", session_id, state, expired_after) | ("stop", grace_seconds)
-  worker -> control: ("listening", port) | ("batch", session_id, batch_id, written, zeroed)
+  worker -> control: ("listening", port) | ("batch", session_id, batch_id, attempt, written, zeroed)
                      | ("rejected", reason value) | ("stream", session_id, delta)
                      | ("ended", session_id) | ("log", ...)
 A closed pipe means the control process is gone: the worker stops.
@@ -106,8 +106,8 @@ class PipeReports:
     def __init__(self, sender: PipeSender) -> None:
         self.sender = sender
 
-    def batch_applied(self, session_id: str, batch_id: int, written: int, zeroed: int) -> None:
-        self.sender.send(("batch", session_id, batch_id, written, zeroed))
+    def batch_applied(self, session_id: str, batch_id: int, attempt: int, written: int, zeroed: int) -> None:
+        self.sender.send(("batch", session_id, batch_id, attempt, written, zeroed))
 
     def batch_rejected(self, reason: Reason) -> None:
         self.sender.send(("rejected", reason.value))

@@ -100,12 +100,14 @@ class DataWorkerPool:
         kind = message[0]
         index = worker.spec.index
         if kind == "batch":
-            _kind, session_id, batch_id, written, zeroed = message
+            _kind, session_id, batch_id, attempt, written, zeroed = message
             session = self.registry.by_id(session_id)
-            if session is not None and session.ledger.record_batch(batch_id, written, zeroed):
-                metrics.WRITTEN_BYTES.inc(written)
-                metrics.ZEROED_BYTES.inc(zeroed)
-                metrics.BATCHES.inc()
+            if session is not None:
+                counted = session.ledger.record_batch(batch_id, written, zeroed, attempt)
+                metrics.WRITTEN_BYTES.inc(counted.written)
+                metrics.ZEROED_BYTES.inc(counted.zeroed)
+                if counted.new_batch:
+                    metrics.BATCHES.inc()
         elif kind == "stream":
             _kind, session_id, delta = message
             session = self.registry.by_id(session_id)

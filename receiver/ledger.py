@@ -4,7 +4,11 @@ Data workers write batches into destination memory and report each one (through
 their pipes) before they acknowledge it. A sender that lost a stream resends its
 unacknowledged batches, possibly to another worker (a restarted one): the ledger
 counts each batch id once, so the totals checked at completion are true
-whichever process wrote what. It also knows how many streams of the session are
+whichever process wrote what. A sender whose connection process died reads such
+batches again, and a running guest may have changed their pages meanwhile: that
+reading comes as a higher attempt of the same id, and the ledger counts the
+highest attempt in place of the earlier ones, as the sender counts only the
+reading it got acknowledged. It also knows how many streams of the session are
 open on each worker and when the session last saw traffic: the idle timeout
 measures the sender's silence, and an open stream is not silence.
 """
@@ -14,6 +18,19 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """What one report changed in the totals."""
+
+    new_batch: bool  # a batch id (or an id-less batch) not counted before
+    written: int  # payload bytes written by this report (a later attempt's, rewritten, included)
+    zeroed: int
+
+
+NOT_COUNTED = Counted(False, 0, 0)
 
 
 class SessionLedger:
@@ -24,23 +41,30 @@ class SessionLedger:
         self.zeroed_bytes = 0
         self.batches = 0
         self.last_activity = time.monotonic()
-        self._applied: set[int] = set()
+        self._applied: dict[int, tuple[int, int, int]] = {}  # batch id -> (attempt, written, zeroed)
         self._streams: defaultdict[int, int] = defaultdict(int)  # worker index -> open streams
         self._lock = threading.Lock()
 
-    def record_batch(self, batch_id: int, written: int, zeroed: int) -> bool:
-        """A worker applied a batch. False for a batch id already counted; id 0 ("no id")
-        always counts."""
+    def record_batch(self, batch_id: int, written: int, zeroed: int, attempt: int = 0) -> Counted:
+        """A worker applied a batch. A batch id already counted at this attempt or a later
+        one changes nothing; a later attempt replaces the earlier one's bytes. Id 0
+        ("no id") always counts."""
         with self._lock:
             self.last_activity = time.monotonic()
+            earlier = self._applied.get(batch_id) if batch_id else None
+            if earlier is not None and earlier[0] >= attempt:
+                return NOT_COUNTED
             if batch_id:
-                if batch_id in self._applied:
-                    return False
-                self._applied.add(batch_id)
+                self._applied[batch_id] = (attempt, written, zeroed)
+            if earlier is not None:
+                _attempt, earlier_written, earlier_zeroed = earlier
+                self.written_bytes -= earlier_written
+                self.zeroed_bytes -= earlier_zeroed
+            else:
+                self.batches += 1
             self.written_bytes += written
             self.zeroed_bytes += zeroed
-            self.batches += 1
-            return True
+            return Counted(earlier is None, written, zeroed)
 
     def stream_changed(self, worker: int, delta: int) -> None:
         with self._lock:

@@ -174,7 +174,7 @@ class Session:
         if self._local_writer is None:
             self._local_writer = SessionWriter(self.record)
         written, zeroed, _now = self._local_writer.apply(batch)
-        self.ledger.record_batch(batch.header.batch_id, written, zeroed)
+        self.ledger.record_batch(batch.header.batch_id, written, zeroed, batch.header.attempt)
         return written, zeroed
 
     def _end_local_writer(self) -> None:

@@ -167,9 +167,11 @@ class SessionWriter:
         self.expired_after = record.expired_after
         self._lock = threading.Condition()
         self._writers = 0
-        # Batch ids applied or being applied here: a sender that lost a stream resends
-        # its unacknowledged batches, usually to the same worker; each lands once.
-        self._applied: set[int] = set()
+        # Batch id -> the highest attempt written here, and the ids being written now. A
+        # sender that lost a stream resends its unacknowledged batches (the same frames),
+        # usually to the same worker: each lands once. One whose connection process died
+        # reads them again under a higher attempt: that one is written over the first.
+        self._applied: dict[int, int] = {}
         self._applying: set[int] = set()
         regions: list[RegionFile] = []
         self._maps: list[mmap.mmap] = []
@@ -243,7 +245,8 @@ class SessionWriter:
         """Validate the whole batch, then write it.
 
         Returns (payload bytes, bytes zeroed, written now); a resend of a batch this
-        process already applied is acknowledged again without writing.
+        process already applied (that attempt or a later one) is acknowledged again
+        without writing.
         """
         self.check_active()
         data = batch.data
@@ -266,14 +269,16 @@ class SessionWriter:
             ordered = everything[np.argsort(everything[:, 0], kind="stable")]
             if (ordered[1:, 0] < ordered[:-1, 0] + ordered[:-1, 1]).any():
                 raise ReceiverError(Reason.OVERLAP, "ranges in the batch overlap")
-        batch_id = batch.header.batch_id
+        batch_id, attempt = batch.header.batch_id, batch.header.attempt
         with self._lock:
             self.check_active()  # an end may have raced this batch
-            if batch_id and (batch_id in self._applied or batch_id in self._applying):
-                # A resend: wait until the first copy is written, then acknowledge again.
-                self._lock.wait_for(lambda: batch_id not in self._applying)
-                return len(data), 0, False
             if batch_id:
+                # One writing of a batch id at a time; then a resend of what is written
+                # already (or of an earlier attempt) is only acknowledged again.
+                self._lock.wait_for(lambda: batch_id not in self._applying)
+                self.check_active()
+                if self._applied.get(batch_id, -1) >= attempt:
+                    return len(data), 0, False
                 self._applying.add(batch_id)
             self._writers += 1
         zeroed = 0
@@ -291,7 +296,7 @@ class SessionWriter:
                 self._writers -= 1
                 self._applying.discard(batch_id)
                 if written and batch_id:  # a failed write is not applied: its resend must write again
-                    self._applied.add(batch_id)
+                    self._applied[batch_id] = attempt
                 self._lock.notify_all()
         return len(data), zeroed, True
 

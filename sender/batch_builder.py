@@ -50,14 +50,18 @@ class Chunk:
     """One chunk to send: ranges of at most chunk_bytes in all, sent as one batch.
 
     chunk_id is the batch id: a chunk that is prepared again (its connection
-    process died) goes out under the same id, so the receiver applies and counts
-    it once. With zero_records, its zero pages go out as zero ranges: pages that
+    process died) goes out under the same id with the next attempt number. Its
+    pages are read again and a running guest may have changed them (a page now
+    zero, another not), so the receiver writes the later attempt over the earlier
+    and counts only the latest, as the sender does (it counts acknowledged
+    chunks). With zero_records, its zero pages go out as zero ranges: pages that
     may have held data the destination already has (later iterations).
     """
 
     chunk_id: int
     ranges: tuple[MemoryRange, ...]
     zero_records: bool
+    attempt: int = 0
 
     @property
     def length(self) -> int:
@@ -91,7 +95,11 @@ class BatchBuilder:
         chunk_ranges = np.array([(r.gpa, r.length) for r in chunk.ranges], dtype=np.uint64).reshape(-1, 2)
         # Framed as all data; the pages are read into it where they will be sent.
         in_place = FrameInPlace(
-            plan.session_token, chunk.chunk_id, merge_contiguous(chunk_ranges, self._region_starts), chunk.length
+            plan.session_token,
+            chunk.chunk_id,
+            merge_contiguous(chunk_ranges, self._region_starts),
+            chunk.length,
+            chunk.attempt,
         )
         try:
             if not plan.skip_zero_pages:
@@ -111,8 +119,12 @@ class BatchBuilder:
             if outcome.zero_pages == 0 and chunk.length:
                 payload.clear()  # views into the frame: none may outlive finish()
                 frame: bytes | None = in_place.finish()  # every page read and non-zero: complete
-            elif len(data_ranges) or len(zero_ranges):
-                frame = encode_batch(plan.session_token, chunk.chunk_id, data_ranges, payload, zero_ranges)
+            elif len(data_ranges) or len(zero_ranges) or chunk.attempt:
+                # A later attempt is sent even with nothing in it: an earlier one may have
+                # been applied, and the receiver must count this one in its place.
+                frame = encode_batch(
+                    plan.session_token, chunk.chunk_id, data_ranges, payload, zero_ranges, chunk.attempt
+                )
             else:
                 frame = None
         finally:

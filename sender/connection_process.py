@@ -11,7 +11,8 @@ migration's connection at a time, so a migration does not pay for starting them.
 
 Messages on the pipe (tuples):
   parent -> child: ("begin", ConnectionSpec), then
-                   ("chunk", chunk_id, ranges (n x 2 uint64 array), zero_records) | ("close",) | ("stop",);
+                   ("chunk", chunk_id, ranges (n x 2 uint64 array), zero_records, attempt) | ("close",)
+                   | ("stop",);
                    ("exit",) between migrations
   child -> parent: ("done", ChunkReport) | ("log", ...), then ("finished", reconnects) or
                    ("failed", kind, message, gRPC status name) ends the migration's part
@@ -122,9 +123,9 @@ class _Session:
     def handle(self, message: tuple) -> None:
         kind = message[0]
         if kind == "chunk":
-            _kind, chunk_id, table, zero_records = message
+            _kind, chunk_id, table, zero_records, attempt = message
             ranges = tuple(MemoryRange(gpa, length) for gpa, length in np.asarray(table).tolist())
-            self.inbox.put(Chunk(chunk_id, ranges, zero_records))
+            self.inbox.put(Chunk(chunk_id, ranges, zero_records, attempt))
         elif kind == "close":
             self.inbox.put(None)
         elif kind == "stop":

@@ -13,13 +13,15 @@ different cores. This pool, in the migration process, is the one reader of
 their reports and hands each to MigrationStats, the one owner of statistics and
 metrics. A connection process that dies is a broken connection: a new one is
 started and the dead one's unacknowledged chunks go to it again under the same
-ids (the receiver applies and counts a batch id once), up to MAX_RETRIES times
-without progress; then the migration fails.
+ids and the next attempt number (their pages are read again; the receiver counts
+a batch id once, its latest attempt), up to MAX_RETRIES times without progress;
+then the migration fails.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import multiprocessing.connection
@@ -149,7 +151,10 @@ class TransferPool:
         with self._changed:  # send() adds and sends chunks under this lock: none is sent twice
             connection.worker = fresh.worker
             for chunk_id in sorted(connection.outstanding):
-                self._send_chunk(connection, connection.outstanding[chunk_id])
+                chunk = connection.outstanding[chunk_id]
+                again = dataclasses.replace(chunk, attempt=chunk.attempt + 1)  # read again: maybe other bytes
+                connection.outstanding[chunk_id] = again
+                self._send_chunk(connection, again)
             if self._closing:
                 self._send(connection, ("close",))
 
@@ -217,7 +222,7 @@ class TransferPool:
 
     def _send_chunk(self, connection: _Connection, chunk: Chunk) -> None:
         table = np.array([(r.gpa, r.length) for r in chunk.ranges], dtype=np.uint64).reshape(-1, 2)
-        self._send(connection, ("chunk", chunk.chunk_id, table, chunk.zero_records))
+        self._send(connection, ("chunk", chunk.chunk_id, table, chunk.zero_records, chunk.attempt))
 
     def send(self, ranges: Iterable[MemoryRange], zero_records: bool) -> None:
         """Send every page of `ranges`; returns once all of it is acknowledged."""

@@ -94,6 +94,23 @@ def test_an_all_zero_chunk_needs_no_batch(guest):
     assert built.outcome.zero_bytes == 20 * PAGE and built.outcome.batches == 0 and built.outcome.wire_bytes == 0
 
 
+@pytest.mark.parametrize("zero_records", [False, True])
+def test_a_later_attempt_is_framed_with_its_number_even_when_all_zero(guest, zero_records):
+    """A chunk read again (its connection process died) may have turned all-zero; its
+    earlier reading may have reached the receiver, so this one goes out, empty or not."""
+    layout, _contents = guest
+    make = builder(layout, skip=True)
+    zero = make.build(Chunk(4, (MemoryRange(GPA + 12 * PAGE, 20 * PAGE),), zero_records, attempt=2))
+    batch = decode_batch(zero.frame)
+    assert (batch.header.batch_id, batch.header.attempt) == (4, 2)
+    assert len(batch.ranges) == 0 and len(batch.data) == 0
+    assert pages_of(batch.zero_ranges) == (list(range(12, 32)) if zero_records else [])
+    assert zero.outcome.batches == 1 and zero.outcome.transmitted_bytes == 0
+    for ranges in ((MemoryRange(GPA, 2 * PAGE),), (MemoryRange(GPA, 3 * PAGE),)):  # read in place, framed again
+        built = make.build(Chunk(5, ranges, zero_records, attempt=1))
+        assert decode_batch(built.frame).header.attempt == 1
+
+
 @given(st.lists(st.integers(0, PAGES - 1), unique=True, max_size=PAGES), st.integers(0, PAGES - 1), st.integers(1, 16))
 def test_any_chunk_reassembles_to_the_source(tmp_path_factory, touched, first, count):
     directory = tmp_path_factory.mktemp("guest")

@@ -21,12 +21,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from livemig.cli.images import make_image
-from livemig.cli.processes import ServiceProcess, children_of
+from livemig.cli.processes import GuestProcess, ServiceProcess, children_of
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
 from livemig.common.transport import channel_options
 from livemig.common.wire import encode_batch
 from tests.helpers import (
+    SMALL_BATCH_BYTES,
     assert_destination_equals_source,
     migrate,
     receiver_stub,
@@ -34,6 +35,7 @@ from tests.helpers import (
     sender_stub,
     start_guest,
     start_mid_transfer,
+    wait_for_batches,
     watch,
 )
 
@@ -99,6 +101,44 @@ def test_killed_sender_connection_process_is_restarted_and_resent(sender, receiv
     assert "process died" in "".join(sender.lines)
 
 
+def test_killed_connection_process_of_a_running_guest_completes_with_true_totals(sender, receiver, shm_dir):
+    """The double fault: the receiver applied a batch, the connection process died before
+    its acknowledgement, and the guest changed those pages (some now zero, some not) before
+    the new process read them again. The second reading is a later attempt of the same
+    batch id: the receiver writes it over the first and counts it instead of the first."""
+    guest = GuestProcess(
+        shm_dir / "guest.img",
+        ["--size-mib", "16", "--touch-ratio", "1", "--rate", "64", "--threads", "2", "--zero-ratio", "0.5"],
+    )
+    try:
+        channel, stub = sender_stub(sender.address)
+        with channel:
+            migration_id = stub.StartMigration(
+                pb.StartMigrationRequest(
+                    destination=receiver.address,
+                    regions=[pb.GuestMemoryRegion(gpa=0, path=str(guest.memory), dirty_log=str(guest.dirty_log))],
+                    guest_pid=guest.pid,
+                    connections=2,
+                    skip_zero_pages=True,  # a page that turned zero changes a batch's size
+                    max_batch_bytes=SMALL_BATCH_BYTES,
+                    downtime_ms=100,
+                    max_iterations=4,  # this guest writes too fast to converge: copy it paused then
+                    timeout_strategy=pb.TIMEOUT_STRATEGY_FORCE,
+                    verify=True,
+                )
+            ).migration_id
+            wait_for_batches(stub, migration_id, 20)
+            for connection in fork_server_children(sender.pid):
+                os.kill(connection, signal.SIGKILL)
+            status = watch(stub, migration_id)
+        assert status.state == pb.COMPLETED, status.error
+        assert status.live and status.stats.verified  # totals and digest matched
+        assert_destination_equals_source(status, [(0, guest.memory)])
+    finally:
+        guest.close()
+    assert "process died" in "".join(sender.lines)
+
+
 def test_killed_receiver_data_worker_never_completes_with_wrong_memory(sender, two_workers, shm_dir):
     image = shm_dir / "guest.img"
     make_image(image, 64 * MIB, 1.0, seed=5)
@@ -156,6 +196,23 @@ def test_batch_resent_to_another_worker_is_counted_once(two_workers):
         )
     assert done.written_bytes == 4
     assert Path(session.destination_regions[0].path).read_bytes()[:4] == b"abcd"
+
+
+def test_a_later_attempt_through_another_worker_is_counted_in_place_of_the_first(two_workers):
+    channel, stub = receiver_stub(two_workers.address)
+    with channel:
+        session = prepare(stub, [MemoryRange(0, MIB)])
+        token = session.session_token
+        first, second = session.data_ports
+        assert send_raw(first, [encode_batch(token, 7, [MemoryRange(0, 8)], [b"abcdefgh"])])[0].bytes_written == 8
+        # Read again after the sender's connection process died: other bytes, attempt 1.
+        again = encode_batch(token, 7, [MemoryRange(0, 4)], [b"wxyz"], attempt=1)
+        assert send_raw(second, [again])[0].bytes_written == 4
+        done = stub.CompleteMigration(
+            pb.CompleteMigrationRequest(session_token=token, transmitted_bytes=4, batches=1), timeout=30
+        )
+    assert done.written_bytes == 4
+    assert Path(session.destination_regions[0].path).read_bytes()[:8] == b"wxyzefgh"
 
 
 def test_page_written_through_one_worker_and_zeroed_through_another_ends_zero(two_workers):

@@ -38,9 +38,11 @@ def new_session(directory: Path, layout: list[MemoryRange]) -> Session:
 BATCH_IDS = itertools.count(1)
 
 
-def apply(session: Session, ranges, payload, zero_ranges=(), batch_id: int | None = None) -> tuple[int, int]:
+def apply(
+    session: Session, ranges, payload, zero_ranges=(), batch_id: int | None = None, attempt: int = 0
+) -> tuple[int, int]:
     batch_id = next(BATCH_IDS) if batch_id is None else batch_id
-    return session.apply(decode_batch(encode_batch("token", batch_id, ranges, payload, zero_ranges)))
+    return session.apply(decode_batch(encode_batch("token", batch_id, ranges, payload, zero_ranges, attempt)))
 
 
 def region_bytes(session: Session, index: int = 0) -> bytes:
@@ -123,6 +125,25 @@ def test_a_resent_batch_is_acknowledged_but_applied_and_counted_once(shm_dir):
     assert apply(session, [MemoryRange(0, 4)], [b"abcd"], batch_id=7) == (4, 0)
     assert (session.written_bytes, session.batches) == (4, 1)
     session.complete(transmitted_bytes=4, batches=1, digest=b"")
+
+
+def test_a_later_attempt_is_written_over_the_earlier_and_counted_in_its_place(shm_dir):
+    """Batch 7 read twice (the sender's connection process died before the first was
+    acknowledged; the guest changed the pages meanwhile): the second reading wins, in
+    memory and in the totals, and the first, arriving late, changes nothing."""
+    session = new_session(shm_dir, [MemoryRange(0, 4 * PAGE)])
+    first = bytes([1]) * (2 * PAGE)
+    assert apply(session, [MemoryRange(0, 2 * PAGE)], [first], batch_id=7) == (2 * PAGE, 0)
+    assert apply(session, [MemoryRange(PAGE, PAGE)], [b"\x02" * PAGE], batch_id=8) == (PAGE, 0)
+    # Page 0 is now zero (left out), page 1 holds 3s.
+    assert apply(session, [MemoryRange(PAGE, PAGE)], [b"\x03" * PAGE], batch_id=7, attempt=1) == (PAGE, 0)
+    assert apply(session, [MemoryRange(0, 2 * PAGE)], [first], batch_id=7) == (2 * PAGE, 0)  # late: ignored
+    assert region_bytes(session)[PAGE : 2 * PAGE] == b"\x03" * PAGE
+    assert (session.written_bytes, session.batches) == (2 * PAGE, 2)
+    # A third reading found it all zero: an empty batch, counted as nothing.
+    assert apply(session, [], [], batch_id=7, attempt=2) == (0, 0)
+    assert (session.written_bytes, session.batches) == (PAGE, 2)
+    session.complete(transmitted_bytes=PAGE, batches=2, digest=b"")
 
 
 @settings(max_examples=60)

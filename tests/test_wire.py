@@ -105,6 +105,17 @@ def test_frame_in_place_is_protobuf_and_decodes_without_copy(token, batch_id, ra
     assert ranges_from_array(decoded.ranges) == ranges
 
 
+@given(st.integers(0, (1 << 32) - 1), st.binary(max_size=64))
+def test_attempt_travels_in_both_framings(attempt, data):
+    ranges = [MemoryRange(0, len(data))] if data else []
+    encoded = decode_batch(encode_batch("t", 9, ranges, [data], (), attempt))
+    in_place = FrameInPlace("t", 9, ranges, len(data), attempt)
+    in_place.data[:] = data
+    framed = decode_batch(in_place.finish())
+    for batch in (encoded, framed):
+        assert (batch.header.batch_id, batch.header.attempt, bytes(batch.data)) == (9, attempt, data)
+
+
 def test_frame_in_place_data_is_8_byte_aligned():
     frame = FrameInPlace("t", 1, [MemoryRange(0, 4 << 20)], 4 << 20)
     try:
