@@ -1,6 +1,7 @@
 """Where both services' CPU goes, by kernel path and library, during real migrations.
 
 Run: .venv/bin/python benchmarks/perf_split.py --size 1G --connections 2 [--batch-mib 8] [--no-perf]
+     [--detail interpreter]
 
 Starts a receiver and a sender on loopback, writes a guest image (every page
 touched), runs one warm-up migration, then `--migrations` more and prints each
@@ -9,7 +10,9 @@ after them). Unless --no-perf, `perf record -e cpu-clock -a -g` (Debian
 `linux-perf`) runs over the measured migrations and every sample of each tree is
 put in the first category its stack matches: pwrite, preadv, sendmsg, recvmsg,
 page faults, futex, epoll, other syscalls, interrupts, user memmove, numpy,
-gRPC's C code, the interpreter. perf itself adds a few per cent of CPU.
+gRPC's C code, the interpreter. `--detail CATEGORY` also lists the functions
+the samples of one category were in (the leaf of each stack), to see what
+"interpreter" or "other" is made of. perf itself adds a few per cent of CPU.
 """
 
 from __future__ import annotations
@@ -49,11 +52,12 @@ CATEGORIES = (
 )
 
 
-def split(perf_data: Path, roles: dict[int, str], gib: float) -> list[str]:
+def split(perf_data: Path, roles: dict[int, str], gib: float, detail: str = "") -> list[str]:
     script = subprocess.run(
         ["perf", "script", "-i", str(perf_data), "-F", "pid,tid,comm,ip,sym,dso"], capture_output=True, text=True
     ).stdout
     samples: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    leaves: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)  # of `detail`
     role: str | None = None
     stack: list[str] = []
 
@@ -61,7 +65,10 @@ def split(perf_data: Path, roles: dict[int, str], gib: float) -> list[str]:
         if role is None:
             return
         text = "\n".join(stack)
-        samples[role][next((name for name, key in CATEGORIES if key in text), "other")] += 1
+        category = next((name for name, key in CATEGORIES if key in text), "other")
+        samples[role][category] += 1
+        if category == detail and stack:
+            leaves[role][stack[0].split(maxsplit=1)[-1]] += 1  # "ip symbol+offset (dso)" without the ip
 
     for line in script.splitlines():
         if not line.strip():
@@ -79,6 +86,8 @@ def split(perf_data: Path, roles: dict[int, str], gib: float) -> list[str]:
         total = sum(samples[name].values())
         parts = ", ".join(f"{k} {v / RATE / gib:.3f}" for k, v in samples[name].most_common())
         lines.append(f"{name}: {total / RATE / gib:.2f} CPU s/GiB sampled: {parts}")
+        for leaf, hits in leaves[name].most_common(15):
+            lines.append(f"    {detail}: {hits / RATE / gib:.3f} {re.sub(r'[+]0x[0-9a-f]+', '', leaf)}")
     return lines
 
 
@@ -89,6 +98,7 @@ def main() -> None:
     parser.add_argument("--migrations", type=int, default=3)
     parser.add_argument("--batch-mib", type=int, default=DEFAULT_MAX_BATCH_BYTES >> 20)
     parser.add_argument("--no-perf", action="store_true", help="CPU per GiB only")
+    parser.add_argument("--detail", default="", help="list the functions of one category (e.g. interpreter)")
     args = parser.parse_args()
     size, batch = parse_size(args.size), args.batch_mib << 20
     workdir = Path(tempfile.mkdtemp(prefix="livemig-perf-", dir=tmpfs_dir()))
@@ -142,7 +152,7 @@ def main() -> None:
                 )
             )
             if recorder is not None:
-                print("\n".join(split(perf_data, roles, gib)))
+                print("\n".join(split(perf_data, roles, gib, args.detail)))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

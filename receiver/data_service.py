@@ -23,6 +23,7 @@ from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.read_ahead import ReadAhead
 from livemig.common.wire import BatchDecodeError, decode_batch
 from livemig.receiver.errors import STATUS_OF_REASON, Reason, ReceiverError, check_owner
+from livemig.receiver.stream_activity import StreamActivity
 from livemig.receiver.writer import SessionWriter
 
 log = logging.getLogger("livemig.receiver")
@@ -46,9 +47,16 @@ class DataReports(Protocol):
 
 
 class DataService:
-    def __init__(self, writers: WriterLookup, reports: DataReports, unbound_stream_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        writers: WriterLookup,
+        reports: DataReports,
+        unbound_stream_seconds: float = 60.0,
+        activity: StreamActivity | None = None,
+    ) -> None:
         self.writers = writers
         self.reports = reports
+        self.activity = activity or StreamActivity()  # when all streams closed (the worker trims then)
         # A stream that names no session (metadata or first batch) within this is closed:
         # idle unauthenticated streams would otherwise hold a worker's slots for good.
         self.unbound_stream_seconds = unbound_stream_seconds
@@ -71,6 +79,7 @@ class DataService:
     def TransferPages(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext):
         bound: SessionWriter | None = None
         requests: ReadAhead[bytes] | None = None
+        self.activity.opened()
         try:
             token = dict(context.invocation_metadata()).get(SESSION_METADATA)
             if token is not None:
@@ -125,3 +134,4 @@ class DataService:
                 requests.close()
             if bound is not None:
                 self.reports.stream_changed(bound.session_id, -1)
+            self.activity.closed()

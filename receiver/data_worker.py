@@ -33,6 +33,7 @@ from livemig.common.worker_processes import PipeSender, ignore_stop_signals, log
 from livemig.receiver.data_service import DataService
 from livemig.receiver.errors import Reason, ReceiverError, storage_error
 from livemig.receiver.registry import record_name
+from livemig.receiver.stream_activity import StreamActivity
 from livemig.receiver.writer import SessionRecord, SessionWriter
 
 log = logging.getLogger("livemig.receiver")
@@ -137,7 +138,8 @@ def run_data_worker(spec: WorkerSpec, pipe) -> None:
         max_message_bytes=spec.max_message_bytes,
         maximum_concurrent_rpcs=spec.max_streams,
     )
-    add_data_service(DataService(writers, PipeReports(sender), spec.unbound_stream_seconds), host.server)
+    activity = StreamActivity()
+    add_data_service(DataService(writers, PipeReports(sender), spec.unbound_stream_seconds, activity), host.server)
     try:
         port = host.start(f"{spec.host}:{spec.port}", spec.security.server_credentials())
     except (OSError, RuntimeError) as error:
@@ -147,6 +149,11 @@ def run_data_worker(spec: WorkerSpec, pipe) -> None:
     grace = 0.0
     while True:
         try:
+            if not pipe.poll(activity.quiet_seconds):
+                if activity.due_for_trim():  # what streams freed after a session's end
+                    release_free_memory()
+                    activity.trimmed()
+                continue
             message = pipe.recv()
         except (EOFError, OSError):
             break  # the control process is gone
@@ -157,6 +164,7 @@ def run_data_worker(spec: WorkerSpec, pipe) -> None:
             if ended is not None:
                 ended.release()  # unmap and close off the control process's critical path
             release_free_memory()  # gRPC's and our buffers of the session go back to the system
+            activity.trimmed()
         elif message[0] == "stop":
             grace = message[1]
             break
