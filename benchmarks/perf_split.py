@@ -5,7 +5,7 @@ Run: .venv/bin/python benchmarks/perf_split.py --size 1G --connections 2 [--batc
 
 Starts a receiver and a sender on loopback, writes a guest image (every page
 touched), runs one warm-up migration, then `--migrations` more and prints each
-service tree's CPU seconds per GiB moved (and the private RSS of each process
+service tree's CPU seconds per GiB moved (and the RSS without shmem of each process
 after them). Unless --no-perf, `perf record -e cpu-clock -a -g` (Debian
 `linux-perf`) runs over the measured migrations and every sample of each tree is
 put in the first category its stack matches: pwrite, preadv, sendmsg, recvmsg,
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from livemig.cli.client import run_migration
 from livemig.cli.images import make_image, tmpfs_dir
-from livemig.cli.processes import ServiceProcess, private_rss_bytes, process_tree, tree_cpu_seconds
+from livemig.cli.processes import ServiceProcess, process_tree, rss_without_shmem_bytes, tree_cpu_seconds
 from livemig.cli.units import parse_size
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
@@ -145,9 +145,9 @@ def main() -> None:
             print(f"CPU s/GiB: sender {(after[0] - before[0]) / gib:.2f}, receiver {(after[1] - before[1]) / gib:.2f}")
             time.sleep(1.5)
             print(
-                "private RSS MiB after: "
+                "RSS without shmem, MiB, after: "
                 + "; ".join(
-                    f"{name} " + " ".join(str(private_rss_bytes(pid) >> 20) for pid in process_tree(service.pid))
+                    f"{name} " + " ".join(str(rss_without_shmem_bytes(pid) >> 20) for pid in process_tree(service.pid))
                     for name, service in (("sender", tx), ("receiver", rx))
                 )
             )

@@ -38,8 +38,8 @@ class Case:
     wire: int
     throughput: float
     payload_throughput: float
-    sender_rss: int
-    receiver_rss: int
+    sender_peak_memory: int
+    receiver_peak_memory: int
     sender_cpu: float
     receiver_cpu: float
     allocated: int
@@ -71,7 +71,7 @@ def measure_case(
             ),
         )
     # Without shared mappings: in mapped write mode each data worker maps destination memory.
-    sender_rss, receiver_rss = rss.private_peaks[tx.pid], rss.private_peaks[rx.pid]
+    sender_peak_memory, receiver_peak_memory = rss.proportional_peaks[tx.pid], rss.proportional_peaks[rx.pid]
     stats = status.stats
     allocated = sum(os.stat(r.path).st_blocks * 512 for r in status.destination_regions)
     for region in status.destination_regions:
@@ -86,8 +86,8 @@ def measure_case(
         wire=stats.wire_bytes,
         throughput=stats.throughput_bytes_per_second,
         payload_throughput=stats.transmitted_bytes / seconds,
-        sender_rss=sender_rss,
-        receiver_rss=receiver_rss,
+        sender_peak_memory=sender_peak_memory,
+        receiver_peak_memory=receiver_peak_memory,
         sender_cpu=tree_cpu_seconds(tx.pid) - cpu_before[0],
         receiver_cpu=tree_cpu_seconds(rx.pid) - cpu_before[1],
         allocated=allocated,
@@ -310,8 +310,8 @@ DETAIL_HEADERS = [
     "payload throughput",
     "sender CPU",
     "receiver CPU",
-    "sender peak private RSS (tree, sampled)",
-    "receiver peak private RSS (tree, sampled)",
+    "sender peak memory (tree PSS, sampled)",
+    "receiver peak memory (tree PSS, sampled)",
     "dest. allocated",
 ]
 
@@ -327,8 +327,8 @@ def detail_rows(cases: Sequence[Case], size: int, pattern: str = "random") -> li
             f"{human_bytes(case.payload_throughput)}/s",
             f"{case.sender_cpu:.2f} s",
             f"{case.receiver_cpu:.2f} s",
-            human_bytes(case.sender_rss),
-            human_bytes(case.receiver_rss),
+            human_bytes(case.sender_peak_memory),
+            human_bytes(case.receiver_peak_memory),
             human_bytes(case.allocated),
         ]
         for case in cases

@@ -193,12 +193,15 @@ def tree_peak_rss_bytes(pid: int) -> int:
     return sum(peak_rss_bytes(member) for member in process_tree(pid))
 
 
-def private_rss_bytes(pid: int) -> int:
+def rss_without_shmem_bytes(pid: int) -> int:
     """Resident memory of one process without shared memory (RssAnon + RssFile); 0 when gone.
 
     A receiver in mapped write mode maps the destination files (shared memory) in each
     data worker: VmHWM counts those pages once per worker that touched them, though
-    they are the guest's destination memory, not the service's own."""
+    they are the guest's destination memory, not the service's own. Pages a forked
+    process still shares copy-on-write with its fork server count here in full, in
+    each: compare a process with its fork server by this, but add up a tree with
+    proportional_bytes."""
     fields: dict[str, int] = {}
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -208,9 +211,32 @@ def private_rss_bytes(pid: int) -> int:
     return sum(fields.values())
 
 
-def tree_private_rss_bytes(pid: int) -> int:
-    """Sum of private_rss_bytes over the process tree of `pid`."""
-    return sum(private_rss_bytes(member) for member in process_tree(pid))
+def tree_rss_without_shmem_bytes(pid: int) -> int:
+    """Sum of rss_without_shmem_bytes over the process tree of `pid`."""
+    return sum(rss_without_shmem_bytes(member) for member in process_tree(pid))
+
+
+def proportional_bytes(pid: int) -> int:
+    """Proportional set size of one process without shared memory (Pss_Anon + Pss_File
+    of /proc/PID/smaps_rollup, Linux 5.7); 0 when gone or unreadable.
+
+    A page mapped by k processes counts 1/k in each, so a tree's sum is what it costs the
+    host: a connection process forked from a fork server shares most of its ~46 MiB of
+    resident memory with that server and with its siblings, and summing their
+    rss_without_shmem_bytes counted those pages once per process (128 connections: 8 GB
+    where the host spent a fraction of it)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("Pss_Anon", "Pss_File"):
+                total += int(value.split()[0]) * 1024
+    return total
+
+
+def tree_proportional_bytes(pid: int) -> int:
+    """What the process tree of `pid` costs in memory, shared pages split among their users."""
+    return sum(proportional_bytes(member) for member in process_tree(pid))
 
 
 class TreePeakSampler:
@@ -220,22 +246,23 @@ class TreePeakSampler:
     migration ends and a reading taken afterwards misses it. While running,
     this samples the sum of VmHWM over each tree every `interval` seconds
     (VmHWM is itself a peak, so sampling misses only members that live less
-    than one interval) and keeps the largest sum per root. `private_peaks` keeps
-    the largest sampled sum of memory without shared mappings (tree_private_rss_bytes).
+    than one interval) and keeps the largest sum per root. `proportional_peaks` keeps
+    the largest sampled proportional set size of each tree without shared memory
+    (tree_proportional_bytes): the memory the tree costs the host.
     """
 
     def __init__(self, pids: Sequence[int], interval: float = 0.25) -> None:
         self.pids = list(pids)
         self.interval = interval
         self.peaks = dict.fromkeys(self.pids, 0)
-        self.private_peaks = dict.fromkeys(self.pids, 0)
+        self.proportional_peaks = dict.fromkeys(self.pids, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tree-peak-rss", daemon=True)
 
     def _sample(self) -> None:
         for pid in self.pids:
             self.peaks[pid] = max(self.peaks[pid], tree_peak_rss_bytes(pid))
-            self.private_peaks[pid] = max(self.private_peaks[pid], tree_private_rss_bytes(pid))
+            self.proportional_peaks[pid] = max(self.proportional_peaks[pid], tree_proportional_bytes(pid))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from livemig.cli.images import make_image
-from livemig.cli.processes import ServiceProcess, private_rss_bytes, process_tree
+from livemig.cli.processes import ServiceProcess, process_tree, rss_without_shmem_bytes
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.ranges import MemoryRange
@@ -187,7 +187,7 @@ def test_every_data_plane_process_gives_its_buffers_back_after_a_migration(servi
     migration runs (common/allocator.py) and return them when it ends. Each is forked
     from a fork server holding the preloaded code, so once its buffers are back it holds
     little beyond that server: measured here (512 MiB, 4 connections, 8 MiB batches)
-    peaks of ~110 (connection) and ~160 MiB (data worker) private RSS fall to 46-49 MiB
+    peaks of ~110 (connection) and ~160 MiB (data worker) RSS (without shmem) fall to 46-49 MiB
     against the fork server's 51; without the trims they stayed at ~110 and ~160."""
     tx, rx = services
     image = shm_dir / "guest.img"
@@ -211,7 +211,7 @@ def test_every_data_plane_process_gives_its_buffers_back_after_a_migration(servi
         }
 
     def private_mib(pid: int) -> int:
-        return private_rss_bytes(pid) // MIB
+        return rss_without_shmem_bytes(pid) // MIB
 
     run()  # warm-up: pools, threads and imports reach their working size
     peaks: dict[int, int] = {}
@@ -237,7 +237,7 @@ def test_every_data_plane_process_gives_its_buffers_back_after_a_migration(servi
         if all(mib <= server + 24 for mib, server in after.values()) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    print(f"\nprivate RSS MiB (peak, after, its fork server): { {p: (peaks.get(p), *a) for p, a in after.items()} }")
+    print(f"\nRSS without shmem, MiB (peak, after, fork server): { {p: (peaks.get(p), *a) for p, a in after.items()} }")
     assert len(after) >= 4 + 2, "four connection processes and the data workers"
     assert max(peaks.values()) >= 51 + 32, "nothing was held during the migration?"
     for pid, (mib, server) in after.items():
@@ -282,17 +282,17 @@ def test_a_data_worker_gives_back_what_streams_still_held_when_their_session_end
             thread.start()
         deadline = time.monotonic() + 60
         while min(acks) < 2 and time.monotonic() < deadline:
-            peak[0] = max(peak[0], private_rss_bytes(worker) // MIB)
+            peak[0] = max(peak[0], rss_without_shmem_bytes(worker) // MIB)
             time.sleep(0.05)
         stub.AbortMigration(pb.AbortMigrationRequest(session_token=token, reason="test"), timeout=30)
         for thread in threads:
             thread.join(60)
         channel.close()
-        server = private_rss_bytes(fork_server) // MIB
+        server = rss_without_shmem_bytes(fork_server) // MIB
         deadline = time.monotonic() + 20
-        while (after := private_rss_bytes(worker) // MIB) > server + 24 and time.monotonic() < deadline:
+        while (after := rss_without_shmem_bytes(worker) // MIB) > server + 24 and time.monotonic() < deadline:
             time.sleep(0.2)
-    print(f"\nworker private RSS MiB: peak {peak[0]}, after {after}, fork server {server}; acks {acks}")
+    print(f"\nworker RSS without shmem, MiB: peak {peak[0]}, after {after}, fork server {server}; acks {acks}")
     assert min(acks) >= 2, "every stream wrote before the abort"
     assert peak[0] >= server + 64, "the streams held nothing?"
     assert after <= server + 24, f"the worker holds {after} MiB after its session ended (fork server {server})"
@@ -316,12 +316,16 @@ def test_one_gib_over_the_most_connections_completes_and_the_workers_give_their_
     assert_destination_equals_source(status, [(0, image)])
     for region in status.destination_regions:
         Path(region.path).unlink()
+
+    def mib_held(pid: int) -> int:
+        return rss_without_shmem_bytes(pid) // MIB
+
     workers = {pid: int(_status(pid)["PPid"]) for pid in process_tree(rx.pid)[1:]}
     workers = {pid: server for pid, server in workers.items() if server != rx.pid}
     assert workers, "the receiver's data workers"
     deadline = time.monotonic() + 20
     while True:
-        after = {pid: (private_rss_bytes(pid) // MIB, private_rss_bytes(ppid) // MIB) for pid, ppid in workers.items()}
+        after = {pid: (mib_held(pid), mib_held(ppid)) for pid, ppid in workers.items()}
         if all(mib <= server + 24 for mib, server in after.values()) or time.monotonic() > deadline:
             break
         time.sleep(0.2)

@@ -19,11 +19,12 @@ import pytest
 from livemig.cli.processes import (
     cpu_seconds,
     peak_rss_bytes,
-    private_rss_bytes,
     process_tree,
     reset_tree_peak_rss,
+    rss_without_shmem_bytes,
     tree_cpu_seconds,
     tree_peak_rss_bytes,
+    tree_proportional_bytes,
 )
 
 BURN_SECONDS = 0.3
@@ -151,6 +152,34 @@ def test_private_rss_leaves_out_shared_mappings(shm_dir) -> None:
     try:
         assert child.stdout.readline().strip() == "mapped"
         assert peak_rss_bytes(child.pid) >= HOLD_BYTES
-        assert private_rss_bytes(child.pid) < HOLD_BYTES
+        assert rss_without_shmem_bytes(child.pid) < HOLD_BYTES
     finally:
         child.communicate("\n", timeout=30)
+
+
+def test_a_forked_tree_costs_its_shared_pages_once() -> None:
+    """A parent holds HOLD_BYTES and forks children that only read them: summed over the
+    tree, RSS counts the pages once per process, the proportional set size once."""
+    script = (
+        "import os, sys\n"
+        f"held = bytearray({HOLD_BYTES})\n"
+        "held[::4096] = b'x' * len(held[::4096])\n"
+        "children = []\n"
+        "for _ in range(3):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        sys.stdin.readline()\n"
+        "        os._exit(0)\n"
+        "    children.append(pid)\n"
+        "print('forked', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "forked"
+        tree = process_tree(parent.pid)
+        assert len(tree) == 4
+        assert sum(rss_without_shmem_bytes(pid) for pid in tree) >= 4 * HOLD_BYTES
+        assert HOLD_BYTES <= tree_proportional_bytes(parent.pid) < 2 * HOLD_BYTES
+    finally:
+        parent.communicate("\n" * 5, timeout=30)
