@@ -47,11 +47,22 @@ RETRIABLE = frozenset(
 )
 MAX_RETRIES = 5
 RETRY_BACKOFF_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
-# Batches in flight and no acknowledgement for this long: the stream is treated as
-# broken (a cut link can leave TCP silent for minutes).
+# A batch sent and not acknowledged within ack_allowance(its size): the stream is
+# treated as broken. Keepalive notices a dead peer or a cut link (~10 s); this
+# notices a receiver that answers pings but no longer acknowledges. The allowance
+# grows with the batch: many connections share a link, and 32 connections over
+# 100 Mbit/s move ~0.4 MB/s each, so an 8 MiB batch takes ~20 s to arrive (with a
+# flat 10 s every such migration failed).
 ACK_TIMEOUT_SECONDS = 10.0
+MIN_ACK_RATE_BYTES_PER_SECOND = 128 << 10
 # Give up once a connection has made no progress for this long, however it fails.
 RETRY_BUDGET_SECONDS = 30.0
+
+
+def ack_allowance(frame_bytes: int) -> float:
+    """Seconds a sent batch may go unacknowledged: ACK_TIMEOUT_SECONDS, plus its time on
+    the wire at MIN_ACK_RATE_BYTES_PER_SECOND (8 MiB: 74 s; 64 KiB: 10.5 s)."""
+    return ACK_TIMEOUT_SECONDS + frame_bytes / MIN_ACK_RATE_BYTES_PER_SECOND
 
 
 class TransferFailed(Exception):
@@ -118,7 +129,8 @@ class ConnectionStream:
         self._producing = False
         self._input_done = False
         self._source_error: BaseException | None = None
-        self._last_progress = time.monotonic()
+        self._last_progress = time.monotonic()  # an acknowledgement, or a chunk that needed no batch
+        self._stream_started = time.monotonic()
         # Chunks read, scanned and framed one ahead of the stream (common/read_ahead.py),
         # shared by the streams of a reconnect: a batch built but not sent stays there.
         self._built: ReadAhead[BuiltBatch] | None = None
@@ -179,6 +191,7 @@ class ConnectionStream:
                     return
 
     def _stream(self, epoch: int) -> None:
+        self._stream_started = time.monotonic()
         transfer = self.channel.stream_stream(
             TRANSFER_METHOD, request_serializer=None, response_deserializer=pb.PageBatchAck.FromString
         )
@@ -224,13 +237,33 @@ class ConnectionStream:
             if self.stop.wait(_POLL_SECONDS):
                 call.cancel()
                 return
-            with self._lock:
-                waiting = bool(self._in_flight)
-            if waiting and time.monotonic() - self._last_progress > ACK_TIMEOUT_SECONDS:
-                log.warning("connection %d: no acknowledgement for %.0f s", self.index, ACK_TIMEOUT_SECONDS)
+            overdue = self._ack_overdue()
+            if overdue is not None:
+                waited, allowed = overdue
+                log.warning(
+                    "connection %d: no acknowledgement for %.0f s (its next batch is allowed %.0f s)",
+                    self.index,
+                    waited,
+                    allowed,
+                )
                 self._last_progress = time.monotonic() - RETRY_BUDGET_SECONDS / 2  # counts against the budget
                 call.cancel()
                 return
+
+    def _ack_overdue(self) -> tuple[float, float] | None:
+        """(seconds waited, seconds allowed) when the next acknowledgement is overdue. The
+        clock starts at the latest of: the last acknowledgement, this stream's start, and the
+        first sending of the oldest unacknowledged batch (a long all-zero scan before it,
+        with nothing to acknowledge, is not a stall)."""
+        with self._lock:
+            sent = [pending for _id, pending in sorted(self._in_flight.items()) if pending.sent_at is not None]
+        if not sent:
+            return None
+        oldest = sent[0]
+        assert oldest.sent_at is not None
+        waited = time.monotonic() - max(self._last_progress, self._stream_started, oldest.sent_at)
+        allowed = ack_allowance(len(oldest.frame))
+        return (waited, allowed) if waited > allowed else None
 
     def _current(self, epoch: int) -> bool:
         return epoch == self._epoch and not self.stop.is_set()
@@ -313,6 +346,7 @@ class ConnectionStream:
                 self.stop.set()
                 return
             if built.frame is None:
+                self._last_progress = time.monotonic()  # scanned: progress, with nothing to acknowledge
                 self.reporter.chunk_done(ChunkReport(self.index, chunk.chunk_id, built.outcome, None, None))
                 continue
             yield built

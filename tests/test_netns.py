@@ -129,3 +129,84 @@ def test_cut_link_fails_the_migration_in_bounded_time(shm_dir):
         guest.kill()
         guest.wait()
         hosts.close()
+
+
+@pytest.mark.skipif(REASON is not None, reason=f"two-host test skipped: {REASON}")
+def test_many_connections_sharing_a_slow_link_complete(shm_dir):
+    """8 connections over 20 Mbit/s move ~0.3 MB/s each, so a 4 MiB batch takes ~14 s to
+    arrive: slow, not stalled. The acknowledgement watchdog allows a batch time for its
+    size (sender/stream.py); with a flat 10 s this migration failed."""
+    import time
+
+    from livemig.cli.images import make_image
+    from tests.netns import TwoHosts
+
+    hosts = TwoHosts(rate="20mbit")
+    image = shm_dir / "guest.img"
+    make_image(image, 32 * (1 << 20), 1.0, seed=4)
+    livemig = [sys.executable, "-m", "livemig.cli.main"]
+    processes = []
+    try:
+        receiver = subprocess.Popen(
+            hosts.command(
+                hosts.dst,
+                [
+                    *livemig,
+                    "receiver",
+                    "--insecure",
+                    "--listen",
+                    f"{hosts.dst_ip}:7868",
+                    "--memory-dir",
+                    str(shm_dir / "dst"),
+                ],
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        sender = subprocess.Popen(
+            hosts.command(hosts.src, [*livemig, "sender", "--insecure", "--listen", "127.0.0.1:7867"]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        processes += [receiver, sender]
+        for process in (receiver, sender):
+            while "listening" not in (line := process.stdout.readline()):
+                assert line, "service did not start"
+        started = time.monotonic()
+        client = subprocess.run(
+            hosts.command(
+                hosts.src,
+                [
+                    *livemig,
+                    "send-migration",
+                    "--insecure",
+                    "--sender",
+                    "127.0.0.1:7867",
+                    "--destination",
+                    f"{hosts.dst_ip}:7868",
+                    "--memory",
+                    str(image),
+                    "--connections",
+                    "8",
+                    "--max-batch-bytes",
+                    "4M",
+                    "--verify",
+                    "--json",
+                ],
+            ),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        took = time.monotonic() - started
+        status = json.loads(client.stdout)
+        print(f"32 MiB over 20 Mbit/s, 8 connections, 4 MiB batches: {status['state']} in {took:.1f} s")
+        assert status["state"] == "COMPLETED", status.get("error")
+        assert status["stats"]["verified"] is True
+        assert took > 10  # each batch really took longer than the old flat allowance
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
