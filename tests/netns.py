@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+LIVEMIG = [sys.executable, "-m", "livemig.cli.main"]
+RECEIVER_PORT = 7868
+SENDER_PORT = 7867  # on the source namespace's loopback
 
 
 def unavailable() -> str | None:
@@ -69,6 +75,59 @@ class TwoHosts:
 
     def command(self, namespace: str, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", namespace, *argv]
+
+    def start_services(self, memory_dir: Path) -> list[subprocess.Popen]:
+        """A receiver in dst (on dst_ip:RECEIVER_PORT, destination memory in memory_dir) and a
+        sender in src (on 127.0.0.1:SENDER_PORT); returns both once they listen."""
+        receiver = subprocess.Popen(
+            self.command(
+                self.dst,
+                [
+                    *LIVEMIG,
+                    "receiver",
+                    "--insecure",
+                    "--listen",
+                    f"{self.dst_ip}:{RECEIVER_PORT}",
+                    "--memory-dir",
+                    str(memory_dir),
+                ],
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        sender = subprocess.Popen(
+            self.command(self.src, [*LIVEMIG, "sender", "--insecure", "--listen", f"127.0.0.1:{SENDER_PORT}"]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for process in (receiver, sender):
+            while "listening" not in (line := process.stdout.readline()):
+                if not line:
+                    receiver.kill()
+                    sender.kill()
+                    raise RuntimeError("service did not start")
+        return [receiver, sender]
+
+    def send_migration(self, image: Path, *options: str) -> list[str]:
+        """The command line of `livemig send-migration --json` for `image`, run in src."""
+        return self.command(
+            self.src,
+            [
+                *LIVEMIG,
+                "send-migration",
+                "--insecure",
+                "--sender",
+                f"127.0.0.1:{SENDER_PORT}",
+                "--destination",
+                f"{self.dst_ip}:{RECEIVER_PORT}",
+                "--memory",
+                str(image),
+                *options,
+                "--json",
+            ],
+        )
 
     def cut(self) -> None:
         """Take the link down on both ends: packets vanish, no RST, no FIN."""

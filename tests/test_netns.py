@@ -57,54 +57,11 @@ def test_cut_link_fails_the_migration_in_bounded_time(shm_dir):
     image = shm_dir / "guest.img"
     make_image(image, 128 * (1 << 20), 1.0)
     guest = start_guest(image)  # maps the image, as a VMM would
-    livemig = [sys.executable, "-m", "livemig.cli.main"]
     processes = []
     try:
-        receiver = subprocess.Popen(
-            hosts.command(
-                hosts.dst,
-                [
-                    *livemig,
-                    "receiver",
-                    "--insecure",
-                    "--listen",
-                    f"{hosts.dst_ip}:7868",
-                    "--memory-dir",
-                    str(shm_dir / "dst"),
-                ],
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        sender = subprocess.Popen(
-            hosts.command(hosts.src, [*livemig, "sender", "--insecure", "--listen", "127.0.0.1:7867"]),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        processes += [receiver, sender]
-        for process in (receiver, sender):
-            while "listening" not in (line := process.stdout.readline()):
-                assert line, "service did not start"
+        processes += hosts.start_services(shm_dir / "dst")
         client = subprocess.Popen(
-            hosts.command(
-                hosts.src,
-                [
-                    *livemig,
-                    "send-migration",
-                    "--insecure",
-                    "--sender",
-                    "127.0.0.1:7867",
-                    "--destination",
-                    f"{hosts.dst_ip}:7868",
-                    "--memory",
-                    str(image),
-                    "--guest-pid",
-                    str(guest.pid),
-                    "--json",
-                ],
-            ),
+            hosts.send_migration(image, "--guest-pid", str(guest.pid)),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -144,58 +101,12 @@ def test_many_connections_sharing_a_slow_link_complete(shm_dir):
     hosts = TwoHosts(rate="20mbit")
     image = shm_dir / "guest.img"
     make_image(image, 32 * (1 << 20), 1.0, seed=4)
-    livemig = [sys.executable, "-m", "livemig.cli.main"]
     processes = []
     try:
-        receiver = subprocess.Popen(
-            hosts.command(
-                hosts.dst,
-                [
-                    *livemig,
-                    "receiver",
-                    "--insecure",
-                    "--listen",
-                    f"{hosts.dst_ip}:7868",
-                    "--memory-dir",
-                    str(shm_dir / "dst"),
-                ],
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        sender = subprocess.Popen(
-            hosts.command(hosts.src, [*livemig, "sender", "--insecure", "--listen", "127.0.0.1:7867"]),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        processes += [receiver, sender]
-        for process in (receiver, sender):
-            while "listening" not in (line := process.stdout.readline()):
-                assert line, "service did not start"
+        processes += hosts.start_services(shm_dir / "dst")
         started = time.monotonic()
         client = subprocess.run(
-            hosts.command(
-                hosts.src,
-                [
-                    *livemig,
-                    "send-migration",
-                    "--insecure",
-                    "--sender",
-                    "127.0.0.1:7867",
-                    "--destination",
-                    f"{hosts.dst_ip}:7868",
-                    "--memory",
-                    str(image),
-                    "--connections",
-                    "8",
-                    "--max-batch-bytes",
-                    "4M",
-                    "--verify",
-                    "--json",
-                ],
-            ),
+            hosts.send_migration(image, "--connections", "8", "--max-batch-bytes", "4M", "--verify"),
             capture_output=True,
             text=True,
             timeout=180,
@@ -210,3 +121,4 @@ def test_many_connections_sharing_a_slow_link_complete(shm_dir):
         for process in processes:
             process.kill()
             process.wait()
+        hosts.close()
