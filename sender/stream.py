@@ -55,7 +55,10 @@ RETRY_BACKOFF_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
 # flat 10 s every such migration failed).
 ACK_TIMEOUT_SECONDS = 10.0
 MIN_ACK_RATE_BYTES_PER_SECOND = 128 << 10
-# Give up once a connection has made no progress for this long, however it fails.
+# Give up once a connection has been failing for this long without progress, however
+# it fails. Timed from its first failure since the last progress, not from the last
+# acknowledgement: on a slow link a minute between acknowledgements is normal, and a
+# stream that breaks then still deserves its reconnects.
 RETRY_BUDGET_SECONDS = 30.0
 
 
@@ -152,6 +155,7 @@ class ConnectionStream:
         """One stream at a time; when a connection breaks, a new stream resends every
         unacknowledged batch, up to MAX_RETRIES times in a row without progress."""
         failures = 0
+        failing_since = 0.0
         while True:
             try:
                 self._stream(self._epoch)
@@ -165,11 +169,14 @@ class ConnectionStream:
                 if error.code() not in RETRIABLE:
                     raise
                 failures = 1 if progressed else failures + 1
-                stalled = time.monotonic() - self._last_progress
+                now = time.monotonic()
+                if failures == 1 or self._last_progress > failing_since:
+                    failing_since = now  # the first failure since the last progress
+                stalled = now - failing_since
                 if failures > MAX_RETRIES or stalled > RETRY_BUDGET_SECONDS:
                     raise TransferFailed(
                         f"connection {self.index} lost: {error.code().name}: {error.details()} "
-                        f"({failures - 1} reconnects, no progress for {stalled:.0f} s)"
+                        f"({failures - 1} reconnects, failing for {stalled:.0f} s without progress)"
                     ) from error
                 with self._lock:
                     self._epoch += 1
@@ -246,7 +253,6 @@ class ConnectionStream:
                     waited,
                     allowed,
                 )
-                self._last_progress = time.monotonic() - RETRY_BUDGET_SECONDS / 2  # counts against the budget
                 call.cancel()
                 return
 

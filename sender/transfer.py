@@ -78,8 +78,9 @@ class _Connection:
     outstanding: dict[int, Chunk] = field(default_factory=dict)
     finished: bool = False
     failed: bool = False
-    restarts: int = 0
+    restarts: int = 0  # deaths in a row without progress
     last_progress: float = field(default_factory=time.monotonic)
+    failing_since: float = 0.0  # the first death since the last progress
 
 
 class TransferPool:
@@ -126,7 +127,10 @@ class TransferPool:
     def _restart(self, connection: _Connection) -> None:
         """A connection process died: start another and give it the dead one's chunks."""
         connection.restarts += 1
-        stalled = time.monotonic() - connection.last_progress
+        now = time.monotonic()
+        if connection.restarts == 1:
+            connection.failing_since = now  # as sender/stream.py: the budget runs from the first failure
+        stalled = now - connection.failing_since
         index = connection.index
         if connection.restarts > MAX_RETRIES or stalled > RETRY_BUDGET_SECONDS:
             self._fail(

@@ -1,7 +1,8 @@
-"""The acknowledgement watchdog of a connection's stream: slow is not stalled.
+"""The acknowledgement watchdog and retry budget of a connection's stream: slow is not stalled.
 
 No gRPC here: a ConnectionStream's clock and window are set as a real stream would
-leave them, and the watchdog's judgement (`_ack_overdue`) is read back.
+leave them, and the watchdog's judgement (`_ack_overdue`) is read back; streams that
+break are stand-ins raising what gRPC raises.
 """
 
 from __future__ import annotations
@@ -10,11 +11,19 @@ import queue
 import threading
 import time
 
+import grpc
 import pytest
 
 from livemig.sender.batch_builder import Chunk
 from livemig.sender.stats import ChunkOutcome
-from livemig.sender.stream import ACK_TIMEOUT_SECONDS, ConnectionStream, Pending, ack_allowance
+from livemig.sender.stream import (
+    ACK_TIMEOUT_SECONDS,
+    MAX_RETRIES,
+    ConnectionStream,
+    Pending,
+    TransferFailed,
+    ack_allowance,
+)
 
 MIB = 1 << 20
 
@@ -66,3 +75,40 @@ def test_only_the_oldest_sent_batch_counts_and_unsent_ones_do_not():
     frames = {4: (64 << 10, 11.0), 5: (8 * MIB, 11.0), 6: (8 * MIB, None)}
     assert stream_waiting_for(frames, last_ack_ago=30, started_ago=30)._ack_overdue() is not None
     assert stream_waiting_for({6: (64 << 10, None)}, last_ack_ago=30, started_ago=30)._ack_overdue() is None
+
+
+class Broken(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "connection reset"
+
+
+class BreakingStream(ConnectionStream):
+    """Its streams break `breaks` times, each after `silent` seconds without an
+    acknowledgement (as a slow link leaves it), then one ends well."""
+
+    def __init__(self, breaks: int, silent: float) -> None:
+        super().__init__(0, None, "token", None, queue.Queue(), None, threading.Event())
+        self.breaks, self.silent, self.streams = breaks, silent, 0
+
+    def _stream(self, epoch: int) -> None:
+        self.streams += 1
+        if self.streams <= self.breaks:
+            self._last_progress = time.monotonic() - self.silent
+            raise Broken()
+
+
+def test_a_stream_that_breaks_after_a_long_quiet_batch_still_reconnects():
+    """A minute between acknowledgements is normal on a slow link: the retry budget runs
+    from the failure, not from the last acknowledgement."""
+    stream = BreakingStream(breaks=1, silent=60)
+    stream._stream_with_retries()
+    assert stream.streams == 2 and stream.reconnects == 1
+
+
+def test_reconnects_in_a_row_without_progress_are_bounded():
+    stream = BreakingStream(breaks=100, silent=60)  # every stream breaks, none makes progress
+    with pytest.raises(TransferFailed, match=f"{MAX_RETRIES} reconnects"):
+        stream._stream_with_retries()
