@@ -133,6 +133,7 @@ class ConnectionStream:
         self._input_done = False
         self._source_error: BaseException | None = None
         self._last_progress = time.monotonic()  # an acknowledgement, or a chunk that needed no batch
+        self._last_ack = time.monotonic()  # the watchdog's clock: scanning does not reset it
         self._stream_started = time.monotonic()
         # Chunks read, scanned and framed one ahead of the stream (common/read_ahead.py),
         # shared by the streams of a reconnect: a batch built but not sent stays there.
@@ -214,7 +215,7 @@ class ConnectionStream:
                 if pending is None:
                     raise TransferFailed(f"receiver acknowledged unknown batch {ack.batch_id}")
                 progressed = True
-                self._last_progress = acked_at
+                self._last_progress = self._last_ack = acked_at
                 if pending.holds_window:
                     self._window.release()
                 self.reporter.chunk_done(
@@ -260,14 +261,14 @@ class ConnectionStream:
         """(seconds waited, seconds allowed) when the next acknowledgement is overdue. The
         clock starts at the latest of: the last acknowledgement, this stream's start, and the
         first sending of the oldest unacknowledged batch (a long all-zero scan before it,
-        with nothing to acknowledge, is not a stall)."""
+        with nothing to acknowledge, is not a stall; scanning after it does not reset it)."""
         with self._lock:
             sent = [pending for _id, pending in sorted(self._in_flight.items()) if pending.sent_at is not None]
         if not sent:
             return None
         oldest = sent[0]
         assert oldest.sent_at is not None
-        waited = time.monotonic() - max(self._last_progress, self._stream_started, oldest.sent_at)
+        waited = time.monotonic() - max(self._last_ack, self._stream_started, oldest.sent_at)
         allowed = ack_allowance(len(oldest.frame))
         return (waited, allowed) if waited > allowed else None
 

@@ -33,7 +33,7 @@ def stream_waiting_for(frames: dict[int, tuple[int, float | None]], last_ack_ago
     not sent)) are unacknowledged."""
     stream = ConnectionStream(0, None, "token", None, queue.Queue(), None, threading.Event())
     now = time.monotonic()
-    stream._last_progress = now - last_ack_ago
+    stream._last_progress = stream._last_ack = now - last_ack_ago
     stream._stream_started = now - started_ago
     for batch_id, (size, sent_ago) in frames.items():
         sent_at = None if sent_ago is None else now - sent_ago
@@ -64,6 +64,14 @@ def test_a_long_scan_before_the_first_batch_is_not_a_stall():
     clock starts when it is sent."""
     stream = stream_waiting_for({7: (64 << 10, 0.5)}, last_ack_ago=60, started_ago=60)
     assert stream._ack_overdue() is None
+
+
+def test_scanning_after_a_batch_was_sent_does_not_reset_its_clock():
+    """All-zero chunks scanned while a batch waits are progress for the retry budget, not
+    an acknowledgement: a receiver that stopped acknowledging is still noticed."""
+    stream = stream_waiting_for({2: (64 << 10, 12.0)}, last_ack_ago=12, started_ago=12)
+    stream._last_progress = time.monotonic()  # a chunk that needed no batch, just now
+    assert stream._ack_overdue() is not None
 
 
 def test_a_resent_batch_gets_a_fresh_clock_on_a_new_stream():
