@@ -20,18 +20,15 @@ from __future__ import annotations
 import argparse
 import collections
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from livemig.cli.client import run_migration
-from livemig.cli.images import make_image, tmpfs_dir
-from livemig.cli.processes import ServiceProcess, process_tree, rss_without_shmem_bytes, tree_cpu_seconds
+from loopback import loopback
+
+from livemig.cli.processes import process_tree, rss_without_shmem_bytes, tree_cpu_seconds
 from livemig.cli.units import parse_size
-from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 
 RATE = 999
@@ -101,60 +98,39 @@ def main() -> None:
     parser.add_argument("--detail", default="", help="list the functions of one category (e.g. interpreter)")
     args = parser.parse_args()
     size, batch = parse_size(args.size), args.batch_mib << 20
-    workdir = Path(tempfile.mkdtemp(prefix="livemig-perf-", dir=tmpfs_dir()))
-    try:
-        image = workdir / "guest.img"
-        make_image(image, size, 1.0, seed=7)
-        receiver_args = ["--memory-dir", str(workdir / "dst"), "--max-batch-bytes", str(batch)]
-        with ServiceProcess("receiver", receiver_args) as rx, ServiceProcess("sender", []) as tx:
-            request = pb.StartMigrationRequest(
-                destination=rx.address,
-                regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
-                connections=args.connections,
-                max_batch_bytes=batch,
+    receiver_args = ["--max-batch-bytes", str(batch)]
+    options = {"connections": args.connections, "max_batch_bytes": batch}
+    with loopback("livemig-perf-", size, 1.0, receiver_args, **options) as pair:
+        tx, rx = pair.sender, pair.receiver
+        perf_data = pair.workdir / "perf.data"
+        recorder = None
+        if not args.no_perf:
+            record = ["perf", "record", "-e", "cpu-clock", "-F", str(RATE), "-a", "-g", "-o", str(perf_data)]
+            recorder = subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+        before = tree_cpu_seconds(tx.pid), tree_cpu_seconds(rx.pid)
+        durations = [pair.migrate() for _ in range(args.migrations)]
+        after = tree_cpu_seconds(tx.pid), tree_cpu_seconds(rx.pid)
+        roles = {pid: name for name, service in (("sender", tx), ("receiver", rx)) for pid in process_tree(service.pid)}
+        if recorder is not None:
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait(timeout=120)
+        gib = args.migrations * size / 2**30
+        print(
+            f"{args.migrations} migrations of {args.size}, {args.connections} connections, "
+            f"{args.batch_mib} MiB batches: " + ", ".join(f"{d} ms" for d in durations)
+        )
+        print(f"CPU s/GiB: sender {(after[0] - before[0]) / gib:.2f}, receiver {(after[1] - before[1]) / gib:.2f}")
+        time.sleep(1.5)
+        print(
+            "RSS without shmem, MiB, after: "
+            + "; ".join(
+                f"{name} " + " ".join(str(rss_without_shmem_bytes(pid) >> 20) for pid in process_tree(service.pid))
+                for name, service in (("sender", tx), ("receiver", rx))
             )
-
-            def migrate() -> int:
-                status = run_migration(tx.address, request)
-                assert status.state == pb.COMPLETED, status.error
-                for region in status.destination_regions:
-                    shutil.rmtree(Path(region.path).parent, ignore_errors=True)
-                return status.stats.duration_ms
-
-            migrate()  # warm-up: pools started, image in the page cache
-            perf_data = workdir / "perf.data"
-            recorder = None
-            if not args.no_perf:
-                record = ["perf", "record", "-e", "cpu-clock", "-F", str(RATE), "-a", "-g", "-o", str(perf_data)]
-                recorder = subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                time.sleep(1.0)
-            before = tree_cpu_seconds(tx.pid), tree_cpu_seconds(rx.pid)
-            durations = [migrate() for _ in range(args.migrations)]
-            after = tree_cpu_seconds(tx.pid), tree_cpu_seconds(rx.pid)
-            roles = {
-                pid: name for name, service in (("sender", tx), ("receiver", rx)) for pid in process_tree(service.pid)
-            }
-            if recorder is not None:
-                recorder.send_signal(signal.SIGINT)
-                recorder.wait(timeout=120)
-            gib = args.migrations * size / 2**30
-            print(
-                f"{args.migrations} migrations of {args.size}, {args.connections} connections, "
-                f"{args.batch_mib} MiB batches: " + ", ".join(f"{d} ms" for d in durations)
-            )
-            print(f"CPU s/GiB: sender {(after[0] - before[0]) / gib:.2f}, receiver {(after[1] - before[1]) / gib:.2f}")
-            time.sleep(1.5)
-            print(
-                "RSS without shmem, MiB, after: "
-                + "; ".join(
-                    f"{name} " + " ".join(str(rss_without_shmem_bytes(pid) >> 20) for pid in process_tree(service.pid))
-                    for name, service in (("sender", tx), ("receiver", rx))
-                )
-            )
-            if recorder is not None:
-                print("\n".join(split(perf_data, roles, gib, args.detail)))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        )
+        if recorder is not None:
+            print("\n".join(split(perf_data, roles, gib, args.detail)))
 
 
 if __name__ == "__main__":

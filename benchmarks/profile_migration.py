@@ -17,15 +17,12 @@ import collections
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from livemig.cli.client import run_migration
-from livemig.cli.images import make_image, tmpfs_dir
-from livemig.cli.processes import ServiceProcess
+from loopback import loopback
+
 from livemig.cli.units import parse_size
-from livemig.common.proto import livemig_pb2 as pb
 
 IDLE = ("wait (threading.py", "select (", "poll (", "_poll_for_event", "channel_spin", "_next (", "get (queue.py")
 
@@ -66,58 +63,38 @@ def main() -> None:
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     args.out.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="livemig-profile-", dir=tmpfs_dir()))
-    try:
-        image = workdir / "guest.img"
-        make_image(image, parse_size(args.size), args.touched, seed=7)
-        receiver_args = ["--memory-dir", str(workdir / "dst"), *args.receiver_arg]
-        with ServiceProcess("receiver", receiver_args) as rx, ServiceProcess("sender", []) as tx:
-            request = pb.StartMigrationRequest(
-                destination=rx.address,
-                regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
-                connections=args.connections,
+    size = parse_size(args.size)
+    with loopback("livemig-profile-", size, args.touched, args.receiver_arg, connections=args.connections) as pair:
+        record = [
+            py_spy,
+            "record",
+            "--subprocesses",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--rate",
+            str(args.rate),
+            *args.py_spy_arg,
+        ]
+        recorders = [
+            subprocess.Popen(
+                [*record, "--pid", str(service.pid), "--output", str(args.out / f"{service.role}.txt")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
-
-            def migrate() -> float:
-                status = run_migration(tx.address, request)
-                assert status.state == pb.COMPLETED, status.error
-                for region in status.destination_regions:
-                    shutil.rmtree(Path(region.path).parent, ignore_errors=True)
-                return status.stats.duration_ms
-
-            migrate()  # warm-up: pools started, image in the page cache
-            record = [
-                py_spy,
-                "record",
-                "--subprocesses",
-                "--nonblocking",
-                "--format",
-                "raw",
-                "--rate",
-                str(args.rate),
-                *args.py_spy_arg,
-            ]
-            recorders = [
-                subprocess.Popen(
-                    [*record, "--pid", str(service.pid), "--output", str(args.out / f"{service.role}.txt")],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                for service in (tx, rx)
-            ]
-            time.sleep(1.0)  # py-spy attaches
-            durations = [migrate() for _ in range(args.migrations)]
-            for recorder in recorders:
-                recorder.send_signal(subprocess.signal.SIGINT)
-            for recorder in recorders:
-                recorder.wait(timeout=60)
-        print(f"migrations of {args.size}, {args.connections} connections: " + ", ".join(f"{d} ms" for d in durations))
-        for role in ("sender", "receiver"):
-            path = args.out / f"{role}.txt"
-            if path.exists():
-                print("\n".join(summarise(path, args.top)))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+            for service in (pair.sender, pair.receiver)
+        ]
+        time.sleep(1.0)  # py-spy attaches
+        durations = [pair.migrate() for _ in range(args.migrations)]
+        for recorder in recorders:
+            recorder.send_signal(subprocess.signal.SIGINT)
+        for recorder in recorders:
+            recorder.wait(timeout=60)
+    print(f"migrations of {args.size}, {args.connections} connections: " + ", ".join(f"{d} ms" for d in durations))
+    for role in ("sender", "receiver"):
+        path = args.out / f"{role}.txt"
+        if path.exists():
+            print("\n".join(summarise(path, args.top)))
 
 
 if __name__ == "__main__":

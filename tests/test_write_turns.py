@@ -7,7 +7,10 @@ import fcntl
 import multiprocessing
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from livemig.receiver.write_turns import WriteTurns
 
@@ -23,49 +26,51 @@ def _try_lock(path: str, result) -> None:
         os.close(fd)
 
 
-def test_another_process_waits_for_the_turn(tmp_path: Path):
+@pytest.fixture
+def destination(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A destination file and this process's descriptor of it."""
     path = tmp_path / "destination"
     path.write_bytes(bytes(4096))
     fd = os.open(path, os.O_RDWR)
+    try:
+        yield path, fd
+    finally:
+        os.close(fd)
+
+
+def test_another_process_waits_for_the_turn(destination: tuple[Path, int]):
+    path, fd = destination
     context = multiprocessing.get_context("spawn")
-    try:
-        turns = WriteTurns(fd)
-        for held, expected in ((True, "EWOULDBLOCK"), (False, "acquired")):
-            if held:
-                turns.acquire()
-            result = context.Queue()
-            child = context.Process(target=_try_lock, args=(str(path), result))
-            child.start()
-            child.join(60)
-            outcome = result.get(timeout=5)
-            if held:
-                turns.release()
-            assert outcome in (expected, "EAGAIN" if expected == "EWOULDBLOCK" else expected)
-    finally:
-        os.close(fd)
+    turns = WriteTurns(fd)
+    for held, expected in ((True, "EWOULDBLOCK"), (False, "acquired")):
+        if held:
+            turns.acquire()
+        result = context.Queue()
+        child = context.Process(target=_try_lock, args=(str(path), result))
+        child.start()
+        child.join(60)
+        outcome = result.get(timeout=5)
+        if held:
+            turns.release()
+        assert outcome in (expected, "EAGAIN" if expected == "EWOULDBLOCK" else expected)
 
 
-def test_threads_of_one_process_take_turns_too(tmp_path: Path):
+def test_threads_of_one_process_take_turns_too(destination: tuple[Path, int]):
     """Threads share one open file description, which flock alone would let in at once."""
-    path = tmp_path / "destination"
-    path.write_bytes(bytes(4096))
-    fd = os.open(path, os.O_RDWR)
-    try:
-        turns = WriteTurns(fd)
-        entered = threading.Event()
+    _path, fd = destination
+    turns = WriteTurns(fd)
+    entered = threading.Event()
 
-        def second_writer() -> None:
-            with turns:
-                entered.set()
-
+    def second_writer() -> None:
         with turns:
-            thread = threading.Thread(target=second_writer)
-            thread.start()
-            assert not entered.wait(0.3), "a second thread wrote while the first held the turn"
-        assert entered.wait(30)
-        thread.join(30)
-    finally:
-        os.close(fd)
+            entered.set()
+
+    with turns:
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        assert not entered.wait(0.3), "a second thread wrote while the first held the turn"
+    assert entered.wait(30)
+    thread.join(30)
 
 
 def test_a_failed_flock_gives_the_thread_turn_back():
