@@ -23,6 +23,7 @@ import grpc
 from livemig.cli.options import Host, HostPort, name_envvars, tls_options
 from livemig.cli.units import Duration, Size
 from livemig.common.proto import livemig_pb2 as pb
+from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES
 
 MAX_CONNECTIONS = 128
 PAGE_SIZE = Size(min_bytes=4096, max_bytes=1 << 30)
@@ -187,6 +188,14 @@ def _metrics_options(command):
     "tmpfs file), mapped (a shared mapping: workers write in parallel; hugetlbfs needs it); "
     "auto: mapped from 3 data workers on.",
 )
+@click.option(
+    "--max-unsettled-batches",
+    type=click.IntRange(64, 1 << 24),
+    default=DEFAULT_MAX_UNSETTLED_BATCHES,
+    show_default=True,
+    help="Batch ids a session may send ahead of the oldest one it has not settled (the receiver remembers "
+    "those: 170 bytes an id, and 74 in each data worker); one more is refused (RESOURCE_EXHAUSTED).",
+)
 @tls_options(server=True)
 def receiver(
     listen: str,
@@ -201,6 +210,7 @@ def receiver(
     data_port: int,
     max_streams_per_worker: int,
     write_mode: str,
+    max_unsettled_batches: int,
     security,
 ) -> None:
     """Run the receiver service (destination host)."""
@@ -222,6 +232,7 @@ def receiver(
         data_workers,
         max_streams_per_worker,
         write_mode,
+        max_unsettled_batches,
     )
     try:
         service = Receiver(memory_dir, limits, security, listen.rpartition(":")[0], data_port)

@@ -92,6 +92,7 @@ def _header(
     ranges: np.ndarray | Sequence[MemoryRange],
     zero_ranges: np.ndarray | Sequence[MemoryRange],
     attempt: int,
+    settled_below: int,
 ) -> bytes:
     """Every field of a PageBatch but data (and padding), serialized."""
     return pb.PageBatch(
@@ -100,6 +101,7 @@ def _header(
         ranges=pack_ranges(ranges),
         zero_ranges=pack_ranges(zero_ranges),
         attempt=attempt,
+        settled_below=settled_below,
     ).SerializeToString()
 
 
@@ -110,9 +112,10 @@ def encode_batch(
     payload: Sequence[bytes | bytearray | memoryview],
     zero_ranges: np.ndarray | Sequence[MemoryRange] = (),
     attempt: int = 0,
+    settled_below: int = 0,
 ) -> bytes:
     """Serialize a PageBatch whose data is the concatenation of `payload`, copying it once."""
-    header = _header(session_token, batch_id, ranges, zero_ranges, attempt)
+    header = _header(session_token, batch_id, ranges, zero_ranges, attempt, settled_below)
     data_length = sum(len(part) for part in payload)
     return b"".join((_DATA_TAG, encode_varint(data_length), *payload, header))
 
@@ -143,8 +146,9 @@ class FrameInPlace:
         ranges: np.ndarray | Sequence[MemoryRange],
         data_length: int,
         attempt: int = 0,
+        settled_below: int = 0,
     ) -> None:
-        header = _header(session_token, batch_id, ranges, (), attempt)
+        header = _header(session_token, batch_id, ranges, (), attempt, settled_below)
         prefix = aligned_prefix(data_length)
         self._message = WritableBytes(len(prefix) + data_length + len(header))
         view = self._message.view

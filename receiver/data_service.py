@@ -39,7 +39,9 @@ class WriterLookup(Protocol):
 class DataReports(Protocol):
     """Where a data worker's facts go (the control process owns counters and metrics)."""
 
-    def batch_applied(self, session_id: str, batch_id: int, attempt: int, written: int, zeroed: int) -> None: ...
+    def batch_applied(
+        self, session_id: str, batch_id: int, attempt: int, written: int, zeroed: int, settled_below: int
+    ) -> None: ...
 
     def batch_rejected(self, reason: Reason) -> None: ...
 
@@ -127,7 +129,9 @@ class DataService:
                     self._refuse(error, bound, context)
                 if now:
                     header = batch.header
-                    self.reports.batch_applied(writer.session_id, header.batch_id, header.attempt, written, zeroed)
+                    self.reports.batch_applied(
+                        writer.session_id, header.batch_id, header.attempt, written, zeroed, header.settled_below
+                    )
                 yield pb.PageBatchAck(batch_id=batch.header.batch_id, bytes_written=written)
         finally:
             if requests is not None:

@@ -8,10 +8,13 @@ refused at once with RESOURCE_EXHAUSTED (gRPC's maximum_concurrent_rpcs), never
 parked.
 
 Messages on the pipe (tuples):
-  control -> worker: ("end", session_id, state, expired_after) | ("stop", grace_seconds)
-  worker -> control: ("listening", port) | ("batch", session_id, batch_id, attempt, written, zeroed)
+  control -> worker: ("end", session_id, state, expired_after) | ("settle", round) | ("stop", grace_seconds)
+  worker -> control: ("listening", port)
+                     | ("batch", session_id, batch_id, attempt, written, zeroed, settled_below)
                      | ("rejected", reason value) | ("stream", session_id, delta)
-                     | ("ended", session_id) | ("log", ...)
+                     | ("ended", session_id) | ("settled", round) | ("log", ...)
+"settled" answers "settle" after every report this worker sent before it
+(receiver/ledger.py says why the control process asks).
 A closed pipe means the control process is gone: the worker stops.
 """
 
@@ -107,8 +110,10 @@ class PipeReports:
     def __init__(self, sender: PipeSender) -> None:
         self.sender = sender
 
-    def batch_applied(self, session_id: str, batch_id: int, attempt: int, written: int, zeroed: int) -> None:
-        self.sender.send(("batch", session_id, batch_id, attempt, written, zeroed))
+    def batch_applied(
+        self, session_id: str, batch_id: int, attempt: int, written: int, zeroed: int, settled_below: int
+    ) -> None:
+        self.sender.send(("batch", session_id, batch_id, attempt, written, zeroed, settled_below))
 
     def batch_rejected(self, reason: Reason) -> None:
         self.sender.send(("rejected", reason.value))
@@ -165,6 +170,8 @@ def run_data_worker(spec: WorkerSpec, pipe) -> None:
                 ended.release()  # unmap and close off the control process's critical path
             release_free_memory()  # gRPC's and our buffers of the session go back to the system
             activity.trimmed()
+        elif message[0] == "settle":
+            sender.send(("settled", message[1]))  # after every report sent so far (one pipe, in order)
         elif message[0] == "stop":
             grace = message[1]
             break

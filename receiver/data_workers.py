@@ -8,6 +8,14 @@ session's ledger (totals counted once per batch id) and the receiver's
 Prometheus counters, which only the control process exports. A worker that dies
 is started again on the same port; its open streams count as closed, and what
 it reported before dying stays counted.
+
+Settle rounds: a ledger forgets the batch ids a sender settled only once every
+report written before the mark's report is in (receiver/ledger.py). Every
+SETTLE_SECONDS (sooner for a ledger that holds a quarter of its limit), if some
+session has a pending mark, the pool notes the marks,
+sends ("settle", round) to every worker and, once each has answered (or died),
+applies them: a worker answers after everything it sent before, and whatever it
+sent before the mark was written is older than the question.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ log = logging.getLogger("livemig.receiver")
 START_TIMEOUT_SECONDS = 60.0
 END_TIMEOUT_SECONDS = 30.0
 RESTART_PAUSE_SECONDS = 0.5
+SETTLE_SECONDS = 1.0
 _POLL_SECONDS = 0.2
 
 
@@ -45,6 +54,13 @@ class _Worker:
     dead: bool = False  # could not listen, or could not be started again: no longer served or waited for
 
 
+@dataclass(slots=True)
+class _SettleRound:
+    number: int
+    marks: dict[str, int]  # session id -> settled mark to apply once every worker answered
+    waiting: set[int]  # indices of the workers yet to answer
+
+
 class DataWorkerPool:
     def __init__(self, specs: list[WorkerSpec], registry: SessionRegistry) -> None:
         self.registry = registry
@@ -54,6 +70,10 @@ class DataWorkerPool:
         self._stopped = False
         self._start_error = ""
         self._ended: dict[str, set[int]] = {}  # session id -> workers that have ended it
+        self._settle_round: _SettleRound | None = None  # reader thread only
+        self._settle_rounds = 0
+        self._settled_at = time.monotonic()
+        self._settle_soon = False  # a ledger holds a quarter of its limit
         self._workers = [self._start(spec) for spec in specs]
         self._reader = threading.Thread(target=self._read, name="data-worker-reports", daemon=True)
         self._reader.start()
@@ -95,19 +115,54 @@ class DataWorkerPool:
             live = [worker for worker in workers if not worker.dead]
             if not read_reports(live, self._handle, self._died, _POLL_SECONDS):
                 return
+            self._settle(live)
+
+    def _settle(self, live: list[_Worker]) -> None:
+        """Start a settle round, or apply the marks of one every worker has answered."""
+        current = self._settle_round
+        if current is not None:
+            if current.waiting:
+                return
+            for session_id, mark in current.marks.items():
+                session = self.registry.by_id(session_id)
+                if session is not None:
+                    session.ledger.settle(mark)
+            self._settle_round = None
+        if time.monotonic() - self._settled_at < SETTLE_SECONDS and not self._settle_soon:
+            return
+        self._settled_at = time.monotonic()
+        self._settle_soon = False
+        self._settle_soon = False  # a ledger holds a quarter of its limit
+        marks = self.registry.pending_marks()
+        if not marks:
+            return
+        self._settle_rounds += 1
+        current = _SettleRound(self._settle_rounds, marks, set())
+        self._settle_round = current
+        for worker in live:
+            try:
+                worker.pipe.send(("settle", current.number))
+            except (OSError, EOFError, ValueError):
+                continue  # gone: nothing more of it to wait for
+            current.waiting.add(worker.spec.index)
 
     def _handle(self, worker: _Worker, message: tuple) -> None:
         kind = message[0]
         index = worker.spec.index
         if kind == "batch":
-            _kind, session_id, batch_id, attempt, written, zeroed = message
+            _kind, session_id, batch_id, attempt, written, zeroed, settled_below = message
             session = self.registry.by_id(session_id)
             if session is not None:
-                counted = session.ledger.record_batch(batch_id, written, zeroed, attempt)
+                counted = session.ledger.record_batch(batch_id, written, zeroed, attempt, settled_below)
+                if counted.new_batch and session.ledger.wants_settling():
+                    self._settle_soon = True
                 metrics.WRITTEN_BYTES.inc(counted.written)
                 metrics.ZEROED_BYTES.inc(counted.zeroed)
                 if counted.new_batch:
                     metrics.BATCHES.inc()
+        elif kind == "settled":
+            if self._settle_round is not None and message[1] == self._settle_round.number:
+                self._settle_round.waiting.discard(index)
         elif kind == "stream":
             _kind, session_id, delta = message
             session = self.registry.by_id(session_id)
@@ -138,6 +193,8 @@ class DataWorkerPool:
     def _died(self, worker: _Worker) -> None:
         index = worker.spec.index
         self.registry.worker_gone(index)
+        if self._settle_round is not None:
+            self._settle_round.waiting.discard(index)  # all it said is in: nothing more to wait for
         with self._changed:
             if worker.dead:  # it could not listen: not started again
                 self._changed.notify_all()

@@ -28,6 +28,7 @@ from livemig.common.migration_ids import MIGRATION_ID_RULE, is_migration_id
 from livemig.common.ranges import MemoryRange, effective_page_size
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 from livemig.receiver import metrics
+from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES
 from livemig.receiver.errors import Reason, ReceiverError
 from livemig.receiver.session import Session, SessionState
 from livemig.receiver.writer import session_write_mode
@@ -49,6 +50,7 @@ class ReceiverLimits:
     data_workers: int = 0  # 0: one per core
     max_streams_per_worker: int = 128
     write_mode: str = "auto"  # receiver/writer.WriteMode: auto, pwrite or mapped
+    max_unsettled_batches: int = DEFAULT_MAX_UNSETTLED_BATCHES  # receiver/batch_ids.py
 
 
 class DataPlane(Protocol):
@@ -193,6 +195,7 @@ class SessionRegistry:
             state_directory=self.state_dir / session_id,
             owner=owner,
             write_mode=session_write_mode(self.write_mode, self.data_workers, connections),
+            max_unsettled_batches=self.limits.max_unsettled_batches,
         )
         with self._lock:
             try:
@@ -288,6 +291,12 @@ class SessionRegistry:
             sessions = [s for s in self._sessions.values() if s.active]
         for session in sessions:
             session.ledger.worker_gone(worker)
+
+    def pending_marks(self) -> dict[str, int]:
+        """Session id -> the settled mark its ledger waits to apply, of active sessions with one."""
+        with self._lock:
+            sessions = [s for s in self._sessions.values() if s.active]
+        return {s.session_id: mark for s in sessions if (mark := s.ledger.pending_mark())}
 
     def by_id(self, session_id: str) -> Session | None:
         with self._lock:

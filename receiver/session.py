@@ -29,6 +29,7 @@ from livemig.common.digest import memory_digest
 from livemig.common.guest_memory import LayoutError, MemoryLayout, RegionFile
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import DecodedBatch
+from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES
 from livemig.receiver.errors import Reason, ReceiverError
 from livemig.receiver.ledger import SessionLedger
 from livemig.receiver.writer import (
@@ -72,7 +73,7 @@ class Session:
         self.max_batch_bytes = record.max_batch_bytes
         self.state = SessionState.ACTIVE
         self.owner: tuple[bytes, ...] | None = record.owner
-        self.ledger = SessionLedger()
+        self.ledger = SessionLedger(record.max_unsettled_batches)
         self.expired_after = 0.0
         self.lock = threading.RLock()  # one end at a time: complete, abort or expiry
         self._local_writer: SessionWriter | None = None
@@ -90,6 +91,7 @@ class Session:
         state_directory: Path | None = None,
         owner: tuple[bytes, ...] | None = None,
         write_mode: str = WriteMode.PWRITE,
+        max_unsettled_batches: int = DEFAULT_MAX_UNSETTLED_BATCHES,
     ) -> Session:
         """Make the destination files and maps. Raises ReceiverError(BAD_LAYOUT or STORAGE);
         a failure leaves nothing behind."""
@@ -123,7 +125,14 @@ class Session:
             shutil.rmtree(state_directory, ignore_errors=True)
             raise ReceiverError(Reason.STORAGE, f"cannot create destination memory: {error}") from error
         record = SessionRecord(
-            session_id, migration_id, owner, page_size, max_batch_bytes, tuple(record_regions), write_mode=write_mode
+            session_id,
+            migration_id,
+            owner,
+            page_size,
+            max_batch_bytes,
+            tuple(record_regions),
+            write_mode=write_mode,
+            max_unsettled_batches=max_unsettled_batches,
         )
         layout = MemoryLayout(regions, page_size)
         return cls(session_id, token, migration_id, directory, state_directory, layout, record)
@@ -152,6 +161,7 @@ class Session:
             state.value,
             expired_after or self.expired_after,
             record.write_mode,
+            record.max_unsettled_batches,
         )
 
     def received_pages(self, index: int) -> np.ndarray:
@@ -174,7 +184,9 @@ class Session:
         if self._local_writer is None:
             self._local_writer = SessionWriter(self.record)
         written, zeroed, _now = self._local_writer.apply(batch)
-        self.ledger.record_batch(batch.header.batch_id, written, zeroed, batch.header.attempt)
+        header = batch.header
+        self.ledger.record_batch(header.batch_id, written, zeroed, header.attempt, header.settled_below)
+        self.ledger.settle(self.ledger.pending_mark())  # one process: every report is in
         return written, zeroed
 
     def _end_local_writer(self) -> None:
@@ -189,6 +201,12 @@ class Session:
         """Check the sender's totals (and digest); returns (verified, allocated bytes)."""
         self.check_active()
         self._end_local_writer()
+        if self.ledger.overflowed:
+            raise ReceiverError(
+                Reason.LIMIT,
+                f"the sender kept more than {self.record.max_unsettled_batches} batches unsettled "
+                "(--max-unsettled-batches); their totals were not kept",
+            )
         written, applied = self.ledger.totals()
         if written != transmitted_bytes or applied != batches:
             raise ReceiverError(

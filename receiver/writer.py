@@ -42,6 +42,7 @@ import numpy as np
 
 from livemig.common.guest_memory import MemoryLayout, RegionFile
 from livemig.common.wire import DecodedBatch
+from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES, BatchIds
 from livemig.receiver.errors import Reason, ReceiverError, storage_error
 from livemig.receiver.write_turns import WriteTurns
 
@@ -134,6 +135,7 @@ class SessionRecord:
     state: str = ACTIVE  # or completed / aborted / expired
     expired_after: float = 0.0
     write_mode: str = WriteMode.PWRITE
+    max_unsettled_batches: int = DEFAULT_MAX_UNSETTLED_BATCHES  # receiver/batch_ids.py
 
     def dump(self, path: Path) -> None:
         """Atomically (write, then rename): a reader sees the old record or the new one."""
@@ -171,7 +173,8 @@ class SessionWriter:
         # sender that lost a stream resends its unacknowledged batches (the same frames),
         # usually to the same worker: each lands once. One whose connection process died
         # reads them again under a higher attempt: that one is written over the first.
-        self._applied: dict[int, int] = {}
+        # Ids the sender settled are forgotten (receiver/batch_ids.py).
+        self._applied: BatchIds[int] = BatchIds(record.max_unsettled_batches)
         self._applying: set[int] = set()
         regions: list[RegionFile] = []
         self._maps: list[mmap.mmap] = []
@@ -245,8 +248,9 @@ class SessionWriter:
         """Validate the whole batch, then write it.
 
         Returns (payload bytes, bytes zeroed, written now); a resend of a batch this
-        process already applied (that attempt or a later one) is acknowledged again
-        without writing.
+        process already applied (that attempt or a later one), and a late copy of a
+        settled batch (whose pages may hold newer bytes by now), are acknowledged
+        again without writing.
         """
         self.check_active()
         data = batch.data
@@ -269,16 +273,25 @@ class SessionWriter:
             ordered = everything[np.argsort(everything[:, 0], kind="stable")]
             if (ordered[1:, 0] < ordered[:-1, 0] + ordered[:-1, 1]).any():
                 raise ReceiverError(Reason.OVERLAP, "ranges in the batch overlap")
-        batch_id, attempt = batch.header.batch_id, batch.header.attempt
+        batch_id, attempt, settled = batch.header.batch_id, batch.header.attempt, batch.header.settled_below
+        if settled > batch_id:
+            raise ReceiverError(Reason.MALFORMED, f"settled_below {settled} is above the batch's own id {batch_id}")
         with self._lock:
             self.check_active()  # an end may have raced this batch
             if batch_id:
+                self._applied.settle(settled)
                 # One writing of a batch id at a time; then a resend of what is written
                 # already (or of an earlier attempt) is only acknowledged again.
                 self._lock.wait_for(lambda: batch_id not in self._applying)
                 self.check_active()
-                if self._applied.get(batch_id, -1) >= attempt:
+                if self._applied.is_settled(batch_id) or _at_least(self._applied.get(batch_id), attempt):
                     return len(data), 0, False
+                if not self._applied.has_room_for(batch_id):
+                    raise ReceiverError(
+                        Reason.LIMIT,
+                        f"more than {self._applied.limit} batches sent above the settled mark "
+                        f"{self._applied.settled} (--max-unsettled-batches)",
+                    )
                 self._applying.add(batch_id)
             self._writers += 1
         zeroed = 0
@@ -296,7 +309,7 @@ class SessionWriter:
                 self._writers -= 1
                 self._applying.discard(batch_id)
                 if written and batch_id:  # a failed write is not applied: its resend must write again
-                    self._applied[batch_id] = attempt
+                    self._applied.put(batch_id, attempt)
                 self._lock.notify_all()
         return len(data), zeroed, True
 
@@ -393,6 +406,10 @@ class SessionWriter:
                 shared.close()
         self._maps = []
         self._destinations = []
+
+
+def _at_least(applied: int | None, attempt: int) -> bool:
+    return applied is not None and applied >= attempt
 
 
 def _write_all(fd: int, data: memoryview, offset: int) -> None:

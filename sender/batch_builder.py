@@ -56,12 +56,15 @@ class Chunk:
     and counts only the latest, as the sender does (it counts acknowledged
     chunks). With zero_records, its zero pages go out as zero ranges: pages that
     may have held data the destination already has (later iterations).
+    settled_below: every chunk id below it was acknowledged when this chunk was
+    handed out (PageBatch.settled_below; the receiver forgets those ids).
     """
 
     chunk_id: int
     ranges: tuple[MemoryRange, ...]
     zero_records: bool
     attempt: int = 0
+    settled_below: int = 0
 
     @property
     def length(self) -> int:
@@ -100,6 +103,7 @@ class BatchBuilder:
             merge_contiguous(chunk_ranges, self._region_starts),
             chunk.length,
             chunk.attempt,
+            chunk.settled_below,
         )
         try:
             if not plan.skip_zero_pages:
@@ -123,7 +127,13 @@ class BatchBuilder:
                 # A later attempt is sent even with nothing in it: an earlier one may have
                 # been applied, and the receiver must count this one in its place.
                 frame = encode_batch(
-                    plan.session_token, chunk.chunk_id, data_ranges, payload, zero_ranges, chunk.attempt
+                    plan.session_token,
+                    chunk.chunk_id,
+                    data_ranges,
+                    payload,
+                    zero_ranges,
+                    chunk.attempt,
+                    chunk.settled_below,
                 )
             else:
                 frame = None

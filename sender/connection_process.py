@@ -11,7 +11,8 @@ migration's connection at a time, so a migration does not pay for starting them.
 
 Messages on the pipe (tuples):
   parent -> child: ("begin", ConnectionSpec), then
-                   ("chunk", chunk_id, ranges (n x 2 uint64 array), zero_records, attempt) | ("close",)
+                   ("chunk", chunk_id, ranges (n x 2 uint64 array), zero_records, attempt,
+                    settled_below) | ("close",)
                    | ("stop",);
                    ("exit",) between migrations
   child -> parent: ("done", ChunkReport) | ("log", ...), then ("finished", reconnects) or
@@ -123,9 +124,9 @@ class _Session:
     def handle(self, message: tuple) -> None:
         kind = message[0]
         if kind == "chunk":
-            _kind, chunk_id, table, zero_records, attempt = message
+            _kind, chunk_id, table, zero_records, attempt, settled_below = message
             ranges = tuple(MemoryRange(gpa, length) for gpa, length in np.asarray(table).tolist())
-            self.inbox.put(Chunk(chunk_id, ranges, zero_records, attempt))
+            self.inbox.put(Chunk(chunk_id, ranges, zero_records, attempt, settled_below))
         elif kind == "close":
             self.inbox.put(None)
         elif kind == "stop":

@@ -15,7 +15,10 @@ metrics. A connection process that dies is a broken connection: a new one is
 started and the dead one's unacknowledged chunks go to it again under the same
 ids and the next attempt number (their pages are read again; the receiver counts
 a batch id once, its latest attempt), up to MAX_RETRIES times without progress;
-then the migration fails.
+then the migration fails. Each chunk also carries the lowest id still
+unacknowledged when it was handed out (PageBatch.settled_below): ids are handed
+out in increasing order and an acknowledged chunk is never sent again, so the
+receiver may forget every id below it.
 """
 
 from __future__ import annotations
@@ -226,7 +229,13 @@ class TransferPool:
 
     def _send_chunk(self, connection: _Connection, chunk: Chunk) -> None:
         table = np.array([(r.gpa, r.length) for r in chunk.ranges], dtype=np.uint64).reshape(-1, 2)
-        self._send(connection, ("chunk", chunk.chunk_id, table, chunk.zero_records, chunk.attempt))
+        self._send(connection, ("chunk", chunk.chunk_id, table, chunk.zero_records, chunk.attempt, chunk.settled_below))
+
+    def _settled_below(self, chunk_id: int) -> int:
+        """The lowest chunk id not yet acknowledged, `chunk_id` (about to be handed out)
+        included: every id below it is settled for good (called under the lock; an
+        acknowledged chunk is never sent again)."""
+        return min((min(c.outstanding) for c in self._connections if c.outstanding), default=chunk_id)
 
     def send(self, ranges: Iterable[MemoryRange], zero_records: bool) -> None:
         """Send every page of `ranges`; returns once all of it is acknowledged."""
@@ -235,7 +244,7 @@ class TransferPool:
         chunk_bytes = first.chunk_bytes
         pieces = self._split(RangeTable.of(ranges))
         for table in RangeTable(tuple(pieces)).partition(chunk_bytes):
-            chunk = Chunk(next(self._chunk_ids), table.ranges, zero_records)
+            chunk_id = next(self._chunk_ids)
             with self._changed:
                 while True:
                     if self.stop.is_set():
@@ -244,6 +253,7 @@ class TransferPool:
                     if len(target.outstanding) < CHUNKS_PER_CONNECTION:
                         break
                     self._changed.wait(_POLL_SECONDS)
+                chunk = Chunk(chunk_id, table.ranges, zero_records, settled_below=self._settled_below(chunk_id))
                 target.outstanding[chunk.chunk_id] = chunk
                 self._send_chunk(target, chunk)  # under the lock: a restart resends outstanding chunks
         with self._changed:

@@ -254,13 +254,14 @@ class PrepareMigrationResponse(_message.Message):
     def __init__(self, session_token: _Optional[str] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., max_batch_bytes: _Optional[int] = ..., data_ports: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PageBatch(_message.Message):
-    __slots__ = ("session_token", "batch_id", "ranges", "zero_ranges", "padding", "attempt", "data")
+    __slots__ = ("session_token", "batch_id", "ranges", "zero_ranges", "padding", "attempt", "settled_below", "data")
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     RANGES_FIELD_NUMBER: _ClassVar[int]
     ZERO_RANGES_FIELD_NUMBER: _ClassVar[int]
     PADDING_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    SETTLED_BELOW_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     session_token: str
     batch_id: int
@@ -268,8 +269,9 @@ class PageBatch(_message.Message):
     zero_ranges: bytes
     padding: bytes
     attempt: int
+    settled_below: int
     data: bytes
-    def __init__(self, session_token: _Optional[str] = ..., batch_id: _Optional[int] = ..., ranges: _Optional[bytes] = ..., zero_ranges: _Optional[bytes] = ..., padding: _Optional[bytes] = ..., attempt: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, session_token: _Optional[str] = ..., batch_id: _Optional[int] = ..., ranges: _Optional[bytes] = ..., zero_ranges: _Optional[bytes] = ..., padding: _Optional[bytes] = ..., attempt: _Optional[int] = ..., settled_below: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PageBatchAck(_message.Message):
     __slots__ = ("batch_id", "bytes_written")
