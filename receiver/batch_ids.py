@@ -30,7 +30,8 @@ V = TypeVar("V")
 # 170 bytes and a data worker 74 (tracemalloc), so at the limit a session holds
 # 45 MB in the control process and 19 MB in each data worker its streams reach.
 DEFAULT_MAX_UNSETTLED_BATCHES = 1 << 18
-# Settled ids are not looked for until this many are remembered.
+# Settled ids are not looked for until this many are remembered (or a quarter of
+# the limit, when that is less: the ledger asks for a settle round at a quarter).
 PRUNE_FLOOR = 4096
 
 
@@ -43,14 +44,15 @@ class BatchIds(Generic[V]):
         self.limit = limit
         self.settled = 0  # every id below is forgotten; 0: none
         self._entries: dict[int, V] = {}
-        self._prune_at = PRUNE_FLOOR
+        self._floor = min(PRUNE_FLOOR, max(1, limit // 4))
+        self._prune_at = self._floor
         self._pruned_to = 0  # the mark of the last pass
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, batch_id: int) -> V | None:
-        return self._entries.get(batch_id)
+    def get(self, batch_id: int, default: V | None = None) -> V | None:
+        return self._entries.get(batch_id, default)
 
     def is_settled(self, batch_id: int) -> bool:
         """Below the mark: acknowledged, never sent again; a copy now is a leftover.
@@ -79,4 +81,4 @@ class BatchIds(Generic[V]):
         settled = self.settled
         self._entries = {k: v for k, v in self._entries.items() if k >= settled}
         self._pruned_to = settled
-        self._prune_at = max(PRUNE_FLOOR, 2 * len(self._entries))
+        self._prune_at = max(self._floor, 2 * len(self._entries))

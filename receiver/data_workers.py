@@ -12,10 +12,10 @@ it reported before dying stays counted.
 Settle rounds: a ledger forgets the batch ids a sender settled only once every
 report written before the mark's report is in (receiver/ledger.py). Every
 SETTLE_SECONDS (sooner for a ledger that holds a quarter of its limit), if some
-session has a pending mark, the pool notes the marks,
-sends ("settle", round) to every worker and, once each has answered (or died),
-applies them: a worker answers after everything it sent before, and whatever it
-sent before the mark was written is older than the question.
+session has a pending mark, the pool notes the marks, sends ("settle", round) to
+every worker and, once each has answered (or died), applies them: a worker
+answers after everything it sent before, and whatever it sent before the mark
+was written is older than the question.
 """
 
 from __future__ import annotations
@@ -132,7 +132,6 @@ class DataWorkerPool:
             return
         self._settled_at = time.monotonic()
         self._settle_soon = False
-        self._settle_soon = False  # a ledger holds a quarter of its limit
         marks = self.registry.pending_marks()
         if not marks:
             return

@@ -284,7 +284,7 @@ class SessionWriter:
                 # already (or of an earlier attempt) is only acknowledged again.
                 self._lock.wait_for(lambda: batch_id not in self._applying)
                 self.check_active()
-                if self._applied.is_settled(batch_id) or _at_least(self._applied.get(batch_id), attempt):
+                if self._applied.is_settled(batch_id) or self._applied.get(batch_id, -1) >= attempt:
                     return len(data), 0, False
                 if not self._applied.has_room_for(batch_id):
                     raise ReceiverError(
@@ -406,10 +406,6 @@ class SessionWriter:
                 shared.close()
         self._maps = []
         self._destinations = []
-
-
-def _at_least(applied: int | None, attempt: int) -> bool:
-    return applied is not None and applied >= attempt
 
 
 def _write_all(fd: int, data: memoryview, offset: int) -> None:

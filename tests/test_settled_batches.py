@@ -110,6 +110,18 @@ def test_a_late_report_of_a_settled_id_is_not_counted_again():
     assert ledger.totals() == (150, 2)
 
 
+def test_a_ledger_at_a_quarter_of_its_limit_asks_for_a_round_and_a_round_empties_it():
+    ledger = SessionLedger(64)
+    for batch_id in range(1, 16):
+        ledger.record_batch(batch_id, 4, 0, settled_below=batch_id)
+        assert not ledger.wants_settling()
+    ledger.record_batch(16, 4, 0, settled_below=16)
+    assert ledger.wants_settling() and ledger.pending_mark() == 16
+    ledger.settle(ledger.pending_mark())
+    assert not ledger.wants_settling() and ledger.remembered_ids() == 1
+    assert ledger.totals() == (64, 16)
+
+
 def test_the_ledger_overflows_rather_than_grow_and_the_session_cannot_complete(shm_dir):
     session = new_session(shm_dir, limit=64)
     ledger = session.ledger
