@@ -267,6 +267,21 @@ def receiver(
 )
 @click.option("--max-watch-streams", type=click.IntRange(1, 24), default=16, show_default=True)
 @click.option("--max-watch-streams-per-client", type=click.IntRange(1, 24), default=4, show_default=True)
+@click.option(
+    "--max-migrations",
+    type=click.IntRange(1, 1024),
+    default=16,  # sender/capacity.DEFAULT_MAX_MIGRATIONS
+    show_default=True,
+    help="Migrations running at once; one more StartMigration is refused (RESOURCE_EXHAUSTED).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(0, 65536),
+    default=0,
+    show_default=True,
+    help="Connections (each a process) of running migrations together; a start that would pass it is "
+    "refused (RESOURCE_EXHAUSTED). 0: 32 per core, at least 128.",
+)
 @tls_options(server=True)
 def sender(
     listen: str,
@@ -278,6 +293,8 @@ def sender(
     dirty_log_dir: str | None,
     max_watch_streams: int,
     max_watch_streams_per_client: int,
+    max_migrations: int,
+    max_connections: int,
     security,
 ) -> None:
     """Run the sender service (source host).
@@ -295,6 +312,8 @@ def sender(
         dirty_log_dir=Path(dirty_log_dir).resolve() if dirty_log_dir else None,
         max_watch_streams=max_watch_streams,
         max_watch_streams_per_client=max_watch_streams_per_client,
+        max_migrations=max_migrations,
+        max_connections=max_connections,
     )
     host, registry = build_sender(config, security)
     _serve("sender", host, listen, metrics_address, metrics_port, security, on_stop=lambda: cancel_all(registry))

@@ -1,11 +1,13 @@
 """What the sender's operator decides, never a request: where guest memory and dirty
-maps may live, and how many watch streams the control API serves."""
+maps may live, how many watch streams the control API serves, and how many
+migrations and connection processes run at once."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from livemig.sender.capacity import DEFAULT_MAX_MIGRATIONS
 from livemig.sender.guest import GuestHooks
 
 # The control server's threads (sender/server.py) minus these: health, Get, List,
@@ -24,3 +26,7 @@ class SenderConfig:
     dirty_log_dir: Path | None = None
     max_watch_streams: int = DEFAULT_MAX_WATCH_STREAMS
     max_watch_streams_per_client: int = DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT
+    # Running migrations, and their connections (processes) together; 0: 32 per core,
+    # at least 128 (sender/capacity.py).
+    max_migrations: int = DEFAULT_MAX_MIGRATIONS
+    max_connections: int = 0

@@ -16,7 +16,7 @@ class Reason(enum.Enum):
     GUEST = "guest"  # the guest pid is not the guest of these regions
     UNKNOWN_MIGRATION = "unknown_migration"
     FINISHED = "finished"  # cancel of a migration that already ended otherwise
-    BUSY = "busy"  # too many watch streams (per client or in total)
+    BUSY = "busy"  # too many watch streams (per client or in total), migrations or connections
 
 
 class SenderError(Exception):

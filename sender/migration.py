@@ -120,8 +120,10 @@ class Migration:
 
     # -- control -----------------------------------------------------------------
 
-    def start(self, on_final: Callable[[Migration], None]) -> None:
-        self._on_final = on_final
+    def start(self, on_exit: Callable[[Migration], None]) -> None:
+        """Run the migration in its thread; on_exit is called once that thread is done
+        with everything (final state set, connection processes and files released)."""
+        self._on_exit = on_exit
         metrics.migration_started(self.migration_id, self.layout.total_bytes)
         self._thread.start()
 
@@ -200,6 +202,8 @@ class Migration:
             if not self._outcome_counted:
                 outcome = State.Name(self.state).lower()
                 metrics.migration_finished(self.migration_id, outcome, time.monotonic() - self._started, None, None)
+        finally:
+            self._on_exit(self)
 
     def _attempt(self) -> None:
         self._set(state=State.RUNNING)
@@ -455,7 +459,6 @@ class Migration:
         )
         self._outcome_counted = True
         self._log.info("migration %s %s %s", self.migration_id, State.Name(state), error)
-        self._on_final(self)
 
 
 # What gRPC's TLS handshake errors mean to an operator (the raw text follows).

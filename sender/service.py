@@ -1,9 +1,10 @@
 """gRPC servicer of the sender's control API: protobuf in, statuses out, nothing else.
 
-Validation lives in `sender/requests.py` (one rule table per request), opening a
-migration's resources in `sender/resources.py`, admission of watch streams in
-`sender/watch.py`; each raises a typed SenderError that the table below maps to a
-gRPC status, as the receiver's servicer does.
+Validation lives in `sender/requests.py` (one rule table per request), room for
+one more migration in `sender/capacity.py`, opening a migration's resources in
+`sender/resources.py`, admission of watch streams in `sender/watch.py`; each
+raises a typed SenderError that the table below maps to a gRPC status, as the
+receiver's servicer does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import grpc
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.tls import INSECURE, Security
+from livemig.sender.capacity import MigrationCapacity
 from livemig.sender.config import SenderConfig
 from livemig.sender.errors import Reason, SenderError
 from livemig.sender.migration import FINAL_STATES, Migration
@@ -60,17 +62,25 @@ class SenderService(pb_grpc.SenderServicer):
         self.config = config or SenderConfig()
         self.security = security  # for the sender's own channels to receivers
         self.watches = WatchGate(self.config.max_watch_streams, self.config.max_watch_streams_per_client)
+        self.capacity = MigrationCapacity(self.config.max_migrations, self.config.max_connections)
 
     def StartMigration(self, request: pb.StartMigrationRequest, context: grpc.ServicerContext):
         migration_id = uuid.uuid4().hex
         try:
             migration_request = validate_start(request, self.config)
-            resources = acquire(migration_id, request, migration_request.page_size, self.config)
+            reservation = self.capacity.reserve(migration_request.connections)  # before anything is opened
         except SenderError as error:
             _abort(context, error)
-        migration = Migration(
-            migration_request, resources.layout, resources.guest, resources.dirty_log, migration_id, self.security
-        )
+        try:
+            resources = acquire(migration_id, request, migration_request.page_size, self.config)
+            migration = Migration(
+                migration_request, resources.layout, resources.guest, resources.dirty_log, migration_id, self.security
+            )
+        except BaseException as error:
+            reservation.release()
+            if isinstance(error, SenderError):
+                _abort(context, error)
+            raise
         self.registry.add(migration)
         log.info(
             "migration %s: %d bytes in %d regions to %s (connections=%d skip_zero_pages=%s verify=%s live=%s)",
@@ -84,7 +94,7 @@ class SenderService(pb_grpc.SenderServicer):
             migration.live,
             extra={"migration_id": migration.migration_id},
         )
-        migration.start(on_final=lambda _m: None)
+        migration.start(on_exit=lambda _m: reservation.release())
         return pb.StartMigrationResponse(migration_id=migration.migration_id)
 
     def _find(self, request: pb.MigrationRequest) -> Migration:

@@ -35,7 +35,7 @@ def test_an_exception_while_finishing_ends_failed_and_status_calls_keep_working(
     active_before = REGISTRY.get_sample_value("livemig_sender_active_migrations") or 0.0
     registry = MigrationRegistry()
     registry.add(migration)
-    migration.start(on_final=lambda _m: None)
+    migration.start(on_exit=lambda _m: None)
     migration.join(timeout=60)
     assert not migration._thread.is_alive()
     status = registry.get(migration.migration_id).status()  # answers, no exception
