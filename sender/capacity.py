@@ -8,6 +8,7 @@ loop would fork thousands of processes beside the guests. So a start beyond
 of running migrations together, is refused at the door with RESOURCE_EXHAUSTED,
 before any file is opened. The reservation is given back when the migration's
 thread has ended, after its connection processes went back to their pool.
+This class is the one place that changes the capacity metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import threading
 
 from livemig.common.worker_processes import usable_cores
+from livemig.sender import metrics
 from livemig.sender.errors import Reason, SenderError
 
 DEFAULT_MAX_MIGRATIONS = 16
@@ -46,23 +48,27 @@ class MigrationCapacity:
         self._migrations = 0
         self._connections = 0
         self._lock = threading.Lock()
+        metrics.capacity_changed(0, self.max_connections)
 
     def reserve(self, connections: int) -> Reservation:
         """Take room for a migration of `connections`; raises SenderError(BUSY) when there is none."""
         with self._lock:
             if connections > self.max_connections:
+                metrics.start_refused("max_connections")
                 raise SenderError(
                     Reason.BUSY,
                     f"{connections} connections asked for; this sender runs at most {self.max_connections} "
                     "at once (--max-connections)",
                 )
             if self._migrations >= self.max_migrations:
+                metrics.start_refused("max_migrations")
                 raise SenderError(
                     Reason.BUSY,
                     f"the sender is running {self._migrations} migrations, its limit (--max-migrations); "
                     "try again later",
                 )
             if self._connections + connections > self.max_connections:
+                metrics.start_refused("max_connections")
                 raise SenderError(
                     Reason.BUSY,
                     f"{connections} connections asked for, {self._connections} of {self.max_connections} "
@@ -70,6 +76,7 @@ class MigrationCapacity:
                 )
             self._migrations += 1
             self._connections += connections
+            metrics.capacity_changed(self._connections, self.max_connections)
             return Reservation(self, connections)
 
     def in_use(self) -> tuple[int, int]:
@@ -84,3 +91,4 @@ class MigrationCapacity:
             reservation._released = True
             self._migrations -= 1
             self._connections -= reservation.connections
+            metrics.capacity_changed(self._connections, self.max_connections)

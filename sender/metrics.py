@@ -34,6 +34,15 @@ CONNECTION_WIRE_BYTES = Counter(
     ["connection"],
 )
 ACTIVE_MIGRATIONS = Gauge("livemig_sender_active_migrations", "Migrations pending or running")
+CONNECTIONS_IN_USE = Gauge(
+    "livemig_sender_connections_in_use", "Connections (processes) reserved by running migrations (--max-connections)"
+)
+CONNECTIONS_LIMIT = Gauge(
+    "livemig_sender_connections_limit", "--max-connections: connections running migrations may hold"
+)
+STARTS_REFUSED = Counter(
+    "livemig_sender_starts_refused", "StartMigration calls refused for want of room, by limit", ["limit"]
+)
 DURATION = Histogram(
     "livemig_sender_migration_duration_seconds",
     "Duration of finished migrations",
@@ -74,6 +83,16 @@ def migration_started(migration_id: str, total_bytes: int) -> None:
     REMAINING_BYTES.labels(migration_id).set(total_bytes)
     DIRTY_RATE.labels(migration_id).set(0)
     EXPECTED_DOWNTIME.labels(migration_id).set(0)
+
+
+def capacity_changed(connections_in_use: int, connections_limit: int) -> None:
+    CONNECTIONS_IN_USE.set(connections_in_use)
+    CONNECTIONS_LIMIT.set(connections_limit)
+
+
+def start_refused(limit: str) -> None:
+    """limit: "max_migrations" or "max_connections"."""
+    STARTS_REFUSED.labels(limit).inc()
 
 
 def set_phase(migration_id: str, phase: str) -> None:

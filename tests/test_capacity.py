@@ -15,6 +15,7 @@ from livemig.common.proto import livemig_pb2 as pb
 from livemig.sender.capacity import MIN_DEFAULT_CONNECTIONS, MigrationCapacity
 from livemig.sender.errors import Reason, SenderError
 from tests.helpers import migrate, sender_stub, wait_for
+from tests.test_metrics import scrape
 
 
 def refusal(capacity: MigrationCapacity, connections: int) -> str:
@@ -86,7 +87,8 @@ def test_starts_beyond_the_limits_are_refused_before_anything_is_opened(receiver
         max_iterations=100_000,  # runs until cancelled
     )
     try:
-        with ServiceProcess("sender", ["--max-migrations", "1", "--max-connections", "4"]) as tx:
+        args = ["--max-migrations", "1", "--max-connections", "4", "--metrics-port", "0"]
+        with ServiceProcess("sender", args) as tx:
             channel, stub = sender_stub(tx.address)
             with channel:
                 migration_id = stub.StartMigration(endless, timeout=10).migration_id
@@ -103,8 +105,14 @@ def test_starts_beyond_the_limits_are_refused_before_anything_is_opened(receiver
                     assert words in raised.value.details()
                 assert len(os.listdir(f"/proc/{tx.pid}/fd")) == fds  # no guest file opened
                 assert len(process_tree(tx.pid)) == processes  # no process started
+                _, metrics = scrape(tx)
+                assert metrics[("livemig_sender_connections_in_use", ())] == 3
+                assert metrics[("livemig_sender_connections_limit", ())] == 4
+                for limit in ("max_migrations", "max_connections"):
+                    assert metrics[("livemig_sender_starts_refused_total", (("limit", limit),))] == 1
                 cancelled = stub.CancelMigration(pb.MigrationRequest(migration_id=migration_id), timeout=60)
                 assert cancelled.state == pb.CANCELLED
+                assert scrape(tx)[1][("livemig_sender_connections_in_use", ())] == 0
             # The cancelled migration gave its room back.
             image = shm_dir / "static.img"
             make_image(image, 4 << 20, 0.5)
