@@ -29,6 +29,12 @@ def default_max_connections() -> int:
     return max(MIN_DEFAULT_CONNECTIONS, CONNECTIONS_PER_CORE * usable_cores())
 
 
+def _refused(limit: str, message: str) -> SenderError:
+    """The refusal for want of room under `limit`, counted."""
+    metrics.start_refused(limit)
+    return SenderError(Reason.BUSY, message)
+
+
 class Reservation:
     """One running migration's share; release() gives it back (once, whoever calls)."""
 
@@ -54,23 +60,20 @@ class MigrationCapacity:
         """Take room for a migration of `connections`; raises SenderError(BUSY) when there is none."""
         with self._lock:
             if connections > self.max_connections:
-                metrics.start_refused("max_connections")
-                raise SenderError(
-                    Reason.BUSY,
+                raise _refused(
+                    "max_connections",
                     f"{connections} connections asked for; this sender runs at most {self.max_connections} "
                     "at once (--max-connections)",
                 )
             if self._migrations >= self.max_migrations:
-                metrics.start_refused("max_migrations")
-                raise SenderError(
-                    Reason.BUSY,
+                raise _refused(
+                    "max_migrations",
                     f"the sender is running {self._migrations} migrations, its limit (--max-migrations); "
                     "try again later",
                 )
             if self._connections + connections > self.max_connections:
-                metrics.start_refused("max_connections")
-                raise SenderError(
-                    Reason.BUSY,
+                raise _refused(
+                    "max_connections",
                     f"{connections} connections asked for, {self._connections} of {self.max_connections} "
                     "in use by running migrations (--max-connections); try again later",
                 )
