@@ -1,10 +1,10 @@
 """Where both services' CPU goes, by kernel path and library, during real migrations.
 
 Run: .venv/bin/python benchmarks/perf_split.py --size 1G --connections 2 [--batch-mib 8] [--no-perf]
-     [--detail interpreter]
+     [--detail interpreter] [--touched 0.5 --skip]
 
 Starts a receiver and a sender on loopback, writes a guest image (every page
-touched), runs one warm-up migration, then `--migrations` more and prints each
+touched, or `--touched` of them at random), runs one warm-up migration, then `--migrations` more and prints each
 service tree's CPU seconds per GiB moved (and the RSS without shmem of each process
 after them). Unless --no-perf, `perf record -e cpu-clock -a -g` (Debian
 `linux-perf`) runs over the measured migrations and every sample of each tree is
@@ -94,13 +94,15 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=2)
     parser.add_argument("--migrations", type=int, default=3)
     parser.add_argument("--batch-mib", type=int, default=DEFAULT_MAX_BATCH_BYTES >> 20)
+    parser.add_argument("--touched", type=float, default=1.0, help="share of the image's pages written")
+    parser.add_argument("--skip", action="store_true", help="skip zero pages (off by default, as in the API)")
     parser.add_argument("--no-perf", action="store_true", help="CPU per GiB only")
     parser.add_argument("--detail", default="", help="list the functions of one category (e.g. interpreter)")
     args = parser.parse_args()
     size, batch = parse_size(args.size), args.batch_mib << 20
     receiver_args = ["--max-batch-bytes", str(batch)]
-    options = {"connections": args.connections, "max_batch_bytes": batch}
-    with loopback("livemig-perf-", size, 1.0, receiver_args, **options) as pair:
+    options = {"connections": args.connections, "max_batch_bytes": batch, "skip_zero_pages": args.skip}
+    with loopback("livemig-perf-", size, args.touched, receiver_args, **options) as pair:
         tx, rx = pair.sender, pair.receiver
         perf_data = pair.workdir / "perf.data"
         recorder = None
@@ -117,7 +119,8 @@ def main() -> None:
             recorder.wait(timeout=120)
         gib = args.migrations * size / 2**30
         print(
-            f"{args.migrations} migrations of {args.size}, {args.connections} connections, "
+            f"{args.migrations} migrations of {args.size} ({args.touched:.0%} touched, "
+            f"skip {'on' if args.skip else 'off'}), {args.connections} connections, "
             f"{args.batch_mib} MiB batches: " + ", ".join(f"{d} ms" for d in durations)
         )
         print(f"CPU s/GiB: sender {(after[0] - before[0]) / gib:.2f}, receiver {(after[1] - before[1]) / gib:.2f}")

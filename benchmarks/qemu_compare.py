@@ -19,6 +19,12 @@ once, the same image, the same number of connections, zero-page skipping on
 (QEMU always detects zero pages: its "duplicate" pages). CPU is each service's
 whole process tree. Medians of --repeat. Figures, never pass/fail.
 
+Bare gRPC side (the floor under any gRPC data plane): N process pairs
+(cli/ceiling.py) stream the image's payload (its touched bytes) in messages of
+the batch size, from one buffer already in memory, and count it; nothing is
+read, scanned or written. Its time against QEMU's, in the same interleaved
+run, says how much of the way to QEMU gRPC alone already takes.
+
 Skips with a message (exit 0) where qemu-system-x86_64 is missing; without
 /dev/kvm it uses TCG (nothing executes in an -S guest, so the accelerator does
 not change what migration does).
@@ -41,6 +47,7 @@ from qmp import QMP, QMPError
 from rich.console import Console
 
 from livemig.cli.bench import GIB, cpu_per_gib, measure_case, receiver_args
+from livemig.cli.ceiling import Ceiling
 from livemig.cli.images import files_equal, make_image, tmpfs_dir
 from livemig.cli.processes import ServiceProcess, tree_cpu_seconds
 from livemig.cli.report import human_bytes, print_table
@@ -220,6 +227,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="livemig-qemu-", dir=tmpfs_dir()))
     qemu_runs: dict[tuple[float, int], list[Run]] = {}
     livemig_runs: dict[tuple[float, int], list[Run]] = {}
+    bare_runs: dict[tuple[float, int], list[Run]] = {}
     notes: dict[tuple[float, int], str] = {}
     try:
         destination = workdir / "livemig-destination"
@@ -227,6 +235,7 @@ def main() -> None:
         with (
             ServiceProcess("receiver", receiver_args(destination, batch_bytes, None)) as rx,
             ServiceProcess("sender", []) as tx,
+            Ceiling(max(connections), batch_bytes) as ceiling,
         ):
             for ratio in touched:
                 image = workdir / "guest.img"  # livemig's source
@@ -237,8 +246,17 @@ def main() -> None:
                 for repeat in range(args.repeat):
                     for count in connections:
                         key = (ratio, count)
-                        for side in ("qemu", "livemig") if repeat % 2 == 0 else ("livemig", "qemu"):
-                            if side == "qemu":
+                        sides = ("qemu", "livemig", "bare")
+                        for side in sides if repeat % 2 == 0 else sides[::-1]:
+                            if side == "bare":
+                                payload = max(int(size * ratio), batch_bytes)
+                                rate = ceiling.measure(payload, count)
+                                client, server = ceiling.cpu_per_gib[count]
+                                streamed = payload / GIB
+                                bare_runs.setdefault(key, []).append(
+                                    Run(payload / rate * 1000, client * streamed, server * streamed, True)
+                                )
+                            elif side == "qemu":
                                 run = qemu_migrate(
                                     binary, qemu_source, size, count, workdir, image if repeat == 0 else None
                                 )
@@ -254,7 +272,7 @@ def main() -> None:
                 qemu_source.unlink()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    _print(console, size, qemu_runs, livemig_runs, notes, args.repeat, args.markdown)
+    _print(console, size, qemu_runs, livemig_runs, bare_runs, notes, args.repeat, args.markdown)
 
 
 def _print(
@@ -262,6 +280,7 @@ def _print(
     size: int,
     qemu_runs: dict[tuple[float, int], list[Run]],
     livemig_runs: dict[tuple[float, int], list[Run]],
+    bare_runs: dict[tuple[float, int], list[Run]],
     notes: dict[tuple[float, int], str],
     repeat: int,
     markdown: bool,
@@ -276,6 +295,9 @@ def _print(
         "livemig sender CPU s/GiB",
         "livemig receiver CPU s/GiB",
         "livemig / QEMU CPU (both ends)",
+        "bare gRPC ms (payload only)",
+        "bare gRPC / QEMU time",
+        "bare gRPC CPU s/GiB (client + server)",
         "ok",
     ]
     rows = []
@@ -284,6 +306,8 @@ def _print(
         ours = livemig_runs[key]
         q_cpu = median([r.cpu_source + r.cpu_destination for r in qemu])
         l_cpu = median([r.cpu_source + r.cpu_destination for r in ours])
+        bare = bare_runs[key]
+        q_ms, bare_ms = median([r.ms for r in qemu]), median([r.ms for r in bare])
         rows.append(
             [
                 f"{human_bytes(size)}, {ratio:.0%} touched, {count}",
@@ -295,6 +319,9 @@ def _print(
                 f"{cpu_per_gib(median([r.cpu_source for r in ours]), size):.2f}",
                 f"{cpu_per_gib(median([r.cpu_destination for r in ours]), size):.2f}",
                 f"{l_cpu / q_cpu:.2f}" if q_cpu else "-",
+                f"{bare_ms:.0f}",
+                f"{bare_ms / max(q_ms, 1):.2f}",
+                f"{cpu_per_gib(median([r.cpu_source + r.cpu_destination for r in bare]), size):.2f}",
                 "yes" if all(r.ok for r in qemu + ours) else "NO",
             ]
         )
