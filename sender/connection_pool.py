@@ -7,9 +7,12 @@ processes idle and hands them to the next migration; each serves one
 migration's connection at a time (sender/connection_process.py). As many wait
 as were last in use at once (a host that migrates with 8 connections keeps 8
 even on 2 cores: starting 6 cost 250 ms per migration there), and at least
-`max_idle` (default: one per core), at most MAX_KEPT; each waits at most
-`idle_seconds`, and serves at most MAX_USES migrations; a process that died or
-ended badly is never reused.
+`max_idle` (default: one per core), at most MAX_KEPT. Up to `max_idle` of them
+wait at most `idle_seconds`; the surplus beyond it (the oldest first) at most
+`surplus_idle_seconds`, long enough for a migration retried or repeated at once
+and short enough that one wide migration does not leave the host 64 idle
+processes (~780 MiB) for minutes. Each serves at most MAX_USES migrations; a
+process that died or ended badly is never reused.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from livemig.common.worker_processes import usable_cores, worker_context
 from livemig.sender.connection_process import PRELOAD, run_connection
 
 IDLE_SECONDS = 120.0
+SURPLUS_IDLE_SECONDS = 15.0
 EXIT_SECONDS = 5.0
 # Connection processes use one glibc arena, trimmed after each migration
 # (common/allocator.py); with arenas limited to two a reused process stayed flat at
@@ -48,10 +52,31 @@ class PooledProcess:
         return self.process.is_alive() and not self.pipe.closed
 
 
+def expired(
+    idle: list[PooledProcess], now: float, max_idle: int, idle_seconds: float, surplus_idle_seconds: float
+) -> list[PooledProcess]:
+    """The idle processes whose wait is over: any idle longer than `idle_seconds`, and
+    of the oldest beyond the `max_idle` newest, any idle longer than `surplus_idle_seconds`."""
+    oldest_first = sorted(idle, key=lambda worker: worker.idle_since)
+    surplus = oldest_first[: max(len(idle) - max_idle, 0)]
+    return [
+        worker
+        for worker in oldest_first
+        if now - worker.idle_since > idle_seconds
+        or (worker in surplus and now - worker.idle_since > surplus_idle_seconds)
+    ]
+
+
 class ConnectionPool:
-    def __init__(self, max_idle: int | None = None, idle_seconds: float = IDLE_SECONDS) -> None:
+    def __init__(
+        self,
+        max_idle: int | None = None,
+        idle_seconds: float = IDLE_SECONDS,
+        surplus_idle_seconds: float = SURPLUS_IDLE_SECONDS,
+    ) -> None:
         self.max_idle = max_idle if max_idle is not None else max(2, usable_cores())
         self.idle_seconds = idle_seconds
+        self.surplus_idle_seconds = surplus_idle_seconds
         self._context = worker_context(PRELOAD)
         self._idle: list[PooledProcess] = []
         self._lock = threading.Lock()
@@ -122,10 +147,10 @@ class ConnectionPool:
 
     def _reap(self) -> None:
         while True:
-            time.sleep(min(self.idle_seconds, 10.0))
+            time.sleep(min(self.idle_seconds, self.surplus_idle_seconds, 10.0) / 2)
             now = time.monotonic()
             with self._lock:
-                stale = [w for w in self._idle if now - w.idle_since > self.idle_seconds]
+                stale = expired(self._idle, now, self.max_idle, self.idle_seconds, self.surplus_idle_seconds)
                 self._idle = [w for w in self._idle if w not in stale]
                 if stale:  # quiet for a while: keep only what is in use now (or max_idle)
                     self._peak_in_use = self._in_use
