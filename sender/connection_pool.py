@@ -58,12 +58,11 @@ def expired(
     """The idle processes whose wait is over: any idle longer than `idle_seconds`, and
     of the oldest beyond the `max_idle` newest, any idle longer than `surplus_idle_seconds`."""
     oldest_first = sorted(idle, key=lambda worker: worker.idle_since)
-    surplus = oldest_first[: max(len(idle) - max_idle, 0)]
+    surplus, surplus_wait = len(idle) - max_idle, min(surplus_idle_seconds, idle_seconds)
     return [
         worker
-        for worker in oldest_first
-        if now - worker.idle_since > idle_seconds
-        or (worker in surplus and now - worker.idle_since > surplus_idle_seconds)
+        for position, worker in enumerate(oldest_first)
+        if now - worker.idle_since > (surplus_wait if position < surplus else idle_seconds)
     ]
 
 

@@ -14,7 +14,7 @@ from livemig.sender.connection_pool import ConnectionPool, expired
 
 
 def _idle(*since: float) -> list:
-    return [SimpleNamespace(idle_since=value, name=f"idle since {value}") for value in since]
+    return [SimpleNamespace(idle_since=value) for value in since]
 
 
 def test_the_oldest_surplus_expires_first_and_max_idle_waits_longer() -> None:
