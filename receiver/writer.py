@@ -409,7 +409,10 @@ class SessionWriter:
 
 
 def _write_all(fd: int, data: memoryview, offset: int) -> None:
-    done = 0
+    """pwrite until every byte is written (a write may be short). The first try
+    takes `data` as it is: a scattered batch calls this once per range (~500 times
+    per 8 MiB at 50 % of pages), and a slice per call cost ~5 % of those writes."""
+    done = os.pwrite(fd, data, offset)
     while done < len(data):
         done += os.pwrite(fd, data[done:], offset + done)
 

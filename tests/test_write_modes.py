@@ -114,3 +114,26 @@ def test_hugetlbfs_destination_is_written_through_a_mapping(sender, shm_dir: Pat
         assert status.state == pb.COMPLETED, status.error
         assert status.stats.verified
         assert_destination_equals_source(status, [(0, image)])
+
+
+def test_short_writes_are_continued_until_every_byte_is_written(tmp_path: Path, monkeypatch) -> None:
+    """pwrite may write less than asked (a signal, a filesystem's limit per call): the
+    rest goes on from where it stopped, at the right file offset."""
+    real_pwrite = os.pwrite
+    calls: list[tuple[int, int]] = []
+
+    def at_most_3000_bytes(fd: int, data, offset: int) -> int:
+        calls.append((len(data), offset))
+        return real_pwrite(fd, memoryview(data)[:3000], offset)
+
+    monkeypatch.setattr(writer.os, "pwrite", at_most_3000_bytes)
+    payload = os.urandom(8192)
+    path = tmp_path / "destination"
+    path.write_bytes(bytes(16384))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        writer._write_all(fd, memoryview(payload), 4096)
+    finally:
+        os.close(fd)
+    assert calls == [(8192, 4096), (5192, 7096), (2192, 10096)]
+    assert path.read_bytes() == bytes(4096) + payload + bytes(4096)
