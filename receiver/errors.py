@@ -57,11 +57,16 @@ class ReceiverError(Exception):
 _FULL = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded"}
 
 
+def os_error_text(error: OSError) -> str:
+    """What went wrong, without the file name: errors go to clients, and host paths
+    (the memory directory, the private state folder) are none of their business."""
+    return _FULL.get(error.errno or 0, error.strerror or type(error).__name__)
+
+
 def storage_error(error: OSError, doing: str) -> ReceiverError:
     """A storage fault while writing destination memory: a storage fault, not a network one
-    (RESOURCE_EXHAUSTED; the sender does not retry it)."""
-    what = _FULL.get(error.errno or 0, error.strerror or str(error))
-    return ReceiverError(Reason.STORAGE, f"{doing}: {what} ({error.filename or 'destination file'})")
+    (RESOURCE_EXHAUSTED; the sender does not retry it). No path in the message."""
+    return ReceiverError(Reason.STORAGE, f"{doing}: {os_error_text(error)}")
 
 
 def peer_identities(context: grpc.ServicerContext) -> tuple[bytes, ...] | None:

@@ -29,7 +29,7 @@ from livemig.common.ranges import MemoryRange, effective_page_size
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 from livemig.receiver import metrics
 from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES
-from livemig.receiver.errors import Reason, ReceiverError
+from livemig.receiver.errors import Reason, ReceiverError, os_error_text
 from livemig.receiver.session import Session, SessionState
 from livemig.receiver.writer import session_write_mode
 
@@ -159,7 +159,7 @@ class SessionRegistry:
             if requested + in_use - allocated > free:
                 raise ReceiverError(
                     Reason.LIMIT,
-                    f"not enough space in {self.memory_dir}: {free} bytes free, {requested} requested "
+                    f"not enough space in the memory directory: {free} bytes free, {requested} requested "
                     f"and {in_use - allocated} promised to migrations in flight",
                 )
 
@@ -204,7 +204,7 @@ class SessionRegistry:
             except (ReceiverError, OSError) as error:
                 session.abort()
                 if isinstance(error, OSError):
-                    raise ReceiverError(Reason.STORAGE, f"cannot record the session: {error}") from error
+                    raise ReceiverError(Reason.STORAGE, f"cannot record the session: {os_error_text(error)}") from error
                 raise
             self._sessions[session.token] = session
             self._by_id[session.session_id] = session

@@ -30,7 +30,7 @@ from livemig.common.guest_memory import LayoutError, MemoryLayout, RegionFile
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import DecodedBatch
 from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES
-from livemig.receiver.errors import Reason, ReceiverError
+from livemig.receiver.errors import Reason, ReceiverError, os_error_text
 from livemig.receiver.ledger import SessionLedger
 from livemig.receiver.writer import (
     ACTIVE,
@@ -123,7 +123,8 @@ class Session:
                 os.close(region.fd)
             shutil.rmtree(directory, ignore_errors=True)
             shutil.rmtree(state_directory, ignore_errors=True)
-            raise ReceiverError(Reason.STORAGE, f"cannot create destination memory: {error}") from error
+            what = os_error_text(error) if isinstance(error, OSError) else str(error)
+            raise ReceiverError(Reason.STORAGE, f"cannot create destination memory: {what}") from error
         record = SessionRecord(
             session_id,
             migration_id,
@@ -242,7 +243,16 @@ class Session:
         shutil.rmtree(self.state_directory, ignore_errors=True)
 
     def allocated_bytes(self) -> int:
-        return sum(os.stat(r.path).st_blocks * 512 for r in self.layout.regions)
+        """Bytes the destination files take now. A session may end (abort, expiry) while
+        another thread asks (a prepare counting the space promised to sessions in flight):
+        its files are gone then, and so is their space, so a missing file counts 0."""
+        allocated = 0
+        for region in self.layout.regions:
+            try:
+                allocated += os.stat(region.path).st_blocks * 512
+            except FileNotFoundError:
+                continue
+        return allocated
 
     @property
     def destination_regions(self) -> list[RegionFile]:
