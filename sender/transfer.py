@@ -41,6 +41,7 @@ from livemig.common.worker_processes import LOG_MESSAGE, read_reports, relog
 from livemig.sender.batch_builder import Chunk
 from livemig.sender.connection_pool import ConnectionPool, PooledProcess, default_pool
 from livemig.sender.connection_process import ConnectionSpec
+from livemig.sender.receiver_offer import check_offer
 from livemig.sender.stats import MigrationStats
 from livemig.sender.stream import MAX_RETRIES, RETRY_BUDGET_SECONDS, WINDOW_BATCHES, ChunkReport
 
@@ -121,7 +122,10 @@ class TransferPool:
         return _Connection(index, spec, worker)
 
     def begin(self, specs: list[ConnectionSpec]) -> None:
-        """The session is prepared: each connection learns its endpoint, token and guest files."""
+        """The session is prepared: each connection learns its endpoint, token and guest files.
+        Raises ReceiverOfferRefused (before any connection begins) for a receiver's batch
+        limit or data port this sender does not accept (sender/receiver_offer.py)."""
+        check_offer(specs)
         with self._changed:
             for connection, spec in zip(self._connections, specs, strict=True):
                 connection.spec = spec
