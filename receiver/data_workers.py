@@ -7,7 +7,11 @@ each. This pool is the one reader of the workers' reports: it feeds each
 session's ledger (totals counted once per batch id) and the receiver's
 Prometheus counters, which only the control process exports. A worker that dies
 is started again on the same port; its open streams count as closed, and what
-it reported before dying stays counted.
+it reported before dying stays counted. One that cannot listen on its port again
+(another process took it meanwhile) is tried again with a growing pause
+(restart_delay), never given up: the port is not announced until it serves, and
+while no worker serves the receiver's health says NOT_SERVING and
+PrepareMigration is refused with UNAVAILABLE.
 
 Settle rounds: a ledger forgets the batch ids a sender settled only once every
 report written before the mark's report is in (receiver/ledger.py). Every
@@ -27,6 +31,7 @@ import multiprocessing.connection
 import multiprocessing.process
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from livemig.common.worker_processes import LOG_MESSAGE, read_reports, relog, worker_context
@@ -39,6 +44,8 @@ log = logging.getLogger("livemig.receiver")
 START_TIMEOUT_SECONDS = 60.0
 END_TIMEOUT_SECONDS = 30.0
 RESTART_PAUSE_SECONDS = 0.5
+BIND_RETRY_FIRST_SECONDS = 0.25  # then doubled after each failure to listen, up to:
+BIND_RETRY_MAX_SECONDS = 2.0
 SETTLE_SECONDS = 1.0
 _POLL_SECONDS = 0.2
 
@@ -51,7 +58,19 @@ class _Worker:
     port: int = 0
     started: float = field(default_factory=time.monotonic)
     restarts: int = 0
-    dead: bool = False  # could not listen, or could not be started again: no longer served or waited for
+    dead: bool = False  # could not listen at the first start, or the fork server is gone: never started again
+    serving: bool = False  # listening now (its port is announced)
+    bind_failures: int = 0  # failures to listen in a row since it last served
+    restart_at: float | None = None  # dead process, to be started again then (reader thread)
+
+
+def restart_delay(worker: _Worker, now: float) -> float:
+    """How long to wait before starting a dead worker again: at once after a crash
+    (a short pause when it died young, so a worker that dies at start does not spin),
+    and with a doubling pause, at most BIND_RETRY_MAX_SECONDS, while its port is taken."""
+    if worker.bind_failures:
+        return min(BIND_RETRY_FIRST_SECONDS * 2 ** (worker.bind_failures - 1), BIND_RETRY_MAX_SECONDS)
+    return RESTART_PAUSE_SECONDS if now - worker.started < 1.0 else 0.0
 
 
 @dataclass(slots=True)
@@ -62,8 +81,17 @@ class _SettleRound:
 
 
 class DataWorkerPool:
-    def __init__(self, specs: list[WorkerSpec], registry: SessionRegistry) -> None:
+    def __init__(
+        self,
+        specs: list[WorkerSpec],
+        registry: SessionRegistry,
+        on_serving: Callable[[bool], None] | None = None,
+    ) -> None:
         self.registry = registry
+        # Told (from the reader thread) when the first worker serves again or the last stops:
+        # the receiver's health follows it.
+        self._on_serving = on_serving
+        self._any_serving = False
         self._context = worker_context(PRELOAD)
         self._changed = threading.Condition()
         self._stopping = False
@@ -92,8 +120,21 @@ class DataWorkerPool:
 
     @property
     def ports(self) -> list[int]:
+        """The ports of the workers serving now (a worker being started again is left out)."""
         with self._changed:
-            return [w.port for w in self._workers if not w.dead]
+            return [w.port for w in self._workers if w.serving]
+
+    def _serving_changed(self) -> None:
+        with self._changed:
+            serving = any(w.serving for w in self._workers)
+            changed = serving != self._any_serving
+            self._any_serving = serving
+        if not changed:
+            return
+        if not serving:
+            log.error("no data worker is serving: health NOT_SERVING until one listens again")
+        if self._on_serving is not None:
+            self._on_serving(serving)
 
     def _start(self, spec: WorkerSpec) -> _Worker:
         parent_end, child_end = self._context.Pipe(duplex=True)
@@ -112,10 +153,32 @@ class DataWorkerPool:
                 if self._stopping and not any(w.process.is_alive() for w in self._workers):
                     return
                 workers = list(self._workers)
-            live = [worker for worker in workers if not worker.dead]
+            self._restart_due(workers)
+            live = [worker for worker in workers if not worker.dead and worker.restart_at is None]
             if not read_reports(live, self._handle, self._died, _POLL_SECONDS):
-                return
+                if self._stopping or not any(w.restart_at is not None for w in workers):
+                    return
+                time.sleep(_POLL_SECONDS)  # every worker waits for its restart
             self._settle(live)
+
+    def _restart_due(self, workers: list[_Worker]) -> None:
+        """Start again the dead workers whose pause is over (reader thread)."""
+        now = time.monotonic()
+        for worker in workers:
+            if worker.restart_at is None or worker.restart_at > now or self._stopping:
+                continue
+            try:
+                fresh = self._start(worker.spec)
+            except (OSError, EOFError) as error:  # the fork server is gone: the receiver is going down
+                log.error("data worker %d cannot be started again: %s", worker.spec.index, error)
+                with self._changed:
+                    worker.dead = True
+                    worker.restart_at = None
+                continue
+            with self._changed:
+                worker.process, worker.pipe, worker.started = fresh.process, fresh.pipe, fresh.started
+                worker.restarts += 1
+                worker.restart_at = None
 
     def _settle(self, live: list[_Worker]) -> None:
         """Start a settle round, or apply the marks of one every worker has answered."""
@@ -179,15 +242,27 @@ class DataWorkerPool:
             with self._changed:
                 worker.port = message[1]
                 worker.spec = replace(worker.spec, port=message[1])  # a restart takes the same port
+                worker.serving = True
+                worker.bind_failures = 0
                 self._changed.notify_all()
             log.info("data worker %d listening on %s:%d", index, worker.spec.host, message[1])
-        elif kind == "failed":  # cannot listen (its port is taken): starting it again would not help
+            self._serving_changed()
+        elif kind == "failed":  # cannot listen: its port is taken
             with self._changed:
-                worker.dead = True
-                if not worker.port:
+                if not worker.port:  # at start: the receiver does not start (one line, exit 1)
+                    worker.dead = True
                     self._start_error = f"data worker {index} cannot listen on {worker.spec.host}: {message[1]}"
+                else:  # another process took the port meanwhile: tried again (restart_delay)
+                    worker.bind_failures += 1
                 self._changed.notify_all()
-            log.error("data worker %d cannot serve: %s", index, message[1])
+            if worker.port:
+                log.error(
+                    "data worker %d cannot serve on port %d: %s; trying again in %.2g s",
+                    index,
+                    worker.port,
+                    message[1],
+                    restart_delay(worker, time.monotonic()),
+                )
 
     def _died(self, worker: _Worker) -> None:
         index = worker.spec.index
@@ -195,40 +270,31 @@ class DataWorkerPool:
         if self._settle_round is not None:
             self._settle_round.waiting.discard(index)  # all it said is in: nothing more to wait for
         with self._changed:
-            if worker.dead:  # it could not listen: not started again
-                self._changed.notify_all()
-                return
+            worker.serving = False
             for ended in self._ended.values():
                 ended.add(index)  # a dead worker holds no session open
             self._changed.notify_all()
-            if self._stopping:
-                return
-        log.warning(
-            "data worker %d (pid %s) died with exit code %s; starting it again on port %d",
-            index,
-            worker.process.pid,
-            worker.process.exitcode,
-            worker.spec.port,
-        )
+            again = not (worker.dead or self._stopping)
+            if again:
+                delay = restart_delay(worker, time.monotonic())
+                worker.restart_at = time.monotonic() + delay
         worker.pipe.close()
-        if time.monotonic() - worker.started < 1.0:
-            time.sleep(RESTART_PAUSE_SECONDS)  # do not spin on a worker that dies at start
-        try:
-            fresh = self._start(worker.spec)
-        except (OSError, EOFError) as error:  # the fork server is gone: the receiver is going down
-            log.error("data worker %d cannot be started again: %s", index, error)
-            worker.dead = True
-            return
-        with self._changed:
-            worker.process, worker.pipe, worker.started = fresh.process, fresh.pipe, fresh.started
-            worker.restarts += 1
+        self._serving_changed()
+        if again and not worker.bind_failures:
+            log.warning(
+                "data worker %d (pid %s) died with exit code %s; starting it again on port %d",
+                index,
+                worker.process.pid,
+                worker.process.exitcode,
+                worker.spec.port,
+            )
 
     # -- the registry's DataPlane -------------------------------------------------
 
     def end_session(self, session_id: str, state: str, expired_after: float) -> None:
         with self._changed:
             self._ended[session_id] = set()
-            workers = [w for w in self._workers if not w.dead]
+            workers = [w for w in self._workers if not w.dead and w.restart_at is None]
         for worker in workers:
             try:
                 worker.pipe.send(("end", session_id, state, expired_after))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from grpc_health.v1 import health_pb2
+
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.tls import INSECURE, Security
@@ -59,7 +61,8 @@ class Receiver:
             )
             for index in range(workers)
         ]
-        self.workers = DataWorkerPool(specs, self.registry)
+        self.host: ServiceHost | None = None
+        self.workers = DataWorkerPool(specs, self.registry, on_serving=self._data_plane_serving)
         self.registry.data_plane = self.workers
         self.host = ServiceHost(
             [SERVICE_NAME],
@@ -68,6 +71,17 @@ class Receiver:
             maximum_concurrent_rpcs=CONTROL_WORKERS * 4,
         )
         pb_grpc.add_ReceiverServicer_to_server(ReceiverService(self.registry, self.workers), self.host.server)
+
+    def _data_plane_serving(self, serving: bool) -> None:
+        """Health follows the data plane: a receiver none of whose workers listens cannot
+        take a migration (balancers and orchestrators look here). Before the server
+        starts, ServiceHost.start says SERVING itself (every worker listens by then)."""
+        host = self.host
+        if host is None or not host.port:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *host.service_names]:
+            host.health.set(name, status)  # ignored once a graceful shutdown began
 
     def shut_down(self, reason: str = "receiver shutting down") -> None:
         """Abort unfinished sessions, stop the workers, remove the private state folder."""

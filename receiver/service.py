@@ -47,6 +47,9 @@ class ReceiverService(pb_grpc.ReceiverServicer):
 
     def PrepareMigration(self, request: pb.PrepareMigrationRequest, context: grpc.ServicerContext):
         layout = [MemoryRange(r.gpa, r.length) for r in request.layout.ranges]
+        data_ports = self.data.ports
+        if not data_ports:  # every data worker is being started again: no stream could land
+            context.abort(grpc.StatusCode.UNAVAILABLE, "no data worker of this receiver is serving; try again shortly")
         try:
             session = self.registry.prepare(
                 layout, request.page_size, request.migration_id, peer_identities(context), request.connections
@@ -69,7 +72,7 @@ class ReceiverService(pb_grpc.ReceiverServicer):
                 pb.DestinationRegion(gpa=r.gpa, length=r.length, path=r.path) for r in session.destination_regions
             ],
             max_batch_bytes=session.max_batch_bytes,
-            data_ports=self.data.ports,
+            data_ports=data_ports,
         )
 
     def CompleteMigration(self, request: pb.CompleteMigrationRequest, context: grpc.ServicerContext):
