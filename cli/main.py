@@ -265,6 +265,13 @@ def receiver(
     default=None,
     help="Dirty maps are DIR/<region file name>.dirty (default: the <region>.dirty sibling).",
 )
+@click.option(
+    "--qmp-dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="QEMU guests' QMP sockets live here; a request's qmp_socket names one under it (default: QMP guest "
+    "control off).",
+)
 @click.option("--max-watch-streams", type=click.IntRange(1, 24), default=16, show_default=True)
 @click.option("--max-watch-streams-per-client", type=click.IntRange(1, 24), default=4, show_default=True)
 @click.option(
@@ -291,6 +298,7 @@ def sender(
     resume_hook: str,
     memory_roots: tuple[str, ...],
     dirty_log_dir: str | None,
+    qmp_dir: str | None,
     max_watch_streams: int,
     max_watch_streams_per_client: int,
     max_migrations: int,
@@ -310,6 +318,7 @@ def sender(
         hooks=GuestHooks(pause_hook, resume_hook),
         memory_roots=tuple(Path(root).resolve() for root in memory_roots),
         dirty_log_dir=Path(dirty_log_dir).resolve() if dirty_log_dir else None,
+        qmp_dir=Path(qmp_dir).resolve() if qmp_dir else None,
         max_watch_streams=max_watch_streams,
         max_watch_streams_per_client=max_watch_streams_per_client,
         max_migrations=max_migrations,
@@ -355,6 +364,11 @@ def _sender_option(command):
 @click.option("--dirty-log", is_flag=True, help="Live migration: each region's dirty map is FILE.dirty.")
 @click.option(
     "--guest-pid", type=click.IntRange(0, None), default=0, help="Process to pause at switchover (SIGSTOP/SIGCONT)."
+)
+@click.option(
+    "--qmp-socket",
+    default="",
+    help="A QEMU guest to pause with QMP: its socket's name under the sender's --qmp-dir.",
 )
 @click.option(
     "--guest-pid-file",
@@ -410,6 +424,7 @@ def send_migration(
     detach: bool,
     dirty_log: bool,
     guest_pid: int,
+    qmp_socket: str,
     guest_pid_file: str | None,
     guest_pid_wait: float,
     downtime: float,
@@ -445,6 +460,7 @@ def send_migration(
         verify=verify,
         max_batch_bytes=max_batch_bytes,
         guest_pid=guest_pid,
+        qmp_socket=qmp_socket,
         downtime_ms=max(1, round(downtime * 1000)),
         timeout_ms=round(migration_timeout * 1000),
         timeout_strategy=pb.TIMEOUT_STRATEGY_FORCE if timeout_strategy == "force" else pb.TIMEOUT_STRATEGY_CANCEL,
@@ -454,6 +470,104 @@ def send_migration(
     from livemig.cli.follow import start_and_follow
 
     sys.exit(start_and_follow(sender_address, request, security, as_json=as_json, detach=detach))
+
+
+@cli.command("migrate-vm")
+@_sender_option
+@click.option("--destination", required=True, type=HostPort(), help="HOST:PORT of the receiver service.")
+@click.option(
+    "--qmp-dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="The sender's --qmp-dir, as seen here (run this command on the source host).",
+)
+@click.option("--guest", required=True, help="The source guest's QMP socket: its name under --qmp-dir.")
+@click.option(
+    "--destination-command",
+    required=True,
+    help="Command that starts the destination QEMU: the source's machine and devices, each RAM backend on "
+    "{mem[ID]} (its file on the receiver, ID the backend's id), -qmp unix:{qmp},server=on,wait=off and "
+    "-incoming defer. It may run it elsewhere (ssh); shell words, no shell.",
+)
+@click.option(
+    "--destination-qmp",
+    default="",
+    help="Path of the destination QEMU's QMP socket ({qmp}); default: a fresh one in a temporary folder.",
+)
+@click.option(
+    "--incoming",
+    type=HostPort(),
+    default=None,
+    help="HOST:PORT the destination QEMU takes device state on (default: the receiver's host, a free port).",
+)
+@click.option("--connections", type=click.IntRange(1, MAX_CONNECTIONS), default=2, show_default=True)
+@click.option("--no-verify", is_flag=True, help="Skip the digest comparison of all memory (shorter downtime).")
+@click.option("--keep-source", is_flag=True, help="Leave the source QEMU paused (postmigrate) instead of quitting it.")
+@click.option(
+    "--destination-log",
+    type=click.Path(dir_okay=False),
+    default="",
+    help="Append the destination QEMU's output to this file (default: discarded).",
+)
+@click.option(
+    "--start-timeout",
+    type=Duration("s", min_seconds=1, max_seconds=600),
+    default="30s",
+    show_default=True,
+    help="How long the destination QEMU may take to answer QMP (bare number: s).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
+@tls_options(server=False)
+def migrate_vm_command(
+    sender_address: str,
+    destination: str,
+    qmp_dir: str,
+    guest: str,
+    destination_command: str,
+    destination_qmp: str,
+    incoming: str | None,
+    connections: int,
+    no_verify: bool,
+    keep_source: bool,
+    destination_log: str,
+    start_timeout: float,
+    as_json: bool,
+    security,
+) -> None:
+    """Migrate a running QEMU VM: livemig moves its RAM, QEMU its device state.
+
+    The source QEMU keeps its RAM in shared files (memory-backend-file, share=on);
+    the sender pauses it over QMP, moves the RAM (zero pages skipped, verified),
+    then QEMU migrates device state with x-ignore-shared into a destination QEMU
+    started from --destination-command on the receiver's files. Exits 0 when the
+    destination runs; on any failure the source runs again and no destination is
+    left (exit 1). Ctrl-C or SIGTERM roll back the same way and exit 130.
+    """
+    from livemig.cli import client
+    from livemig.cli import migrate_vm as vm
+
+    plan = vm.VmMigrationPlan(
+        sender=sender_address,
+        destination=destination,
+        qmp_dir=Path(qmp_dir),
+        guest=guest,
+        destination_command=destination_command,
+        destination_qmp=destination_qmp,
+        incoming=incoming or "",
+        connections=connections,
+        verify=not no_verify,
+        keep_source=keep_source,
+        start_timeout=start_timeout,
+        destination_log=destination_log,
+    )
+    vm.interrupt_safely()
+    try:
+        outcome = vm.migrate_vm(plan, security)
+    except KeyboardInterrupt:
+        click.echo("interrupted: the memory migration was cancelled and the source guest resumed", err=True)
+        sys.exit(client.EXIT_INTERRUPTED)
+    vm.print_report(outcome, as_json)
+    sys.exit(client.EXIT_COMPLETED if outcome.ok else client.EXIT_FAILED)
 
 
 @cli.group()

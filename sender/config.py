@@ -24,6 +24,9 @@ class SenderConfig:
     memory_roots: tuple[Path, ...] = ()
     # Dirty maps are `<dir>/<region file name>.dirty`; None: the `<region>.dirty` sibling.
     dirty_log_dir: Path | None = None
+    # Where QEMU guests' QMP sockets may live: a request's qmp_socket is a name under
+    # it (sender/qmp_guest.py); None: QMP guest control is off.
+    qmp_dir: Path | None = None
     max_watch_streams: int = DEFAULT_MAX_WATCH_STREAMS
     max_watch_streams_per_client: int = DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT
     # Running migrations, and their connections (processes) together; 0: 32 per core,

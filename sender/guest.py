@@ -50,6 +50,9 @@ class GuestControl:
         self.pid = pid
         self.hooks = hooks or GuestHooks()
         self.paused = False
+        # What the status reports: "" (nothing to pause), "running", "paused", "resumed".
+        self.state = "running" if self.can_pause else ""
+        self.run_state = ""  # QEMU's own run state; only a QMP guest has one
         self._files: frozenset[FileId] = frozenset()
         self._pidfd = -1
 
@@ -106,10 +109,12 @@ class GuestControl:
             self._check_is_guest()  # it may have unmapped its memory since StartMigration
             self._signal(signal.SIGSTOP)  # fails if the checked process is gone (pid reused)
             self.paused = True
+            self.state = "paused"
             self._wait_stopped()
         elif self.hooks.pause_command:
             self._run_hook(self.hooks.pause_command)
             self.paused = True
+            self.state = "paused"
 
     def resume(self) -> None:
         """Resume if we paused; never raises (called on every failure path)."""
@@ -121,6 +126,7 @@ class GuestControl:
             elif self.hooks.resume_command:
                 self._run_hook(self.hooks.resume_command)
             self.paused = False
+            self.state = "resumed"
         except (OSError, GuestControlError) as error:
             log.error("migration %s: could not resume the guest: %s", self.migration_id, error)
 

@@ -38,6 +38,7 @@ from livemig.sender.connection_process import ConnectionSpec, source_regions
 from livemig.sender.convergence import ConvergencePolicy, Decision
 from livemig.sender.dirty_log import DirtyLog
 from livemig.sender.guest import GuestControl
+from livemig.sender.qmp_guest import QmpGuest
 from livemig.sender.stats import MigrationStats
 from livemig.sender.transfer import ConnectionFailed, TransferPool, TransferStopped
 
@@ -80,7 +81,7 @@ class Migration:
         self,
         request: MigrationRequest,
         layout: MemoryLayout,
-        guest: GuestControl | None = None,
+        guest: GuestControl | QmpGuest | None = None,
         dirty_log: DirtyLog | None = None,
         migration_id: str | None = None,
         security: Security = INSECURE,
@@ -90,7 +91,7 @@ class Migration:
         self.request = request
         self.security = security
         self.layout = layout
-        self.guest = guest or GuestControl(self.migration_id)
+        self.guest: GuestControl | QmpGuest = guest or GuestControl(self.migration_id)
         self.dirty_log = dirty_log
         self.state = State.PENDING
         self.phase = "setup"
@@ -156,6 +157,8 @@ class Migration:
                 iterations=iterations,
                 phase=self.phase,
                 live=self.live,
+                guest_state=self.guest.state,
+                guest_run_state=self.guest.run_state,
             )
 
     def wait_for_change(self, last: tuple[int, str, int], timeout: float) -> None:

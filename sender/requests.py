@@ -29,6 +29,7 @@ MIN_BATCH_BYTES = 64 << 10
 MAX_BATCH_BYTES = 64 << 20
 MAX_REGIONS = 1024
 MAX_PATH_BYTES = 4096
+MAX_QMP_NAME_BYTES = 255
 MAX_DESTINATION_CHARS = 255
 MAX_DOWNTIME_MS = 3_600_000  # an hour
 MAX_TIMEOUT_MS = 7 * 24 * 3_600_000  # a week
@@ -75,6 +76,17 @@ def page_size_ok(value: int) -> bool:
 def guest_pid_ok(pid: int) -> bool:
     """0 (none), or a pid that can be a guest: never init, the sender or its parent."""
     return pid == 0 or (pid > 1 and pid not in (os.getpid(), os.getppid()))
+
+
+def qmp_socket_name(name: str) -> bool:
+    """A QMP socket's name under the sender's --qmp-dir: relative, normalised, no "..",
+    printable, bounded (the resolved socket is checked again in sender/qmp_guest.py)."""
+    if not name:
+        return True
+    if len(name.encode()) > MAX_QMP_NAME_BYTES or not name.isprintable() or name.startswith("/"):
+        return False
+    parts = name.split("/")
+    return all(part not in ("", ".", "..") for part in parts)
 
 
 def bandwidth_ok(value: float) -> bool:
@@ -129,6 +141,23 @@ START_MIGRATION_RULES: tuple[Rule, ...] = (
         "guest_pid",
         "must be 0 or the pid of the guest (never 1, the sender or its parent)",
         lambda r, c: guest_pid_ok(r.guest_pid),
+    ),
+    Rule(
+        "qmp_socket",
+        "must be the name of a socket under the sender's --qmp-dir: relative, without '.' or '..' parts, "
+        f"printable, at most {MAX_QMP_NAME_BYTES} bytes",
+        lambda r, c: qmp_socket_name(r.qmp_socket),
+    ),
+    Rule(
+        "qmp_socket",
+        "needs a sender started with --qmp-dir (QMP guest control is off)",
+        lambda r, c: not r.qmp_socket or c.qmp_dir is not None,
+        Reason.GUEST,
+    ),
+    Rule(
+        "qmp_socket",
+        "and guest_pid name two ways to pause the guest: give one",
+        lambda r, c: not (r.qmp_socket and r.guest_pid),
     ),
     Rule(
         "available_bandwidth_bytes_per_second",

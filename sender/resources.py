@@ -23,13 +23,14 @@ from livemig.sender.dirty_log import DirtyLog, dirty_log_path
 from livemig.sender.errors import Reason, SenderError
 from livemig.sender.guest import GuestControl, GuestControlError
 from livemig.sender.placement import PlacedRegion, place_request_regions
+from livemig.sender.qmp_guest import QmpGuest, resolve_qmp_socket
 
 
 @dataclass(slots=True)
 class MigrationResources:
     layout: MemoryLayout
     dirty_log: DirtyLog | None
-    guest: GuestControl
+    guest: GuestControl | QmpGuest
 
     def release(self) -> None:
         if self.dirty_log is not None:
@@ -83,8 +84,14 @@ def acquire(
         layout, ordered = build_layout(request.regions, page_size, config)
         if ordered[0].dirty_log:
             dirty_log = _open_dirty_log(layout, ordered, config)
-        guest = GuestControl(migration_id, request.guest_pid, config.hooks)
-        guest.check(region.fd for region in layout.regions)  # holds a pidfd from here (closed on failure)
+        guest: GuestControl | QmpGuest
+        if request.qmp_socket:
+            assert config.qmp_dir is not None  # the door refuses qmp_socket without --qmp-dir
+            guest = QmpGuest(migration_id, resolve_qmp_socket(config.qmp_dir, request.qmp_socket), request.qmp_socket)
+            guest.check((region.fd, region.length) for region in layout.regions)
+        else:
+            guest = GuestControl(migration_id, request.guest_pid, config.hooks)
+            guest.check(region.fd for region in layout.regions)  # holds a pidfd from here (closed on failure)
         return MigrationResources(layout, dirty_log, guest)
     except BaseException as error:
         if dirty_log is not None:

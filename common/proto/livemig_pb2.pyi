@@ -54,7 +54,7 @@ class GuestMemoryRegion(_message.Message):
     def __init__(self, gpa: _Optional[int] = ..., path: _Optional[str] = ..., dirty_log: _Optional[str] = ...) -> None: ...
 
 class StartMigrationRequest(_message.Message):
-    __slots__ = ("destination", "regions", "connections", "skip_zero_pages", "page_size", "verify", "max_batch_bytes", "downtime_ms", "timeout_ms", "timeout_strategy", "max_iterations", "guest_pid", "available_bandwidth_bytes_per_second")
+    __slots__ = ("destination", "regions", "connections", "skip_zero_pages", "page_size", "verify", "max_batch_bytes", "downtime_ms", "timeout_ms", "timeout_strategy", "max_iterations", "guest_pid", "available_bandwidth_bytes_per_second", "qmp_socket")
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     REGIONS_FIELD_NUMBER: _ClassVar[int]
     CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class StartMigrationRequest(_message.Message):
     MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     GUEST_PID_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_BANDWIDTH_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    QMP_SOCKET_FIELD_NUMBER: _ClassVar[int]
     destination: str
     regions: _containers.RepeatedCompositeFieldContainer[GuestMemoryRegion]
     connections: int
@@ -81,7 +82,8 @@ class StartMigrationRequest(_message.Message):
     max_iterations: int
     guest_pid: int
     available_bandwidth_bytes_per_second: float
-    def __init__(self, destination: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[GuestMemoryRegion, _Mapping]]] = ..., connections: _Optional[int] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., verify: _Optional[bool] = ..., max_batch_bytes: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., timeout_strategy: _Optional[_Union[TimeoutStrategy, str]] = ..., max_iterations: _Optional[int] = ..., guest_pid: _Optional[int] = ..., available_bandwidth_bytes_per_second: _Optional[float] = ...) -> None: ...
+    qmp_socket: str
+    def __init__(self, destination: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[GuestMemoryRegion, _Mapping]]] = ..., connections: _Optional[int] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., verify: _Optional[bool] = ..., max_batch_bytes: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., timeout_strategy: _Optional[_Union[TimeoutStrategy, str]] = ..., max_iterations: _Optional[int] = ..., guest_pid: _Optional[int] = ..., available_bandwidth_bytes_per_second: _Optional[float] = ..., qmp_socket: _Optional[str] = ...) -> None: ...
 
 class StartMigrationResponse(_message.Message):
     __slots__ = ("migration_id",)
@@ -204,7 +206,7 @@ class DestinationRegion(_message.Message):
     def __init__(self, gpa: _Optional[int] = ..., length: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class MigrationStatus(_message.Message):
-    __slots__ = ("migration_id", "state", "error", "stats", "destination_regions", "destination", "skip_zero_pages", "page_size", "iterations", "phase", "live")
+    __slots__ = ("migration_id", "state", "error", "stats", "destination_regions", "destination", "skip_zero_pages", "page_size", "iterations", "phase", "live", "guest_state", "guest_run_state")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +218,8 @@ class MigrationStatus(_message.Message):
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     LIVE_FIELD_NUMBER: _ClassVar[int]
+    GUEST_STATE_FIELD_NUMBER: _ClassVar[int]
+    GUEST_RUN_STATE_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     state: MigrationState
     error: str
@@ -227,7 +231,9 @@ class MigrationStatus(_message.Message):
     iterations: _containers.RepeatedCompositeFieldContainer[IterationStats]
     phase: str
     live: bool
-    def __init__(self, migration_id: _Optional[str] = ..., state: _Optional[_Union[MigrationState, str]] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[MigrationStats, _Mapping]] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., destination: _Optional[str] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., iterations: _Optional[_Iterable[_Union[IterationStats, _Mapping]]] = ..., phase: _Optional[str] = ..., live: _Optional[bool] = ...) -> None: ...
+    guest_state: str
+    guest_run_state: str
+    def __init__(self, migration_id: _Optional[str] = ..., state: _Optional[_Union[MigrationState, str]] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[MigrationStats, _Mapping]] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., destination: _Optional[str] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., iterations: _Optional[_Iterable[_Union[IterationStats, _Mapping]]] = ..., phase: _Optional[str] = ..., live: _Optional[bool] = ..., guest_state: _Optional[str] = ..., guest_run_state: _Optional[str] = ...) -> None: ...
 
 class PrepareMigrationRequest(_message.Message):
     __slots__ = ("layout", "page_size", "migration_id", "connections")
