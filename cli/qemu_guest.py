@@ -115,14 +115,9 @@ def fetch_kernel(cache: Path | None = None) -> Path:
     if found:
         return found[-1]
     cache.mkdir(parents=True, exist_ok=True)
-    depends = subprocess.run(
-        ["apt-cache", "depends", KERNEL_PACKAGE], capture_output=True, text=True, check=True
-    ).stdout
-    match = re.search(r"Depends: (linux-image-\S+)", depends)
-    if match is None:
-        raise RuntimeError(f"{KERNEL_PACKAGE} names no kernel package (run apt-get update)")
+    package = _kernel_package()
     with tempfile.TemporaryDirectory(dir=cache) as scratch:
-        subprocess.run(["apt-get", "download", "-q", match.group(1)], cwd=scratch, check=True, capture_output=True)
+        subprocess.run(["apt-get", "download", "-q", package], cwd=scratch, check=True, capture_output=True)
         deb = next(Path(scratch).glob("*.deb"))
         unpacked = Path(scratch) / "kernel"
         subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
@@ -130,6 +125,19 @@ def fetch_kernel(cache: Path | None = None) -> Path:
             shutil.rmtree(module_tree, ignore_errors=True)  # modules: the busybox guest loads none
         os.replace(unpacked, cache / "kernel")
     return sorted(cache.glob("kernel/boot/vmlinuz-*"))[-1]
+
+
+def _kernel_package() -> str:
+    """The versioned package the cloud kernel's metapackage depends on; the package
+    lists are fetched once (as root) where this machine has none yet."""
+    for attempt in range(2):
+        depends = subprocess.run(["apt-cache", "depends", KERNEL_PACKAGE], capture_output=True, text=True)
+        match = re.search(r"Depends: (linux-image-\S+)", depends.stdout)
+        if match is not None:
+            return match.group(1)
+        if attempt == 0 and os.geteuid() == 0:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)
+    raise RuntimeError(f"Debian's {KERNEL_PACKAGE} names no kernel package here (apt-get update?)")
 
 
 def _cpio_entry(archive: io.BytesIO, name: str, mode: int, data: bytes = b"", inode: int = 0) -> None:
@@ -206,7 +214,7 @@ class GuestOptions:
 
 
 def qemu_argv(
-    image: GuestImage,
+    image: GuestImage | None,
     memory: Path,
     size_mib: int,
     qmp: str,
@@ -218,7 +226,9 @@ def qemu_argv(
 ) -> list[str]:
     """The QEMU command line of this guest: RAM in `memory` (a shared file backend), a
     QMP socket, the serial console into a file. Source and destination run the same
-    machine and devices; the destination adds `-incoming defer`."""
+    machine and devices; the destination adds `-incoming defer`. Without an image the
+    guest runs only its firmware (SeaBIOS, finding nothing to boot): a running guest
+    in a few milliseconds, whose RAM holds whatever the file held."""
     argv = [
         QEMU,
         "-accel",
@@ -229,12 +239,6 @@ def qemu_argv(
         f"{size_mib}M",
         "-object",
         f"memory-backend-file,id={backend_id},size={size_mib}M,mem-path={memory},share={'on' if share else 'off'}",
-        "-kernel",
-        str(image.kernel),
-        "-initrd",
-        str(image.initramfs),
-        "-append",
-        options.cmdline(),
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -247,6 +251,8 @@ def qemu_argv(
         "-qmp",
         f"unix:{qmp},server=on,wait=off",
     ]
+    if image is not None:
+        argv += ["-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", options.cmdline()]
     if incoming:
         argv += ["-incoming", "defer"]
     return argv
@@ -295,6 +301,12 @@ class QemuVm:
         if self.process.poll() is None or self.process.stdout is None:
             return ""
         return self.process.stdout.read().decode(errors="replace")[-2000:]
+
+    def __enter__(self) -> QemuVm:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         if self.process.poll() is None:
