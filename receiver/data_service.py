@@ -4,8 +4,10 @@ Raw bytes in (see common/wire.py), acknowledgements out; one stream, one
 session. A stream is bound to its session by the "livemig-session" metadata
 entry when the sender gives one (so a stream that has nothing to send yet, while
 all-zero memory is being scanned, already keeps its session alive), or else by
-its first batch. Every applied batch is reported to the control process before
-it is acknowledged. The next batch is received while this one is written
+its first batch; it ends when its session ends (a bound stream waiting for its
+next batch looks at its session's state every ENDED_SESSION_POLL_SECONDS).
+Every applied batch is reported to the control process before it is
+acknowledged. The next batch is received while this one is written
 (common/read_ahead.py).
 """
 
@@ -29,6 +31,10 @@ from livemig.receiver.writer import SessionWriter
 log = logging.getLogger("livemig.receiver")
 
 SESSION_METADATA = "livemig-session"
+# A stream bound to a session that ended (completed, aborted, expired) is closed within
+# this: idle bound streams of an aborted session held every slot of their worker, and no
+# longer counted against --max-sessions (issue 20).
+ENDED_SESSION_POLL_SECONDS = 0.25
 
 
 class WriterLookup(Protocol):
@@ -101,10 +107,16 @@ class DataService:
                         left = self.unbound_stream_seconds - (time.monotonic() - opened)
                         raw = requests.next(timeout=max(left, 0.0))
                     else:
-                        raw = requests.next()
+                        raw = requests.next(timeout=ENDED_SESSION_POLL_SECONDS)
                 except StopIteration:
                     break
                 except queue.Empty:
+                    if bound is not None:
+                        try:
+                            bound.check_active()  # its session ended: the stream goes, its slot is free
+                        except ReceiverError as error:
+                            self._refuse(error, bound, context)
+                        continue
                     self._refuse(
                         ReceiverError(
                             Reason.UNAUTHENTICATED,

@@ -8,11 +8,12 @@ refused at once with RESOURCE_EXHAUSTED (gRPC's maximum_concurrent_rpcs), never
 parked.
 
 Messages on the pipe (tuples):
-  control -> worker: ("end", session_id, state, expired_after) | ("settle", round) | ("stop", grace_seconds)
+  control -> worker: ("end", session_id, state, expired_after) | ("reopen", session_id)
+                     | ("settle", round) | ("stop", grace_seconds)
   worker -> control: ("listening", port)
                      | ("batch", session_id, batch_id, attempt, written, zeroed, settled_below)
                      | ("rejected", reason value) | ("stream", session_id, delta)
-                     | ("ended", session_id) | ("settled", round) | ("log", ...)
+                     | ("ended", session_id) | ("reopened", session_id) | ("settled", round) | ("log", ...)
 "settled" answers "settle" after every report this worker sent before it
 (receiver/ledger.py says why the control process asks).
 A closed pipe means the control process is gone: the worker stops.
@@ -97,6 +98,14 @@ class WorkerWriters:
             writer.end(state, expired_after)
         return writer
 
+    def forget(self, session_id: str) -> None:
+        """Drop an ended writer: the session is active again (a refused completion), and its
+        next stream loads it afresh from its record."""
+        with self._lock:
+            writer = self._by_id.pop(session_id, None)
+            if writer is not None:
+                self._by_token = OrderedDict((t, w) for t, w in self._by_token.items() if w is not writer)
+
     def _forget_old(self) -> None:
         ended = [token for token, w in self._by_token.items() if w.state != "active"]
         for token in ended[: max(0, len(ended) - ENDED_WRITERS_KEPT)]:
@@ -170,6 +179,9 @@ def run_data_worker(spec: WorkerSpec, pipe) -> None:
                 ended.release()  # unmap and close off the control process's critical path
             release_free_memory()  # gRPC's and our buffers of the session go back to the system
             activity.trimmed()
+        elif message[0] == "reopen":  # a refused completion: the session is active again
+            writers.forget(message[1])
+            sender.send(("reopened", message[1]))
         elif message[0] == "settle":
             sender.send(("settled", message[1]))  # after every report sent so far (one pipe, in order)
         elif message[0] == "stop":

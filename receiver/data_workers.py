@@ -232,7 +232,7 @@ class DataWorkerPool:
                 session.ledger.stream_changed(index, delta)
         elif kind == "rejected":
             metrics.REJECTED_BATCHES.labels(message[1]).inc()
-        elif kind == "ended":
+        elif kind in ("ended", "reopened"):
             with self._changed:
                 self._ended.setdefault(message[1], set()).add(index)
                 self._changed.notify_all()
@@ -292,12 +292,20 @@ class DataWorkerPool:
     # -- the registry's DataPlane -------------------------------------------------
 
     def end_session(self, session_id: str, state: str, expired_after: float) -> None:
+        self._tell_every_worker(("end", session_id, state, expired_after), session_id)
+
+    def reopen_session(self, session_id: str) -> None:
+        self._tell_every_worker(("reopen", session_id), session_id)
+
+    def _tell_every_worker(self, message: tuple, session_id: str) -> None:
+        """Send `message` about a session to every live worker and wait until each has
+        answered ("ended"/"reopened") or died."""
         with self._changed:
             self._ended[session_id] = set()
             workers = [w for w in self._workers if not w.dead and w.restart_at is None]
         for worker in workers:
             try:
-                worker.pipe.send(("end", session_id, state, expired_after))
+                worker.pipe.send(message)
             except (OSError, EOFError, ValueError):
                 with self._changed:
                     self._ended[session_id].add(worker.spec.index)  # dead: nothing open there
@@ -305,7 +313,12 @@ class DataWorkerPool:
         with self._changed:
             while len(self._ended[session_id]) < len(workers):
                 if time.monotonic() > deadline:
-                    log.error("data workers did not end session %s in %.0f s", session_id, END_TIMEOUT_SECONDS)
+                    log.error(
+                        "data workers did not answer %r for session %s in %.0f s",
+                        message[0],
+                        session_id,
+                        END_TIMEOUT_SECONDS,
+                    )
                     break
                 self._changed.wait(_POLL_SECONDS)
             del self._ended[session_id]

@@ -59,6 +59,9 @@ class DataPlane(Protocol):
     def end_session(self, session_id: str, state: str, expired_after: float) -> None:
         """Tell every worker the session ended; returns when none writes any more (each closes its files just after)."""
 
+    def reopen_session(self, session_id: str) -> None:
+        """Tell every worker an ended session is active again (its completion was refused)."""
+
 
 class NoDataPlane:
     """No data workers (sessions written in this process, as tests do)."""
@@ -66,9 +69,16 @@ class NoDataPlane:
     def end_session(self, session_id: str, state: str, expired_after: float) -> None:
         pass
 
+    def reopen_session(self, session_id: str) -> None:
+        pass
+
 
 STATE_PREFIX = "livemig-receiver-state-"
 MAX_CONNECTIONS = 4096  # page streams a sender may announce for one migration (its own limit is lower)
+# Regions one layout may have: the sender's own limit. Each region is a file, opened by
+# every data worker its batches reach (receiver/writer.py): without a bound, four
+# sessions of 4000 regions held 16 018 descriptors in the control process.
+MAX_REGIONS = 1024
 HUGE_PAGE_POOLS = Path("/sys/kernel/mm/hugepages")
 
 
@@ -177,6 +187,10 @@ class SessionRegistry:
             raise ReceiverError(Reason.BAD_LAYOUT, str(error)) from error
         if migration_id and not is_migration_id(migration_id):
             raise ReceiverError(Reason.MALFORMED, f"migration_id must be empty or {MIGRATION_ID_RULE}")
+        if len(layout) > MAX_REGIONS:
+            raise ReceiverError(
+                Reason.BAD_LAYOUT, f"{len(layout)} regions in the layout; a migration has at most {MAX_REGIONS}"
+            )
         if connections > MAX_CONNECTIONS:
             raise ReceiverError(
                 Reason.MALFORMED, f"{connections} connections announced; a migration has at most {MAX_CONNECTIONS}"
@@ -225,10 +239,20 @@ class SessionRegistry:
         self.data_plane.end_session(session.session_id, state.value, idle_seconds)
 
     def complete(self, session: Session, transmitted_bytes: int, batches: int, digest: bytes) -> tuple[bool, int]:
+        """Writes stop everywhere, then the totals (and digest) are checked. A refused
+        completion leaves the session active in every process, as the control process
+        holds it (the sender may abort it, or complete it again): the workers once said
+        "completed" while the control process still held it active."""
         with session.lock:
             session.check_active()
             self._end_in_workers(session, SessionState.COMPLETED)
-            return session.complete(transmitted_bytes, batches, digest)
+            try:
+                return session.complete(transmitted_bytes, batches, digest)
+            except BaseException:
+                if session.active:
+                    self._publish(session, SessionState.ACTIVE)
+                    self.data_plane.reopen_session(session.session_id)
+                raise
 
     def abort(self, session: Session, state: SessionState = SessionState.ABORTED, idle_seconds: float = 0.0) -> None:
         with session.lock:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from grpc_health.v1 import health_pb2
 
+from livemig.common.fd_limit import raise_open_file_limit
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.tls import INSECURE, Security
@@ -41,6 +42,7 @@ class Receiver:
         data_port: int = 0,
     ) -> None:
         self.limits = limits or ReceiverLimits()
+        raise_open_file_limit()  # before the fork server starts: its workers inherit it
         memory_dir.mkdir(parents=True, exist_ok=True)
         self.registry = SessionRegistry(memory_dir, self.limits)
         start_fork_server(PRELOAD)

@@ -16,6 +16,7 @@ starting workers.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import shutil
@@ -30,8 +31,9 @@ from livemig.common.guest_memory import LayoutError, MemoryLayout, RegionFile
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import DecodedBatch
 from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES
-from livemig.receiver.errors import Reason, ReceiverError, os_error_text
+from livemig.receiver.errors import Reason, ReceiverError, os_error_text, storage_error
 from livemig.receiver.ledger import SessionLedger
+from livemig.receiver.shared_batch_ids import create_table
 from livemig.receiver.writer import (
     ACTIVE,
     RecordRegion,
@@ -102,25 +104,32 @@ class Session:
         state_directory = state_directory or directory.with_name(directory.name + ".state")
         regions: list[RegionFile] = []
         record_regions: list[RecordRegion] = []
+        received_map = state_directory / "received.map"
+        batch_ids = state_directory / "batch-ids.table"
         try:
             directory.mkdir(mode=0o700)
             state_directory.mkdir(mode=0o700, parents=True)
+            first_page = 0
             for index, memory_range in enumerate(sorted(layout_ranges)):
                 path = directory / f"region-{index}-gpa-{memory_range.gpa:#x}.mem"
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                regions.append(RegionFile(memory_range.gpa, memory_range.length, str(path), fd))
-                os.ftruncate(fd, memory_range.length)  # sparse: reads as zero, allocates nothing
-                write_mode = file_write_mode(write_mode, fd)
-                received = state_directory / f"received-{index}.map"
-                map_fd = os.open(received, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 try:
-                    os.ftruncate(map_fd, memory_range.length // page_size)
+                    os.ftruncate(fd, memory_range.length)  # sparse: reads as zero, allocates nothing
+                    write_mode = file_write_mode(write_mode, fd)
                 finally:
-                    os.close(map_fd)
-                record_regions.append(RecordRegion(memory_range.gpa, memory_range.length, str(path), str(received)))
+                    os.close(fd)  # not held for the session: opened again where needed
+                regions.append(RegionFile(memory_range.gpa, memory_range.length, str(path)))
+                record_regions.append(RecordRegion(memory_range.gpa, memory_range.length, str(path), first_page))
+                first_page += memory_range.length // page_size
+            # One map for every region, sparse: a page of it is allocated only where a batch
+            # wrote data, and then the destination holds at least as much.
+            map_fd = os.open(received_map, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.ftruncate(map_fd, first_page)
+            finally:
+                os.close(map_fd)
+            create_table(batch_ids, max_unsettled_batches)
         except (OSError, OverflowError, ValueError) as error:
-            for region in regions:
-                os.close(region.fd)
             shutil.rmtree(directory, ignore_errors=True)
             shutil.rmtree(state_directory, ignore_errors=True)
             what = os_error_text(error) if isinstance(error, OSError) else str(error)
@@ -134,6 +143,8 @@ class Session:
             tuple(record_regions),
             write_mode=write_mode,
             max_unsettled_batches=max_unsettled_batches,
+            received_map=str(received_map),
+            batch_ids=str(batch_ids),
         )
         layout = MemoryLayout(regions, page_size)
         return cls(session_id, token, migration_id, directory, state_directory, layout, record)
@@ -152,22 +163,13 @@ class Session:
         """The record as data workers should see it (in `state`, default the current one)."""
         record = self.record
         state = state or self.state
-        return SessionRecord(
-            record.session_id,
-            record.migration_id,
-            record.owner,
-            record.page_size,
-            record.max_batch_bytes,
-            record.regions,
-            state.value,
-            expired_after or self.expired_after,
-            record.write_mode,
-            record.max_unsettled_batches,
-        )
+        return dataclasses.replace(record, state=state.value, expired_after=expired_after or self.expired_after)
 
     def received_pages(self, index: int) -> np.ndarray:
-        """The shared received-pages map of region `index` (one flag per page), as stored."""
-        return np.fromfile(self.record.regions[index].received_map, dtype=np.bool_)
+        """The shared received-pages flags of region `index` (one per page), as stored."""
+        region = self.record.regions[index]
+        pages = np.fromfile(self.record.received_map, dtype=np.bool_)
+        return pages[region.first_page : region.first_page + region.length // self.layout.page_size]
 
     @property
     def written_bytes(self) -> int:
@@ -215,22 +217,38 @@ class Session:
                 f"sender reports {transmitted_bytes} bytes in {batches} batches, "
                 f"receiver wrote {written} bytes in {applied} batches",
             )
-        verified = False
-        if digest:
-            local = memory_digest(self.layout)
-            if local != digest:
-                raise ReceiverError(
-                    Reason.DIGEST_MISMATCH,
-                    f"destination memory digest {local.hex()} differs from the source's {digest.hex()}",
-                )
-            verified = True
-        for region in self.layout.regions:
-            os.fsync(region.fd)  # a no-op on tmpfs; durability on disk-backed memory
+        verified = bool(digest)
+        opened = self._open_regions()
+        try:
+            if digest:
+                local = memory_digest(opened)
+                if local != digest:
+                    raise ReceiverError(
+                        Reason.DIGEST_MISMATCH,
+                        f"destination memory digest {local.hex()} differs from the source's {digest.hex()}",
+                    )
+            for region in opened.regions:
+                os.fsync(region.fd)  # a no-op on tmpfs; durability on disk-backed memory
+        finally:
+            opened.close()
         self.state = SessionState.COMPLETED
         allocated = self.allocated_bytes()
-        self.layout.close()
         shutil.rmtree(self.state_directory, ignore_errors=True)
         return verified, allocated
+
+    def _open_regions(self) -> MemoryLayout:
+        """The destination files, opened for the checks at completion (this process holds
+        no descriptor of them for the session's life: a region may be one of thousands)."""
+        regions: list[RegionFile] = []
+        try:
+            for region in self.layout.regions:
+                fd = os.open(region.path, os.O_RDONLY | os.O_CLOEXEC)
+                regions.append(RegionFile(region.gpa, region.length, region.path, fd))
+        except OSError as error:
+            for opened in regions:
+                os.close(opened.fd)
+            raise storage_error(error, "opening destination memory") from error
+        return MemoryLayout(regions, self.layout.page_size)
 
     def abort(self, state: SessionState = SessionState.ABORTED, idle_seconds: float = 0.0) -> None:
         """Drop the destination memory; a completed session's memory is kept."""

@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from livemig.common.guest_memory import MemoryLayout, RegionFile
 from livemig.common.wire import DecodedBatch
-from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES, BatchIds
+from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES
 from livemig.receiver.errors import Reason, ReceiverError, storage_error
+from livemig.receiver.shared_batch_ids import SharedBatchIds, Verdict
 from livemig.receiver.write_turns import WriteTurns
 
 _ZERO_BLOCK = bytes(1 << 20)
@@ -114,7 +114,7 @@ class RecordRegion:
     gpa: int
     length: int
     path: str  # the destination file
-    received_map: str  # one byte per page: has a batch written data there?
+    first_page: int  # where its pages start in the session's received-pages map
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +136,13 @@ class SessionRecord:
     expired_after: float = 0.0
     write_mode: str = WriteMode.PWRITE
     max_unsettled_batches: int = DEFAULT_MAX_UNSETTLED_BATCHES  # receiver/batch_ids.py
+    # One byte per page of every region (has a batch written data there?), one file a session.
+    received_map: str = ""
+    batch_ids: str = ""  # the ids its workers wrote (receiver/shared_batch_ids.py)
+
+    @property
+    def total_pages(self) -> int:
+        return sum(r.length // self.page_size for r in self.regions)
 
     def dump(self, path: Path) -> None:
         """Atomically (write, then rename): a reader sees the old record or the new one."""
@@ -157,7 +164,14 @@ def refusal_for_state(state: str, expired_after: float) -> ReceiverError:
 
 
 class SessionWriter:
-    """Destination memory of one session as seen by one process."""
+    """Destination memory of one session as seen by one process.
+
+    A region's file (and, written through mappings, its mapping) is opened the first
+    time a batch touches it: a session may have up to MAX_REGIONS regions, and a
+    worker that held every one of every session it served open ran out of file
+    descriptors (issue 20: 8016 fds and 4348 mappings in one worker). The
+    received-pages map is one file and one mapping for the whole session.
+    """
 
     def __init__(self, record: SessionRecord) -> None:
         self.record = record
@@ -167,50 +181,36 @@ class SessionWriter:
         self.max_batch_bytes = record.max_batch_bytes
         self.state = record.state
         self.expired_after = record.expired_after
+        self.page_size = record.page_size
         self._lock = threading.Condition()
         self._writers = 0
-        # Batch id -> the highest attempt written here, and the ids being written now. A
-        # sender that lost a stream resends its unacknowledged batches (the same frames),
-        # usually to the same worker: each lands once. One whose connection process died
-        # reads them again under a higher attempt: that one is written over the first.
-        # Ids the sender settled are forgotten (receiver/batch_ids.py).
-        self._applied: BatchIds[int] = BatchIds(record.max_unsettled_batches)
+        # Batch ids being written by this process's threads: one writing of an id at a
+        # time here; across processes the shared table orders them (shared_batch_ids.py).
         self._applying: set[int] = set()
-        regions: list[RegionFile] = []
-        self._maps: list[mmap.mmap] = []
-        self._received: list[np.ndarray] = []
-        self._destinations: list[mmap.mmap] = []  # mapped write mode: one shared mapping per region
-        self._destination_views: list[memoryview] = []
-        self._turns: list[WriteTurns] = []
+        self._open_lock = threading.Lock()
+        count = len(record.regions)
+        self._fds: list[int] = [-1] * count
+        self._turns: list[WriteTurns | None] = [None] * count
+        self._destinations: list[mmap.mmap | None] = [None] * count
+        self._destination_views: list[memoryview | None] = [None] * count
+        self._mapped = record.write_mode == WriteMode.MAPPED
+        self._map_fd = -1
+        self._map: mmap.mmap | None = None
+        self._received = np.zeros(0, dtype=np.bool_)
+        self._ids: SharedBatchIds | None = None
         if self.state != ACTIVE:
-            self.layout = MemoryLayout([RegionFile(r.gpa, r.length, r.path) for r in record.regions], record.page_size)
             return
         try:
-            for region in record.regions:
-                fd = os.open(region.path, os.O_RDWR | os.O_CLOEXEC)
-                regions.append(RegionFile(region.gpa, region.length, region.path, fd))
-                pages = region.length // record.page_size
-                map_fd = os.open(region.received_map, os.O_RDWR | os.O_CLOEXEC)
-                try:
-                    shared = mmap.mmap(map_fd, pages)
-                finally:
-                    os.close(map_fd)
-                self._maps.append(shared)
-                self._received.append(np.frombuffer(shared, dtype=np.bool_))
-                if record.write_mode == WriteMode.MAPPED:
-                    destination = mmap.mmap(regions[-1].fd, region.length)
-                    self._destinations.append(destination)
-                    self._destination_views.append(memoryview(destination))
+            self._map_fd = os.open(record.received_map, os.O_RDWR | os.O_CLOEXEC)
+            self._map = mmap.mmap(self._map_fd, record.total_pages)
+            self._received = np.frombuffer(self._map, dtype=np.bool_)
+            self._ids = SharedBatchIds(record.batch_ids, record.max_unsettled_batches)
         except OSError:
-            for region in regions:
-                os.close(region.fd)
-            self._close_maps()
+            self._close_files()
             raise
-        self.layout = MemoryLayout(regions, record.page_size)
-        # pwrite writers of a file take turns across workers (receiver/write_turns.py)
-        self._turns = [WriteTurns(region.fd) for region in regions]
-        self._region_starts = np.array([r.gpa for r in self.layout.regions], dtype=np.uint64)
-        self._region_ends = np.array([r.gpa + r.length for r in self.layout.regions], dtype=np.uint64)
+        self._region_starts = np.array([r.gpa for r in record.regions], dtype=np.uint64)
+        self._region_ends = np.array([r.gpa + r.length for r in record.regions], dtype=np.uint64)
+        self._first_pages = np.array([r.first_page for r in record.regions], dtype=np.int64)
 
     # -- validation ----------------------------------------------------------------
 
@@ -242,15 +242,49 @@ class SessionWriter:
         offsets = gpas - self._region_starts[clipped]
         return clipped.tolist(), offsets.tolist()
 
+    # -- regions, opened when first touched --------------------------------------------
+
+    def _region_fd(self, index: int) -> int:
+        fd = self._fds[index]
+        if fd >= 0:
+            return fd
+        with self._open_lock:
+            if self._fds[index] < 0:
+                region = self.record.regions[index]
+                fd = os.open(region.path, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    if self._mapped:
+                        destination = mmap.mmap(fd, region.length)
+                        self._destinations[index] = destination
+                        self._destination_views[index] = memoryview(destination)
+                    self._turns[index] = WriteTurns(fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._fds[index] = fd
+            return self._fds[index]
+
+    def _view(self, index: int) -> memoryview:
+        self._region_fd(index)
+        view = self._destination_views[index]
+        assert view is not None
+        return view
+
+    def _turn(self, index: int) -> WriteTurns:
+        self._region_fd(index)
+        turns = self._turns[index]
+        assert turns is not None
+        return turns
+
     # -- writes ----------------------------------------------------------------------
 
     def apply(self, batch: DecodedBatch) -> tuple[int, int, bool]:
         """Validate the whole batch, then write it.
 
         Returns (payload bytes, bytes zeroed, written now); a resend of a batch this
-        process already applied (that attempt or a later one), and a late copy of a
-        settled batch (whose pages may hold newer bytes by now), are acknowledged
-        again without writing.
+        session already applied (that attempt or a later one, through any worker), and a
+        late copy of a settled batch (whose pages may hold newer bytes by now), are
+        acknowledged again without writing.
         """
         self.check_active()
         data = batch.data
@@ -279,24 +313,20 @@ class SessionWriter:
         with self._lock:
             self.check_active()  # an end may have raced this batch
             if batch_id:
-                self._applied.settle(settled)
-                # One writing of a batch id at a time; then a resend of what is written
-                # already (or of an earlier attempt) is only acknowledged again.
+                # One writing of a batch id at a time in this process.
                 self._lock.wait_for(lambda: batch_id not in self._applying)
                 self.check_active()
-                if self._applied.is_settled(batch_id) or self._applied.get(batch_id, -1) >= attempt:
-                    return len(data), 0, False
-                if not self._applied.has_room_for(batch_id):
-                    raise ReceiverError(
-                        Reason.LIMIT,
-                        f"more than {self._applied.limit} batches sent above the settled mark "
-                        f"{self._applied.settled} (--max-unsettled-batches)",
-                    )
                 self._applying.add(batch_id)
             self._writers += 1
-        zeroed = 0
+        claimed = False
         written = False
         try:
+            if batch_id:
+                assert self._ids is not None
+                if self._ids.claim(batch_id, attempt, settled, self.check_active) is Verdict.SKIP:
+                    return len(data), 0, False
+                claimed = True
+            zeroed = 0
             try:
                 self._write(data, regions, offsets, lengths.tolist())
                 for index, offset, length in zip(zero_regions, zero_offsets, zero_ranges[:, 1].tolist(), strict=True):
@@ -305,75 +335,81 @@ class SessionWriter:
                 raise storage_error(error, "writing destination memory") from error
             written = True
         finally:
+            if claimed:
+                assert self._ids is not None
+                self._ids.release(batch_id, attempt, written)  # a failed write is not applied
             with self._lock:
                 self._writers -= 1
                 self._applying.discard(batch_id)
-                if written and batch_id:  # a failed write is not applied: its resend must write again
-                    self._applied.put(batch_id, attempt)
                 self._lock.notify_all()
         return len(data), zeroed, True
 
     def _write(self, data: memoryview, regions: list[int], offsets: list[int], lengths: list[int]) -> None:
         position = 0
-        if self._destinations:
+        if self._mapped:
             for index, offset, length in zip(regions, offsets, lengths, strict=True):
-                _populate(self._destinations[index], offset, length)
-                self._destination_views[index][offset : offset + length] = data[position : position + length]
+                view = self._view(index)
+                destination = self._destinations[index]
+                assert destination is not None
+                _populate(destination, offset, length)
+                view[offset : offset + length] = data[position : position + length]
                 position += length
         else:
-            files = self.layout.regions
             ranges = zip(regions, offsets, lengths, strict=True)
             for index, run in itertools.groupby(ranges, key=operator.itemgetter(0)):
-                with self._turns[index]:  # one turn for a run of ranges in one file
+                fd = self._region_fd(index)
+                with self._turn(index):  # one turn for a run of ranges in one file
                     for _index, offset, length in run:
-                        _write_all(files[index].fd, data[position : position + length], offset)
+                        _write_all(fd, data[position : position + length], offset)
                         position += length
         self._mark_received(regions, offsets, lengths)
 
     def _mark_received(self, regions: list[int], offsets: list[int], lengths: list[int]) -> None:
-        """Flag every page a range touched: range by range for a few ranges (slices cost
-        less than numpy's set-up), else with one vectorised pass per region."""
-        page_size = self.layout.page_size
+        """Flag every page a range touched, and no other: range by range for a few ranges
+        (slices cost less than numpy's set-up), else the touched pages' indices at once.
+        Work and memory follow the batch, never the span it covers: a difference array
+        over the span cost a worker 157 MiB (and 10.8 MB of map) for nine one-byte ranges
+        spread over 39 GiB (issue 20)."""
+        page_size = self.page_size
         if len(regions) <= FEW_RANGES:
             for index, offset, length in zip(regions, offsets, lengths, strict=True):
-                self._received[index][offset // page_size : -(-(offset + length) // page_size)] = True
+                base = int(self._first_pages[index])
+                self._received[base + offset // page_size : base + -(-(offset + length) // page_size)] = True
             return
-        regions, offsets, lengths = (
-            np.array(regions),
-            np.array(offsets, dtype=np.int64),
-            np.array(lengths, dtype=np.int64),
-        )
-        for index in np.unique(regions).tolist():
-            mine = regions == index
-            first = offsets[mine] // page_size
-            end = -(-(offsets[mine] + lengths[mine]) // page_size)
-            low, high = int(first.min()), int(end.max())
-            # A difference array over the batch's span: +1 where a range's pages
-            # start, -1 past its last page; pages with a positive prefix sum were written.
-            steps = np.zeros(high - low + 1, dtype=np.int32)
-            np.add.at(steps, first - low, 1)
-            np.add.at(steps, end - low, -1)
-            self._received[index][low:high] |= np.cumsum(steps[:-1]) > 0
+        base = self._first_pages[np.array(regions)]
+        offsets_, lengths_ = np.array(offsets, dtype=np.int64), np.array(lengths, dtype=np.int64)
+        first = base + offsets_ // page_size
+        counts = -(-(offsets_ + lengths_) // page_size) - offsets_ // page_size
+        # Every touched page's index (each range: its first page, then the next ones): at
+        # most 2 pages per range more than the payload's pages.
+        starts = np.cumsum(counts) - counts  # where each range's pages begin in `pages`
+        pages = np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(first - starts, counts)
+        self._received[pages] = True
 
     def _zero_received(self, index: int, offset: int, length: int) -> int:
         """Zero the parts of a range that earlier batches wrote; leave the rest untouched.
-        Returns the bytes zeroed."""
-        page_size = self.layout.page_size
-        region = self.layout.regions[index]
-        first_page = offset // page_size
-        received = self._received[index][first_page : -(-(offset + length) // page_size)]
-        padded = np.concatenate(([False], received, [False]))
-        edges = np.flatnonzero(padded[1:] != padded[:-1]).tolist()
+        Returns the bytes zeroed. Only the map's data segments are looked at, a piece at a
+        time: reading a hole of a shared tmpfs mapping allocates it, and a zero record may
+        span a huge region."""
+        page_size = self.page_size
+        base = int(self._first_pages[index])
+        first_page = base + offset // page_size
+        end_page = base + -(-(offset + length) // page_size)
         zeroed = 0
-        for run_start, run_stop in zip(edges[0::2], edges[1::2], strict=True):
-            start = max(offset, (first_page + run_start) * page_size)
-            stop = min(offset + length, (first_page + run_stop) * page_size)
-            if self._destinations:
-                _store_zeros(self._destination_views[index], start, stop - start)
-            else:
-                with self._turns[index]:
-                    _write_zeros(region.fd, start, stop - start)
-            zeroed += stop - start
+        for piece_start, piece_end in _data_pieces(self._map_fd, first_page, end_page):
+            received = self._received[piece_start:piece_end]
+            padded = np.concatenate(([False], received, [False]))
+            edges = np.flatnonzero(padded[1:] != padded[:-1]).tolist()
+            for run_start, run_stop in zip(edges[0::2], edges[1::2], strict=True):
+                start = max(offset, (piece_start + run_start - base) * page_size)
+                stop = min(offset + length, (piece_start + run_stop - base) * page_size)
+                if self._mapped:
+                    _store_zeros(self._view(index), start, stop - start)
+                else:
+                    fd = self._region_fd(index)
+                    with self._turn(index):
+                        _write_zeros(fd, start, stop - start)
+                zeroed += stop - start
         return zeroed
 
     # -- the end -------------------------------------------------------------------
@@ -393,19 +429,54 @@ class SessionWriter:
         with self._lock:
             if self.state == ACTIVE:
                 raise RuntimeError("release() before end()")
-            self.layout.close()
-            self._received = []
-            self._close_maps()
+            self._close_files()
 
-    def _close_maps(self) -> None:
-        for view in self._destination_views:
-            view.release()
-        self._destination_views = []
-        for shared in [*self._maps, *self._destinations]:
-            with contextlib.suppress(BufferError):  # a view still alive: the map goes with it
-                shared.close()
-        self._maps = []
-        self._destinations = []
+    def _close_files(self) -> None:
+        for index, view in enumerate(self._destination_views):
+            if view is not None:
+                view.release()
+                self._destination_views[index] = None
+        self._received = np.zeros(0, dtype=np.bool_)
+        for shared in [self._map, *self._destinations]:
+            if shared is not None:
+                with contextlib.suppress(BufferError):  # a view still alive: the map goes with it
+                    shared.close()
+        self._map = None
+        self._destinations = [None] * len(self._destinations)
+        for index, fd in enumerate(self._fds):
+            if fd >= 0:
+                os.close(fd)
+                self._fds[index] = -1
+        if self._map_fd >= 0:
+            os.close(self._map_fd)
+            self._map_fd = -1
+        if self._ids is not None:
+            self._ids.close()
+            self._ids = None
+
+
+ZERO_PIECE_PAGES = 1 << 20  # map bytes looked at at once by a zero record (1 MiB)
+
+
+def _data_pieces(fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """[start, end) of the map file cut to its data segments (holes: pages never received,
+    skipped unread), in pieces of at most ZERO_PIECE_PAGES."""
+    pieces: list[tuple[int, int]] = []
+    position = start
+    while position < end:
+        try:
+            data = os.lseek(fd, position, os.SEEK_DATA)
+        except OSError as error:
+            if error.errno == errno.ENXIO:  # only holes from here on
+                break
+            raise
+        if data >= end:
+            break
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        for piece in range(data, hole, ZERO_PIECE_PAGES):
+            pieces.append((piece, min(piece + ZERO_PIECE_PAGES, hole)))
+        position = hole
+    return pieces
 
 
 def _write_all(fd: int, data: memoryview, offset: int) -> None:
