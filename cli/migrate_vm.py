@@ -404,7 +404,7 @@ def print_report(report: VmMigrationReport, as_json: bool = False) -> None:
         ],
     ]
     if report.ok:
-        tables.print_table(console, "VM migration", ["", ""], rows, markdown=False)
+        tables.print_table(console, "VM migration", ["", "measured"], rows, markdown=False)
     else:
         click.echo(f"VM migration failed: {report.error}", err=True)
         click.echo(

@@ -26,7 +26,9 @@ import gzip
 import io
 import os
 import re
+import shlex
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
@@ -101,11 +103,23 @@ def missing_tools() -> list[str]:
     missing = []
     if shutil.which(QEMU) is None:
         missing.append("qemu-system-x86")
-    if not BUSYBOX.exists():
+    if not _static_executable(BUSYBOX):
         missing.append("busybox-static")
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         missing.append("apt (apt-get, dpkg-deb)")
     return missing
+
+
+def _static_executable(path: Path) -> bool:
+    """An ELF file with no program interpreter (PT_INTERP): it runs in an empty initramfs."""
+    try:
+        elf = path.read_bytes()
+    except OSError:
+        return False
+    if elf[:5] != b"\x7fELF\x02":  # 64-bit ELF
+        return False
+    phoff, phentsize, phnum = struct.unpack_from("<Q", elf, 0x20)[0], *struct.unpack_from("<HH", elf, 0x36)
+    return all(struct.unpack_from("<I", elf, phoff + i * phentsize)[0] != 3 for i in range(phnum))
 
 
 def fetch_kernel(cache: Path | None = None) -> Path:
@@ -324,3 +338,30 @@ def boot(
     qmp = str(folder / f"{name}.qmp")
     serial = folder / f"{name}.console"
     return QemuVm(qemu_argv(image, memory, size_mib, qmp, serial, options), qmp, serial)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m livemig.cli.qemu_guest --memory M --qmp Q --serial S [...]`: prepare the
+    guest (kernel, initramfs) and print its QEMU command line as shell words
+    (scripts/qemu-demo.sh uses it; placeholders such as {mem[mem]} pass through)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--memory", required=True, help="the RAM file (memory-backend-file mem-path)")
+    parser.add_argument("--size", type=int, default=512, help="MiB")
+    parser.add_argument("--qmp", required=True)
+    parser.add_argument("--serial", required=True)
+    parser.add_argument("--fill", type=int, default=0, help="MiB of page cache the guest fills")
+    parser.add_argument("--hold", type=int, default=0, help="MiB a process in the guest holds")
+    parser.add_argument("--dirty", type=int, default=0, help="MiB/s it dirties")
+    parser.add_argument("--incoming", action="store_true", help="the destination's command (-incoming defer)")
+    args = parser.parse_args(argv)
+    options = GuestOptions(fill_mib=args.fill, hold_mib=args.hold, dirty_mib_per_second=args.dirty)
+    words = qemu_argv(
+        prepare_guest(), Path(args.memory), args.size, args.qmp, Path(args.serial), options, incoming=args.incoming
+    )
+    print(shlex.join(words))
+
+
+if __name__ == "__main__":
+    main()

@@ -346,3 +346,17 @@ def test_regions_that_are_not_the_guest_s_backends_are_refused(hosts, shm_dir):
             assert not stub.ListMigrations(pb.ListMigrationsRequest()).migrations  # nothing was started
         with qmp_connection(source.qmp) as qmp:
             assert qmp.run_state() == "running"
+
+
+def test_the_qemu_demo_script_migrates_a_booted_guest():
+    script = Path(__file__).resolve().parent.parent / "scripts" / "qemu-demo.sh"
+    result = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "SIZE_MIB": "256", "FILL_MIB": "16", "CONNECTIONS": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "== OK: the guest runs on at the destination" in result.stdout
+    assert not list(Path("/dev/shm").glob("livemig-qemu-demo.*"))  # everything removed
