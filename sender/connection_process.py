@@ -23,10 +23,13 @@ connection as broken.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import logging
 import os
 import queue
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -160,11 +163,35 @@ class _Session:
                 channel.close()
             if layout is not None:
                 layout.close()
+            wipe_text(spec.session_token)  # this process serves other migrations next
         self.sender.send(outcome)  # the last word of this migration: the pool may reuse us now
         # gRPC calls and generators leave reference cycles holding frames: collect them and
         # give the memory back (after the last word, off the migration's critical path).
         gc.collect()
         release_free_memory()
+
+
+def wipe_text(text: str) -> None:
+    """Overwrite an ASCII str's characters in place with NULs. A pooled connection process
+    serves one migration after another: the previous migration's session token stayed
+    readable in its heap (issue 20). Only for strings this process made for itself and
+    no longer uses (the token of a migration that ended)."""
+    if not text or not text.isascii():
+        return
+    # A compact ASCII str keeps its characters (and a NUL) at the end of its object.
+    ctypes.memset(id(text) + sys.getsizeof(text) - len(text) - 1, 0, len(text))
+
+
+def not_dumpable() -> None:
+    """No core dump, and no ptrace or /proc/PID/mem for other processes of this user: the
+    heap holds guest bytes and tokens of earlier migrations (freed blocks are reused,
+    not cleared) that nobody else on the host should read."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+PR_SET_DUMPABLE = 4
 
 
 def run_connection(log_level: int, pipe) -> None:
@@ -175,6 +202,7 @@ def run_connection(log_level: int, pipe) -> None:
     (a late "stop" or "close") are ignored. ("exit",) or a closed pipe ends it.
     """
     ignore_stop_signals()
+    not_dumpable()
     recycle_large_blocks()  # one heap, frames reused; trimmed after each migration
     sender = PipeSender(pipe)
     log_through_parent(sender, log_level)
