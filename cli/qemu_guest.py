@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from livemig.common.qmp import QmpConnection, qmp_connection, wait_for_socket
+from livemig.common.qmp import QmpConnection, qmp_connection, wait_for_qmp
 
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX = Path("/bin/busybox")
@@ -286,7 +286,7 @@ class QemuVm:
         self.process = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
-        wait_for_socket(self.qmp, 30, alive=lambda: self.process.poll() is None)
+        wait_for_qmp(self.qmp, 30, alive=lambda: self.process.poll() is None)
 
     def connect(self, timeout: float = 10.0) -> QmpConnection:
         return QmpConnection(self.qmp, timeout)

@@ -136,13 +136,19 @@ def qmp_connection(address: Address, timeout: float = DEFAULT_TIMEOUT_SECONDS) -
     return QmpConnection(address, timeout)
 
 
-def wait_for_socket(path: str, timeout: float, alive: Callable[[], bool] | None = None) -> None:
-    """Wait until a QMP unix socket exists (QEMU makes it shortly after it starts);
-    `alive()` returning False (the process exited) ends the wait early."""
+def wait_for_qmp(path: str, timeout: float, alive: Callable[[], bool] | None = None) -> None:
+    """Wait until a starting QEMU answers on its QMP unix socket (the file appears before
+    QEMU listens on it); `alive()` returning False (the process exited) ends the wait."""
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
+    while True:
         if alive is not None and not alive():
-            raise QmpFailure("QEMU exited before its QMP socket appeared")
+            raise QmpFailure("QEMU exited before its QMP socket answered")
+        if os.path.exists(path):
+            try:
+                QmpConnection(path, max(0.1, min(5.0, deadline - time.monotonic()))).close()
+                return
+            except QmpFailure:
+                pass
         if time.monotonic() > deadline:
-            raise QmpFailure(f"no QMP socket within {timeout:g} s")
+            raise QmpFailure(f"no answer on the QMP socket within {timeout:g} s")
         time.sleep(0.01)
