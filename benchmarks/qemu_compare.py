@@ -43,7 +43,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qmp import QMP, QMPError
 from rich.console import Console
 
 from livemig.cli.bench import GIB, cpu_per_gib, measure_case, receiver_args
@@ -52,6 +51,7 @@ from livemig.cli.images import files_equal, make_image, tmpfs_dir
 from livemig.cli.processes import ServiceProcess, tree_cpu_seconds
 from livemig.cli.report import human_bytes, print_table
 from livemig.cli.units import Size
+from livemig.common.qmp import QmpConnection, QmpFailure, wait_for_qmp
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 
 QEMU = "qemu-system-x86_64"
@@ -100,7 +100,8 @@ class QemuGuest:
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         try:
-            self.qmp = QMP(self.qmp_path)
+            wait_for_qmp(str(self.qmp_path), 30, alive=lambda: self.process.poll() is None)
+            self.qmp = QmpConnection(str(self.qmp_path), 30)
         except BaseException:
             self.close()
             raise
@@ -159,7 +160,7 @@ def qemu_migrate(binary: str, source_memory: Path, size: int, channels: int, fol
             if status in ("completed", "failed", "cancelled"):
                 break
             if time.perf_counter() - started > MIGRATION_TIMEOUT_SECONDS:
-                raise QMPError("QEMU migration did not complete")
+                raise QmpFailure("QEMU migration did not complete")
             time.sleep(POLL_SECONDS)
         elapsed = time.perf_counter() - started
         # The destination finishes loading just after the source says completed; wait for it.
