@@ -150,14 +150,14 @@ START_MIGRATION_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "qmp_socket",
-        "needs a sender started with --qmp-dir (QMP guest control is off)",
-        lambda r, c: not r.qmp_socket or c.qmp_dir is not None,
-        Reason.GUEST,
+        "and guest_pid name two ways to pause the guest: give one",
+        lambda r, c: not (r.qmp_socket and r.guest_pid),
     ),
     Rule(
         "qmp_socket",
-        "and guest_pid name two ways to pause the guest: give one",
-        lambda r, c: not (r.qmp_socket and r.guest_pid),
+        "needs a sender started with --qmp-dir (QMP guest control is off)",
+        lambda r, c: not r.qmp_socket or c.qmp_dir is not None,
+        Reason.GUEST,
     ),
     Rule(
         "available_bandwidth_bytes_per_second",

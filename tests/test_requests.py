@@ -76,6 +76,14 @@ REFUSED = [
     (request(guest_pid=1), "guest_pid"),
     (request(guest_pid=os.getpid()), "guest_pid"),
     (request(guest_pid=os.getppid()), "guest_pid"),
+    (request(qmp_socket="../vm"), "qmp_socket"),
+    (request(qmp_socket="/run/livemig/qmp/vm"), "qmp_socket"),
+    (request(qmp_socket="a/./vm"), "qmp_socket"),
+    (request(qmp_socket="a//vm"), "qmp_socket"),
+    (request(qmp_socket="vm/"), "qmp_socket"),
+    (request(qmp_socket="v\nm"), "qmp_socket"),
+    (request(qmp_socket="v" * 256), "qmp_socket"),
+    (request(qmp_socket="vm", guest_pid=12345), "qmp_socket"),
     (request(available_bandwidth_bytes_per_second=math.nan), "available_bandwidth_bytes_per_second"),
     (request(available_bandwidth_bytes_per_second=math.inf), "available_bandwidth_bytes_per_second"),
     (request(available_bandwidth_bytes_per_second=1e-300), "available_bandwidth_bytes_per_second"),
@@ -111,6 +119,12 @@ def test_every_rule_of_every_table_is_exercised():
     fields = {f.split("[0].")[-1] for _, f in REFUSED}
     for rule in (*START_MIGRATION_RULES, *REGION_RULES, *MIGRATION_ID_RULES):
         assert rule.field.rsplit(".", 1)[-1] in fields, rule.field
+
+
+def test_a_qmp_socket_needs_a_sender_with_a_qmp_dir():
+    error = refusal(request(qmp_socket="vm"))
+    assert error.reason is Reason.GUEST and "--qmp-dir" in error.message
+    validate_start(request(qmp_socket="guests/vm-1.qmp"), SenderConfig(qmp_dir=Path("/run/livemig/qmp")))
 
 
 def test_dirty_log_is_the_sibling_or_in_the_dirty_log_dir():
