@@ -9,10 +9,9 @@ busybox initramfs, TCG), booted once per kind with its RAM in a shared file:
 - idle: idle after boot;
 - pagecache: half its memory filled with page cache (a file in its rootfs).
 
-Each run pauses the guest, migrates it, and ends when the destination runs; the
-guest itself proves each destination (a tick on its console with the md5 of its
-boot-time blob), then the destination is stopped and the source resumed from
-`postmigrate` for the next run.
+Each run boots a fresh guest, pauses it, migrates it, and ends when the destination
+runs; the guest itself proves each destination (a tick on its console with the md5
+of its boot-time blob), then both QEMUs are stopped.
 
 - QEMU: multifd with N channels, max-bandwidth lifted, no x-ignore-shared (QEMU moves
   all RAM), into a destination QEMU started beforehand with `-incoming defer`.
@@ -48,6 +47,8 @@ from livemig.cli.processes import ServiceProcess
 from livemig.cli.report import print_table
 from livemig.cli.units import Size
 from livemig.common.qmp import qmp_connection
+
+SETTLE_SECONDS = 2.0  # past boot: the guest settles into its loop
 
 GUESTS = {
     "idle": lambda size_mib: qemu_guest.GuestOptions(),
@@ -89,17 +90,10 @@ def check_destination(console: Path, checksum: str, timeout: float = 60.0) -> No
     raise RuntimeError("the destination guest printed no tick")
 
 
-def resume_source(qmp_path: str) -> None:
-    """From postmigrate back to running, with the capabilities of neither side left on."""
-    with qmp_connection(qmp_path) as qmp:
-        qmp.set_capabilities(multifd=False, x_ignore_shared=False)
-        if qmp.run_state() != "running":
-            qmp.execute("cont")
-
-
 def qemu_run(
     image: qemu_guest.GuestImage, options, size_mib: int, work: Path, source_qmp: str, checksum: str, channels: int
 ) -> Sample:
+    """QEMU's own migration of the running guest, paused first (`stop`)."""
     memory = work / "qemu-destination.ram"
     memory.unlink(missing_ok=True)
     console = work / "qemu-destination.console"
@@ -140,9 +134,9 @@ def livemig_run(
     tx: ServiceProcess,
     rx: ServiceProcess,
     qmp_dir: Path,
-    checksum: str,
     connections: int,
     verify: bool,
+    checksum: str,
 ) -> Sample:
     console = work / "livemig-destination.console"
     console.unlink(missing_ok=True)
@@ -210,26 +204,34 @@ def main() -> None:
                 source_qmp = str(qmp_dir / "vm")
                 ram = work / "source.ram"
                 argv = qemu_guest.qemu_argv(image, ram, size_mib, source_qmp, work / "source.console", options)
-                with qemu_guest.QemuVm(argv, source_qmp, work / "source.console") as source:
-                    checksum = source.wait_for(qemu_guest.READY, 600).group(1)
-                    time.sleep(2)  # past boot: the guest settles into its loop
-                    with qmp_connection(source_qmp) as qmp:
-                        qmp.execute("stop")
-                    zeros = zero_share(ram)
-                    resume_source(source_qmp)
-                    samples: dict[str, list[Sample]] = {}
-                    ours = partial(livemig_run, image, options, size_mib, work, tx, rx, qmp_dir, checksum)
-                    runs = [
-                        partial(qemu_run, image, options, size_mib, work, source_qmp, checksum, args.connections),
-                        partial(ours, args.connections, False),
-                        partial(ours, args.connections, True),
-                    ]
-                    for repeat in range(args.repeat):
-                        for run in runs if repeat % 2 == 0 else runs[::-1]:
-                            sample = run()
+                ours = partial(livemig_run, image, options, size_mib, work, tx, rx, qmp_dir)
+                sides = {
+                    "QEMU multifd": partial(qemu_run, image, options, size_mib, work, source_qmp),
+                    "livemig": partial(ours, args.connections, False),
+                    "livemig --verify": partial(ours, args.connections, True),
+                }
+                samples: dict[str, list[Sample]] = {}
+                zeros = -1.0
+                for repeat in range(args.repeat):
+                    for side in list(sides) if repeat % 2 == 0 else list(sides)[::-1]:
+                        # A fresh guest for every run: QEMU's migration reads every page of
+                        # the shared file through its mapping, which allocates the holes,
+                        # and a later run would then start from another guest.
+                        ram.unlink(missing_ok=True)
+                        with qemu_guest.QemuVm(argv, source_qmp, work / "source.console") as source:
+                            checksum = source.wait_for(qemu_guest.READY, 900).group(1)
+                            time.sleep(SETTLE_SECONDS)
+                            if zeros < 0:
+                                with qmp_connection(source_qmp) as qmp:
+                                    qmp.execute("stop")
+                                    zeros = zero_share(ram)
+                                    qmp.execute("cont")
+                            if side == "QEMU multifd":
+                                sample = sides[side](checksum, args.connections)
+                            else:
+                                sample = sides[side](checksum)
                             samples.setdefault(sample.side, []).append(sample)
-                            resume_source(source_qmp)
-                    ram.unlink(missing_ok=True)
+                        ram.unlink(missing_ok=True)
                 qemu_ms = median(s.downtime_ms for s in samples["QEMU multifd"])
                 for side, runs_of_side in samples.items():
                     downtime = median(s.downtime_ms for s in runs_of_side)
