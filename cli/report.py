@@ -146,6 +146,9 @@ def print_status(status: pb.MigrationStatus, console: Console | None = None) -> 
         rows.append(
             ("downtime", f"{stats.downtime_ms} ms" + (f" (verify {stats.verify_ms} ms)" if stats.verify_ms else ""))
         )
+    if status.guest_state:
+        run_state = f" (QEMU: {status.guest_run_state})" if status.guest_run_state else ""
+        rows.append(("source guest", status.guest_state + run_state))
     if status.error:
         rows.append(("error", status.error))
     for name, value in rows:

@@ -166,6 +166,8 @@ def test_a_booted_linux_guest_runs_on_at_the_destination_with_its_memory_intact(
             assert status.state == pb.COMPLETED and status.stats.verified
             assert status.guest_state == "paused" and status.guest_run_state == "paused"
             assert status.stats.zero_pages > 0  # an idle 256 MiB guest is mostly zero pages
+            shown = run_cli("migrations", "show", "--sender", tx.address, figures["migration_id"], "--insecure")
+            assert "source guest" in shown.stdout and "paused (QEMU: paused)" in shown.stdout, shown.stdout
         finally:
             kill(figures.get("destination_pid", 0))
 
