@@ -45,13 +45,15 @@ class DirtyMap:
                 raise ValueError(f"dirty map {path} is not a regular file")
             if create:
                 os.ftruncate(fd, pages)
-            size = os.fstat(fd).st_size
+            status = os.fstat(fd)
+            size = status.st_size
             if size != pages:
                 raise ValueError(f"dirty map {path} has {size} entries, the region has {pages} pages")
             self._mmap = mmap.mmap(fd, pages) if pages else None
         finally:
             os.close(fd)
         self.path = str(path)
+        self.identity = (status.st_dev, status.st_ino)  # the file, whatever path names it
         self.pages = pages
         self.flags = np.frombuffer(self._mmap, dtype=np.uint8) if self._mmap else np.zeros(0, np.uint8)
 

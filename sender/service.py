@@ -1,7 +1,8 @@
 """gRPC servicer of the sender's control API: protobuf in, statuses out, nothing else.
 
 Validation lives in `sender/requests.py` (one rule table per request), room for
-one more migration in `sender/capacity.py`, opening a migration's resources in
+one more migration in `sender/capacity.py`, one migration per guest in
+`sender/claims.py`, opening a migration's resources in
 `sender/resources.py`, admission of watch streams in `sender/watch.py`; each
 raises a typed SenderError that the table below maps to a gRPC status, as the
 receiver's servicer does.
@@ -18,12 +19,13 @@ from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.tls import INSECURE, Security
 from livemig.sender.capacity import MigrationCapacity
+from livemig.sender.claims import FileIdentity, GuestClaims, holdings_of
 from livemig.sender.config import SenderConfig
 from livemig.sender.errors import Reason, SenderError
 from livemig.sender.migration import FINAL_STATES, Migration
 from livemig.sender.registry import MigrationRegistry
 from livemig.sender.requests import validate_migration_id, validate_start
-from livemig.sender.resources import acquire
+from livemig.sender.resources import MigrationResources, acquire
 from livemig.sender.watch import WatchGate
 
 log = logging.getLogger("livemig.sender")
@@ -45,6 +47,12 @@ def _abort(context: grpc.ServicerContext, error: SenderError) -> None:
     context.abort(STATUS_OF_REASON[error.reason], error.message)
 
 
+def _holdings(resources: MigrationResources) -> tuple[list[FileIdentity], int]:
+    maps = [m.identity for m in resources.dirty_log.maps] if resources.dirty_log is not None else []
+    files = holdings_of((r.fd for r in resources.layout.regions), maps, resources.guest)
+    return files, getattr(resources.guest, "pid", 0)
+
+
 def client_of(context: grpc.ServicerContext) -> str:
     """Who is calling, for per-client limits: the certificate identity under mutual TLS,
     else the peer's address without its port."""
@@ -63,6 +71,7 @@ class SenderService(pb_grpc.SenderServicer):
         self.security = security  # for the sender's own channels to receivers
         self.watches = WatchGate(self.config.max_watch_streams, self.config.max_watch_streams_per_client)
         self.capacity = MigrationCapacity(self.config.max_migrations, self.config.max_connections)
+        self.claims = GuestClaims()  # one migration per guest
 
     def StartMigration(self, request: pb.StartMigrationRequest, context: grpc.ServicerContext):
         migration_id = uuid.uuid4().hex
@@ -71,13 +80,21 @@ class SenderService(pb_grpc.SenderServicer):
             reservation = self.capacity.reserve(migration_request.connections)  # before anything is opened
         except SenderError as error:
             _abort(context, error)
+        resources = claim = None
         try:
             resources = acquire(migration_id, request, migration_request.page_size, self.config)
+            claim = self.claims.claim(migration_id, *_holdings(resources))
             migration = Migration(
                 migration_request, resources.layout, resources.guest, resources.dirty_log, migration_id, self.security
             )
         except BaseException as error:
+            # Everything taken so far goes back: the room, the claim, the files, the pidfd.
             reservation.release()
+            if claim is not None:
+                claim.release()
+            if resources is not None:
+                resources.release()
+                resources.guest.close()
             if isinstance(error, SenderError):
                 _abort(context, error)
             raise
@@ -94,7 +111,12 @@ class SenderService(pb_grpc.SenderServicer):
             migration.live,
             extra={"migration_id": migration.migration_id},
         )
-        migration.start(on_exit=lambda _m: reservation.release())
+
+        def on_exit(_migration: Migration) -> None:
+            reservation.release()
+            claim.release()
+
+        migration.start(on_exit=on_exit)
         return pb.StartMigrationResponse(migration_id=migration.migration_id)
 
     def _find(self, request: pb.MigrationRequest) -> Migration:

@@ -1,0 +1,98 @@
+"""One migration per guest: what running migrations hold, and refusing a second one.
+
+Two migrations of the same guest both accepted clear each other's dirty maps, and
+one of them can then report COMPLETED while its destination differs from the paused
+source (the second COMPLETED after 3 iterations with 5 MB different). QEMU refuses
+the second `migrate` ("migration already in progress"), libvirt takes the domain's
+job lock. Here a StartMigration whose region files, dirty maps, guest pid or QMP
+socket overlap a running migration's is refused with FAILED_PRECONDITION naming
+that migration.
+
+Files are compared by device and inode (taken from the descriptors the migration
+opened), never by path: two paths may name one file. A claim is taken once the
+migration's resources are open and given back when its thread has ended, so a
+retried start after a failure is accepted as soon as the first has let go.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from livemig.sender.errors import Reason, SenderError
+
+FileIdentity = tuple[int, int]  # (st_dev, st_ino)
+
+
+def identity(fd: int) -> FileIdentity:
+    status = os.fstat(fd)
+    return status.st_dev, status.st_ino
+
+
+@dataclass(frozen=True, slots=True)
+class GuestHoldings:
+    """What one migration holds of its guest."""
+
+    files: frozenset[FileIdentity] = frozenset()  # region files, dirty maps, QMP socket
+    pid: int = 0
+
+
+@dataclass(slots=True)
+class Claim:
+    claims: GuestClaims
+    migration_id: str
+    holdings: GuestHoldings
+    released: bool = field(default=False)
+
+    def release(self) -> None:
+        self.claims._release(self)
+
+
+class GuestClaims:
+    def __init__(self) -> None:
+        self._held: dict[str, GuestHoldings] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, migration_id: str, files: Iterable[FileIdentity], pid: int = 0) -> Claim:
+        holdings = GuestHoldings(frozenset(files), pid)
+        with self._lock:
+            for other_id, other in self._held.items():
+                what = _overlap(holdings, other)
+                if what:
+                    raise SenderError(
+                        Reason.GUEST, f"{what} already in running migration {other_id}: one migration per guest"
+                    )
+            self._held[migration_id] = holdings
+        return Claim(self, migration_id, holdings)
+
+    def _release(self, claim: Claim) -> None:
+        with self._lock:
+            if not claim.released:
+                claim.released = True
+                self._held.pop(claim.migration_id, None)
+
+    def running(self) -> dict[str, GuestHoldings]:
+        with self._lock:
+            return dict(self._held)
+
+
+def _overlap(new: GuestHoldings, held: GuestHoldings) -> str:
+    if new.pid and new.pid == held.pid:
+        return f"guest pid {new.pid} is"
+    shared = len(new.files & held.files)
+    if shared:
+        return f"{shared} of its files (region, dirty map or QMP socket) {'is' if shared == 1 else 'are'}"
+    return ""
+
+
+def holdings_of(layout_fds: Iterable[int], map_identities: Iterable[FileIdentity], guest: object) -> list[FileIdentity]:
+    """The files a migration holds: its region files, its dirty maps, and a QMP guest's socket."""
+    files = [identity(fd) for fd in layout_fds]
+    files.extend(map_identities)
+    socket_path = getattr(guest, "socket_path", None)
+    if socket_path is not None:
+        status = os.stat(socket_path)
+        files.append((status.st_dev, status.st_ino))
+    return files
