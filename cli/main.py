@@ -272,6 +272,13 @@ def receiver(
     help="QEMU guests' QMP sockets live here; a request's qmp_socket names one under it (default: QMP guest "
     "control off).",
 )
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Records of the guests it pauses, so that a sender started after a crash resumes them "
+    "(default: /run/livemig/sender, or none where it cannot be made).",
+)
 @click.option("--max-watch-streams", type=click.IntRange(1, 24), default=16, show_default=True)
 @click.option("--max-watch-streams-per-client", type=click.IntRange(1, 24), default=4, show_default=True)
 @click.option(
@@ -299,6 +306,7 @@ def sender(
     memory_roots: tuple[str, ...],
     dirty_log_dir: str | None,
     qmp_dir: str | None,
+    state_dir: str | None,
     max_watch_streams: int,
     max_watch_streams_per_client: int,
     max_migrations: int,
@@ -319,6 +327,7 @@ def sender(
         memory_roots=tuple(Path(root).resolve() for root in memory_roots),
         dirty_log_dir=Path(dirty_log_dir).resolve() if dirty_log_dir else None,
         qmp_dir=Path(qmp_dir).resolve() if qmp_dir else None,
+        state_dir=_sender_state_dir(state_dir),
         max_watch_streams=max_watch_streams,
         max_watch_streams_per_client=max_watch_streams_per_client,
         max_migrations=max_migrations,
@@ -326,6 +335,23 @@ def sender(
     )
     host, registry = build_sender(config, security)
     _serve("sender", host, listen, metrics_address, metrics_port, security, on_stop=lambda: cancel_all(registry))
+
+
+def _sender_state_dir(option: str | None) -> Path | None:
+    """The folder of pause records: the operator's (it must work), or the default where it can be made."""
+    from livemig.sender.pause_records import DEFAULT_STATE_DIR
+
+    path = Path(option) if option else DEFAULT_STATE_DIR
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as error:
+        if option:
+            _fail(f"livemig sender: --state-dir {option}: {error.strerror or error}")
+        click.echo(f"livemig sender: no pause records ({path}: {error.strerror or error}); see --state-dir", err=True)
+        return None
+    return path.resolve()
 
 
 def _sender_option(command):
@@ -436,7 +462,9 @@ def send_migration(
 ) -> None:
     """Migrate guest memory and follow it to the end; exits 0 only when COMPLETED.
 
-    Ctrl-C cancels the migration (the source guest is resumed) and exits 130.
+    Ctrl-C cancels the migration (the source guest is resumed) and exits 130; SIGTERM
+    and SIGHUP do the same and exit 143 and 129. The migration id goes to stderr
+    as soon as it exists.
     """
     from livemig.cli import client
 
@@ -571,6 +599,34 @@ def migrate_vm_command(
 
 
 @cli.group()
+def guest() -> None:
+    """Guests a sender paused."""
+
+
+@guest.command("resume")
+@click.option(
+    "--state-dir",
+    type=click.Path(exists=True, file_okay=False),
+    default="/run/livemig/sender",
+    show_default=True,
+    help="The sender's --state-dir.",
+)
+def guest_resume(state_dir: str) -> None:
+    """Resume every guest that a sender which is no longer running left paused.
+
+    Guests of running senders are left alone. Exits 1 if a guest could not be resumed.
+    """
+    from livemig.sender.pause_records import PauseRecords
+
+    outcomes = PauseRecords(Path(state_dir)).resume_orphans()
+    for record, outcome in outcomes:
+        click.echo(f"migration {record.migration_id}: {outcome}")
+    if not outcomes:
+        click.echo("no guest left paused by a sender that is gone")
+    sys.exit(1 if any(outcome.startswith("could not") for _record, outcome in outcomes) else 0)
+
+
+@cli.group()
 def migrations() -> None:
     """List, inspect, follow and cancel the migrations of a sender (also ones this CLI did not start)."""
 
@@ -604,7 +660,10 @@ def migrations_show(sender_address: str, migration_id: str, as_json: bool, secur
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as one JSON object.")
 @tls_options(server=False)
 def migrations_watch(sender_address: str, migration_id: str, as_json: bool, security) -> None:
-    """Follow a migration to its end as send-migration does (Ctrl-C cancels it, exit 130)."""
+    """Follow a migration to its end; Ctrl-C stops watching and leaves it running (exit 130).
+
+    `livemig migrations cancel` cancels.
+    """
     from livemig.cli.follow import watch_migration
 
     sys.exit(watch_migration(sender_address, migration_id, security, as_json))

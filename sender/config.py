@@ -27,6 +27,8 @@ class SenderConfig:
     # Where QEMU guests' QMP sockets may live: a request's qmp_socket is a name under
     # it (sender/qmp_guest.py); None: QMP guest control is off.
     qmp_dir: Path | None = None
+    # Records of paused guests (sender/pause_records.py); None: none are kept.
+    state_dir: Path | None = None
     max_watch_streams: int = DEFAULT_MAX_WATCH_STREAMS
     max_watch_streams_per_client: int = DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT
     # Running migrations, and their connections (processes) together; 0: 32 per core,

@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from livemig.sender.pause_records import PauseRecord, process_start
+
 log = logging.getLogger("livemig.sender")
 
 STOP_WAIT_SECONDS = 5.0
@@ -128,7 +130,16 @@ class GuestControl:
             self.paused = False
             self.state = "resumed"
         except (OSError, GuestControlError) as error:
+            self.state = "unknown"
             log.error("migration %s: could not resume the guest: %s", self.migration_id, error)
+
+    def pause_record(self) -> PauseRecord | None:
+        """How to resume this guest if the sender dies while it is paused (sender/pause_records.py)."""
+        if self.pid:
+            return PauseRecord(self.migration_id, "pid", pid=self.pid, pid_start=process_start(self.pid))
+        if self.hooks.resume_command:
+            return PauseRecord(self.migration_id, "hook", hook=self.hooks.resume_command)
+        return None
 
     def _wait_stopped(self) -> None:
         """SIGSTOP is asynchronous: wait until every thread of the guest is stopped."""

@@ -38,6 +38,7 @@ from livemig.sender.connection_process import ConnectionSpec, source_regions
 from livemig.sender.convergence import ConvergencePolicy, Decision
 from livemig.sender.dirty_log import DirtyLog
 from livemig.sender.guest import GuestControl
+from livemig.sender.pause_records import PauseRecords
 from livemig.sender.qmp_guest import QmpGuest
 from livemig.sender.stats import MigrationStats
 from livemig.sender.transfer import ConnectionFailed, TransferPool, TransferStopped
@@ -85,6 +86,7 @@ class Migration:
         dirty_log: DirtyLog | None = None,
         migration_id: str | None = None,
         security: Security = INSECURE,
+        pause_records: PauseRecords | None = None,
     ) -> None:
         self.migration_id = migration_id or uuid.uuid4().hex
         self._log = for_migration(log, self.migration_id)
@@ -93,6 +95,7 @@ class Migration:
         self.layout = layout
         self.guest: GuestControl | QmpGuest = guest or GuestControl(self.migration_id)
         self.dirty_log = dirty_log
+        self.pause_records = pause_records or PauseRecords(None)
         self.state = State.PENDING
         self.phase = "setup"
         self.error = ""
@@ -235,6 +238,7 @@ class Migration:
                 raise error
             pool = None
             self._complete(receiver, token, digest, digest_seconds)
+            self.pause_records.remove(self.migration_id)  # paused on purpose: the destination takes over
             if pause_started is not None:
                 self.stats.downtime_ms = int((time.monotonic() - pause_started) * 1000)
             self._finish(State.COMPLETED)
@@ -325,7 +329,7 @@ class Migration:
         if self.guest.can_pause:
             self._set(phase="switchover")
             pause_started = time.monotonic()
-            self.guest.pause()
+            self._pause_guest()
         else:
             self._set(phase="precopy")
         self.stats.begin_iteration(
@@ -365,13 +369,21 @@ class Migration:
             expected = self._end_iteration()
         self._set(phase="switchover")
         pause_started = time.monotonic()
-        self.guest.pause()
+        self._pause_guest()
         final = self.dirty_log.collect()
         final_bytes = sum(r.length for r in final)
         self.stats.begin_iteration(final_bytes, final_bytes // self.request.page_size, final=True)
         pool.send(final, zero_records=True)
         self.stats.end_iteration(0, expected)  # the estimate the switchover was decided on
         return pause_started
+
+    def _pause_guest(self) -> None:
+        """Record how to resume the guest, then pause it: a sender that dies while it is
+        paused leaves the record for the next sender or `livemig guest resume`."""
+        record = self.guest.pause_record()
+        if record is not None:
+            self.pause_records.write(record)
+        self.guest.pause()
 
     def _end_iteration(self) -> int:
         """Close the iteration with the remaining dirty bytes and the downtime estimate."""
@@ -437,6 +449,8 @@ class Migration:
         if pool is not None:
             pool.close()
         self.guest.resume()
+        if self.guest.state != "unknown":  # resumed, or never paused; a failed resume keeps its record
+            self.pause_records.remove(self.migration_id)
         if state == State.FAILED:
             self._log.error("migration %s failed: %s", self.migration_id, reason)
         if token:

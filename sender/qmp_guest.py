@@ -31,6 +31,7 @@ from pathlib import Path
 
 from livemig.common.qmp import QmpFailure, qmp_connection
 from livemig.sender.guest import FileId, GuestControlError, file_id
+from livemig.sender.pause_records import PauseRecord
 
 log = logging.getLogger("livemig.sender")
 
@@ -126,7 +127,12 @@ class QmpGuest:
             self.paused = False
             self.state = "resumed"
         except QmpFailure as error:
+            self.state = "unknown"
             log.error("migration %s: could not resume guest %r: %s", self.migration_id, self.name, error)
+
+    def pause_record(self) -> PauseRecord:
+        """How to resume this guest if the sender dies while it is paused (sender/pause_records.py)."""
+        return PauseRecord(self.migration_id, "qmp", qmp_socket=str(self.socket_path))
 
     def close(self) -> None:
         """Nothing is held between steps."""

@@ -23,6 +23,7 @@ from livemig.sender.claims import FileIdentity, GuestClaims, holdings_of
 from livemig.sender.config import SenderConfig
 from livemig.sender.errors import Reason, SenderError
 from livemig.sender.migration import FINAL_STATES, Migration
+from livemig.sender.pause_records import PauseRecords
 from livemig.sender.registry import MigrationRegistry
 from livemig.sender.requests import validate_migration_id, validate_start
 from livemig.sender.resources import MigrationResources, acquire
@@ -72,6 +73,8 @@ class SenderService(pb_grpc.SenderServicer):
         self.watches = WatchGate(self.config.max_watch_streams, self.config.max_watch_streams_per_client)
         self.capacity = MigrationCapacity(self.config.max_migrations, self.config.max_connections)
         self.claims = GuestClaims()  # one migration per guest
+        self.pause_records = PauseRecords(self.config.state_dir)
+        self.pause_records.resume_orphans()  # guests a dead sender left paused run again
 
     def StartMigration(self, request: pb.StartMigrationRequest, context: grpc.ServicerContext):
         migration_id = uuid.uuid4().hex
@@ -85,7 +88,13 @@ class SenderService(pb_grpc.SenderServicer):
             resources = acquire(migration_id, request, migration_request.page_size, self.config)
             claim = self.claims.claim(migration_id, *_holdings(resources))
             migration = Migration(
-                migration_request, resources.layout, resources.guest, resources.dirty_log, migration_id, self.security
+                migration_request,
+                resources.layout,
+                resources.guest,
+                resources.dirty_log,
+                migration_id,
+                self.security,
+                self.pause_records,
             )
         except BaseException as error:
             # Everything taken so far goes back: the room, the claim, the files, the pidfd.

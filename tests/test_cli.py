@@ -160,7 +160,9 @@ def test_environment_variables_are_named_after_the_flags(tmp_path):
 
 
 @pytest.mark.e2e
-def test_ctrl_c_cancels_the_migration_and_resumes_the_guest(receiver, shm_dir):
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_ctrl_c_cancels_the_migration_and_resumes_the_guest(receiver, shm_dir, signum, code):
+    """Ctrl-C, and SIGTERM and SIGHUP as well (a service manager, a closed terminal)."""
     with (
         ServiceProcess("sender", []) as tx,
         GuestProcess(shm_dir / "guest.img", ["--size", "32M", "--rate", "4M", "--zero-ratio", "0.3"]) as guest,
@@ -181,14 +183,15 @@ def test_ctrl_c_cancels_the_migration_and_resumes_the_guest(receiver, shm_dir):
                     time.sleep(0.05)
                 migration_id = listed[0].migration_id
                 wait_for(stub, migration_id, lambda status: status.stats.iterations >= 2, timeout=60)
-                cli.send_signal(signal.SIGINT)
+                cli.send_signal(signum)
                 stdout, stderr = cli.communicate(timeout=60)
                 status = stub.GetMigration(pb.MigrationRequest(migration_id=migration_id))
         finally:
             if cli.poll() is None:
                 cli.kill()
                 cli.wait()
-        assert cli.returncode == 130, stderr
+        assert cli.returncode == code, stderr
+        assert f"migration {migration_id} started" in stderr  # the id, whatever happens to stdout
         assert "Traceback" not in stderr
         assert status.state == pb.CANCELLED
         assert json.loads(stdout)["state"] == "CANCELLED"
@@ -276,3 +279,36 @@ def test_batch_size_defaults_agree():
     receiver_default = next(p.default for p in receiver.params if p.name == "max_batch_bytes")
     assert Size().convert(receiver_default, None, None) == DEFAULT_MAX_BATCH_BYTES
     assert next(p.default for p in bench.params if p.name == "batch_mib") << 20 == DEFAULT_MAX_BATCH_BYTES
+
+
+@pytest.mark.e2e
+def test_ctrl_c_on_watch_stops_watching_and_leaves_the_migration_running(sender, receiver, shm_dir):
+    with GuestProcess(shm_dir / "guest.img", ["--size", "16M", "--rate", "2M"]) as guest:
+        common = ["--sender", sender.address, "--insecure"]
+        started = run_cli(
+            "send-migration", *common, "--destination", receiver.address, "--memory", str(guest.memory),
+            "--dirty-log", "--guest-pid", str(guest.pid), "--downtime", "1ms", "--available-bandwidth", "1K",
+            "--max-iterations", "100000", "--detach", "--json",
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        migration_id = json.loads(started.stdout)["migration_id"]  # --detach --json prints JSON
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "livemig.cli.main", "migrations", "watch", migration_id, *common],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        channel, stub = sender_stub(sender.address)
+        with channel:
+            try:
+                wait_for(stub, migration_id, lambda status: status.stats.iterations >= 2, timeout=60)
+                time.sleep(0.5)  # the watcher is following by now
+                watcher.send_signal(signal.SIGINT)
+                _stdout, stderr = watcher.communicate(timeout=30)
+                assert watcher.returncode == 130, stderr
+                assert "goes on" in stderr and "Traceback" not in stderr
+                status = stub.GetMigration(pb.MigrationRequest(migration_id=migration_id))
+                assert status.state == pb.RUNNING
+            finally:
+                if watcher.poll() is None:
+                    watcher.kill()
+                stub.CancelMigration(pb.MigrationRequest(migration_id=migration_id), timeout=60)
+        assert not guest.stopped
