@@ -14,20 +14,36 @@ from decimal import Decimal, InvalidOperation
 
 import click
 
-DURATION_UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
+DURATION_UNITS = {
+    "ms": Decimal("0.001"),
+    "s": Decimal(1),
+    "m": Decimal(60),
+    "h": Decimal(3600),
+    "d": Decimal(86400),
+}
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _NUMBER = r"(?P<number>\d+(?:\.\d*)?|\.\d+)"
-_DURATION = re.compile(_NUMBER + r"\s*(?P<unit>ms|s|m|h)?", re.IGNORECASE)
+_DURATION = re.compile(_NUMBER + r"\s*(?P<unit>ms|s|m|h|d)?", re.IGNORECASE)
+_DURATION_PART = re.compile(_NUMBER + r"\s*(?P<unit>ms|s|m|h|d)\s*", re.IGNORECASE)
+_COMPOUND = re.compile(r"(?:" + _DURATION_PART.pattern + r")+", re.IGNORECASE)
 _SIZE = re.compile(_NUMBER + r"\s*(?P<unit>[kmgt]?)(?P<suffix>i?b?)", re.IGNORECASE)
 
 
 def parse_duration(text: str, default_unit: str = "s") -> float:
-    """Seconds from '200ms', '12s', '5m', '1.5h' or a bare number in default_unit."""
-    match = _DURATION.fullmatch(text.strip())
-    if not match:
-        raise ValueError(f"{text!r} is not a duration (e.g. 200ms, 12s, 5m, 1h)")
-    unit = (match["unit"] or default_unit).lower()
-    return float(Decimal(match["number"]) * DURATION_UNITS[unit])
+    """Seconds from '200ms', '12s', '5m', '1.5h', '8d', compounds such as '1h30m' and
+    '4m05s' (what format_duration prints), or a bare number in default_unit."""
+    text = text.strip()
+    match = _DURATION.fullmatch(text)
+    if match:
+        unit = (match["unit"] or default_unit).lower()
+        return float(Decimal(match["number"]) * DURATION_UNITS[unit])
+    if _COMPOUND.fullmatch(text):
+        return float(
+            sum(
+                Decimal(part["number"]) * DURATION_UNITS[part["unit"].lower()] for part in _DURATION_PART.finditer(text)
+            )
+        )
+    raise ValueError(f"{text!r} is not a duration (e.g. 200ms, 12s, 5m, 1h30m, 2d)")
 
 
 def parse_size(text: str, default_unit: str = "") -> int:
@@ -58,7 +74,7 @@ def format_bytes(count: float) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """'850 ms', '12.3 s', '4m05s', '1h02m'."""
+    """'850 ms', '12.3 s', '4m05s', '1h02m': each of them parse_duration reads back."""
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 60:

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from livemig.cli.units import Duration, Size, format_bytes, parse_duration, parse_size
+from livemig.cli.units import Duration, Size, format_bytes, format_duration, parse_duration, parse_size
 
-UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
+UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600), "d": Decimal(86400)}
 BINARY = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -92,3 +92,22 @@ def test_bar_speed_is_wire_bytes_not_processed_bytes():
         iterations=[pb.IterationStats(dirty_bytes=100), pb.IterationStats(dirty_bytes=30)],
     )
     assert planned_bytes(status) == 130  # all memory, then each later iteration's dirty pages
+
+
+@given(st.floats(0, 30 * 86400, allow_nan=False))
+def test_every_formatted_duration_parses_back(seconds):
+    """Range errors name their limits with format_duration: an operator can type what they read."""
+    text = format_duration(seconds)
+    assert parse_duration(text) == pytest.approx(seconds, abs=max(0.5, seconds * 0.01))
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("1h30m", 5400), ("1h00m", 3600), ("8d", 691200), ("4m05s", 245)])
+def test_compound_durations_and_days(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_a_range_error_names_a_limit_the_parser_accepts():
+    with pytest.raises(click.BadParameter) as refused:
+        Duration("ms", min_seconds=0.001, max_seconds=3600).convert("2h", None, None)
+    limit = str(refused.value).rpartition("at most ")[2].strip()
+    assert parse_duration(limit) == 3600
