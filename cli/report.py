@@ -154,6 +154,8 @@ def print_status(status: pb.MigrationStatus, console: Console | None = None) -> 
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+    if status.state in (pb.FAILED, pb.CANCELLED):
+        return  # the receiver removed a failed or cancelled migration's destination files
     for region in status.destination_regions:
         length = f"{region.length} ({human_bytes(region.length)})"
         console.print(f"destination region gpa={region.gpa:#x} length={length}: {region.path}")
@@ -164,7 +166,14 @@ def print_list(statuses: list[pb.MigrationStatus], console: Console | None = Non
     console = console or console_for()
     table = Table(title=f"{len(statuses)} migrations")
     for header in ("id", "state", "phase", "destination", "processed", "wire", "iterations", "error"):
-        table.add_column(header, justify="right" if header in ("processed", "wire", "iterations") else "left")
+        table.add_column(
+            header,
+            justify="right" if header in ("processed", "wire", "iterations") else "left",
+            # The id is what an operator copies into `migrations show/cancel`: never cut or folded.
+            no_wrap=header == "id",
+            min_width=32 if header == "id" else None,
+            overflow="fold" if header != "id" else "ignore",
+        )
     for status in statuses:
         stats = status.stats
         table.add_row(
