@@ -421,7 +421,7 @@ def _sender_option(command):
     type=Duration("s", max_seconds=7 * 86400),
     default="0",
     help="Give up or force switchover after this long (bare number: s, as Cloud Hypervisor; 200ms, 12s, 5m, "
-    "1h accepted; 0: no limit).",
+    "1h30m accepted; 0: no limit). A one-pass migration (no --dirty-log) past it ends FAILED, guest resumed.",
 )
 @click.option("--timeout-strategy", type=click.Choice(["cancel", "force"]), default="cancel", show_default=True)
 @click.option(

@@ -112,6 +112,7 @@ class Migration:
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._cancel_requested = False
+        self._timed_out = False  # a one-pass migration ran past timeout_ms
         self._started = time.monotonic()
         self._outcome_counted = False  # metrics.migration_finished done (once, whatever happens)
         self._round_trip = 0.0
@@ -217,6 +218,7 @@ class Migration:
         receiver = pb_grpc.ReceiverStub(control)
         token = ""
         pool: TransferPool | None = None
+        deadline = self._one_pass_deadline()
         try:
             if self._cancel_requested:
                 raise MigrationCancelled()
@@ -246,7 +248,16 @@ class Migration:
             if pool is not None:
                 pool.close()  # every worker has recorded its error (or none) once this returns
             error = pool.first_error() if pool is not None else None
-            if self._cancel_requested or error is None:
+            if self._timed_out and not self._cancel_requested:
+                self._fail(
+                    receiver,
+                    token,
+                    pool,
+                    State.FAILED,
+                    f"did not finish within the migration timeout of {self.request.timeout_ms} ms "
+                    "(one pass: no switchover to force)",
+                )
+            elif self._cancel_requested or error is None:
                 self._fail(receiver, token, pool, State.CANCELLED, "cancelled by the client")
             else:
                 self._fail(receiver, token, pool, State.FAILED, describe_failure(error, self.request.destination))
@@ -255,6 +266,8 @@ class Migration:
         except Exception as error:
             self._fail(receiver, token, pool, State.FAILED, describe_failure(error, self.request.destination))
         finally:
+            if deadline is not None:
+                deadline.cancel()
             control.close()
             self.layout.close()
             if self.dirty_log is not None:
@@ -265,6 +278,23 @@ class Migration:
             # long-lived sender does not grow with the number of migrations.
             gc.collect()
             release_free_memory()
+
+    def _one_pass_deadline(self) -> threading.Timer | None:
+        """timeout_ms on a migration without dirty logs: it ends FAILED (guest resumed) when
+        the one pass is not done in time. Live migrations apply it between iterations."""
+        if self.live or not self.request.timeout_ms:
+            return None
+        timer = threading.Timer(self.request.timeout_ms / 1000, self._time_out)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _time_out(self) -> None:
+        with self._changed:
+            if self.state in FINAL_STATES:
+                return
+            self._timed_out = True
+        self._stop.set()
 
     def _connection_specs(self, token: str, chunk_bytes: int, data_ports: list[int]) -> list[ConnectionSpec]:
         """One spec per connection: stream i goes to data port i % len (or the destination itself)."""
