@@ -8,11 +8,12 @@ says it explicitly. Sizes are binary (K = 1024), as guest memory is.
 
 from __future__ import annotations
 
-import math
 import re
 from decimal import Decimal, InvalidOperation
 
 import click
+
+from livemig.common.human import format_bytes
 
 DURATION_UNITS = {
     "ms": Decimal("0.001"),
@@ -60,17 +61,6 @@ def parse_size(text: str, default_unit: str = "") -> int:
     if value != value.to_integral_value():
         raise ValueError(f"{text!r} is not a whole number of bytes")
     return int(value)
-
-
-def format_bytes(count: float) -> str:
-    """Binary units, one decimal: what a person reads in the bar, the tables and the logs."""
-    if not math.isfinite(count):
-        return str(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            return f"{int(count)} B" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
 
 
 def format_duration(seconds: float) -> str:

@@ -15,6 +15,8 @@ stop-and-copy migration.
 
 from __future__ import annotations
 
+import os
+import time
 from functools import cache
 
 import xxhash
@@ -46,3 +48,21 @@ def memory_digest(layout: MemoryLayout) -> bytes:
                 layout.read_into(gpa, chunk)
                 hasher.update(xxhash.xxh3_128_digest(chunk))
     return hasher.digest()
+
+
+def digest_rate(sample_bytes: int = 8 << 20) -> float:
+    """Bytes per second this machine digests now (one chunk-sized sample, a few ms)."""
+    sample = bytes(range(256)) * (sample_bytes // 256)
+    started = time.perf_counter()
+    xxhash.xxh3_128_digest(sample)
+    return sample_bytes / max(time.perf_counter() - started, 1e-6)
+
+
+def expected_verify_seconds(layout: MemoryLayout) -> float:
+    """What verifying will take: both ends digest the bytes their files hold (holes are
+    free), one after the other. The source's allocated bytes stand for both ends (the
+    destination holds no more than the source's non-zero pages)."""
+    held = 0
+    for region in layout.regions:
+        held += min(region.length, os.fstat(region.fd).st_blocks * 512)
+    return 2 * held / digest_rate()

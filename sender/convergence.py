@@ -42,16 +42,28 @@ class ConvergencePolicy:
         return 0.0, "measured"
 
     def expected_downtime_ms(
-        self, remaining_bytes: int, sample: Counters, chunk_bytes: int, round_trip_seconds: float
+        self,
+        remaining_bytes: int,
+        sample: Counters,
+        chunk_bytes: int,
+        round_trip_seconds: float,
+        verify_seconds: float = 0.0,
     ) -> tuple[int, float, str]:
         """(expected ms, bandwidth used, its source) for pausing now.
 
         `sample` is the latest pass over dirty pages (scattered pages cost more per
         byte than iteration 0's bulk ranges), or all passes so far before there is one.
+        `verify_seconds`: what the digests of a verified migration will take (both ends,
+        one after the other), all of it downtime.
+
+        The floor with nothing dirty is two round trips (the pause and final collection,
+        the completion call), measured on PrepareMigration: that call also creates the
+        destination files, so on loopback the floor reads a few milliseconds where the
+        network alone would be a fraction of one.
         """
         bandwidth, source = self.bandwidth(sample)
         # Pause, final collection and the completion call: about two round trips.
-        seconds = 2 * round_trip_seconds
+        seconds = 2 * round_trip_seconds + verify_seconds
         if remaining_bytes:
             workers = max(1, min(self.connections, -(-remaining_bytes // max(chunk_bytes, 1))))
             prepare_rate = sample.chunk_bytes / sample.scan_seconds * workers if sample.scan_seconds > 0 else 0.0

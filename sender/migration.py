@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import grpc
 
 from livemig.common.allocator import release_free_memory
-from livemig.common.digest import memory_digest
+from livemig.common.digest import expected_verify_seconds, memory_digest
 from livemig.common.guest_memory import MemoryLayout
+from livemig.common.human import format_bytes
 from livemig.common.logs import for_migration
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
@@ -113,6 +114,7 @@ class Migration:
         self._stop = threading.Event()
         self._cancel_requested = False
         self._timed_out = False  # a one-pass migration ran past timeout_ms
+        self._verify_seconds: float | None = None  # the digests' share of the downtime estimate
         self._started = time.monotonic()
         self._outcome_counted = False  # metrics.migration_finished done (once, whatever happens)
         self._round_trip = 0.0
@@ -344,11 +346,11 @@ class Migration:
         chunk_bytes = align_down(batch_bytes, page_size) if batch_bytes >= page_size else batch_bytes
         self._chunk_bytes = chunk_bytes
         self._log.info(
-            "migration %s: session prepared on %s, %d connections, chunks of %d bytes, live=%s",
+            "migration %s: session prepared on %s, %d connections, chunks of %s, live=%s",
             self.migration_id,
             self.request.destination,
             self.request.connections,
-            chunk_bytes,
+            format_bytes(chunk_bytes),
             self.live,
         )
         return response.session_token, chunk_bytes, list(response.data_ports)
@@ -421,8 +423,10 @@ class Migration:
         remaining = self.dirty_log.dirty_bytes()
         latest = self.stats.iterations[-1]
         sample = latest.counters if latest.index and latest.counters.chunk_bytes else self.stats.totals
+        if self._verify_seconds is None:
+            self._verify_seconds = expected_verify_seconds(self.layout) if self.request.verify else 0.0
         expected, bandwidth, source = self.policy.expected_downtime_ms(
-            remaining, sample, self._chunk_bytes, self._round_trip
+            remaining, sample, self._chunk_bytes, self._round_trip, self._verify_seconds
         )
         self.stats.bandwidth, self.stats.bandwidth_source = bandwidth, source
         iteration = self.stats.end_iteration(remaining, expected)
@@ -430,16 +434,15 @@ class Migration:
             self.migration_id, remaining, iteration.to_proto().dirty_rate_bytes_per_second, expected
         )
         self._log.info(
-            "migration %s: iteration %d sent %d of %d dirty bytes in %.0f ms; %d bytes dirty, "
-            "expected downtime %d ms at %.0f MB/s (%s)",
+            "migration %s: iteration %d sent %s of %s dirty in %.0f ms; %s dirty, expected downtime %d ms at %s/s (%s)",
             self.migration_id,
             iteration.index,
-            iteration.counters.transmitted_bytes,
-            iteration.dirty_bytes,
+            format_bytes(iteration.counters.transmitted_bytes),
+            format_bytes(iteration.dirty_bytes),
             iteration.seconds() * 1000,
-            remaining,
+            format_bytes(remaining),
             expected,
-            bandwidth / 1e6,
+            format_bytes(bandwidth),
             source,
         )
         self._set()  # wake watchers: a new iteration is in the statistics

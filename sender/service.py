@@ -15,6 +15,7 @@ import uuid
 
 import grpc
 
+from livemig.common.human import format_bytes
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.tls import INSECURE, Security
@@ -109,9 +110,9 @@ class SenderService(pb_grpc.SenderServicer):
             raise
         self.registry.add(migration)
         log.info(
-            "migration %s: %d bytes in %d regions to %s (connections=%d skip_zero_pages=%s verify=%s live=%s)",
+            "migration %s: %s in %d regions to %s (connections=%d skip_zero_pages=%s verify=%s live=%s)",
             migration.migration_id,
-            resources.layout.total_bytes,
+            format_bytes(resources.layout.total_bytes),
             len(resources.layout.regions),
             migration_request.destination,
             migration_request.connections,

@@ -92,3 +92,10 @@ def test_timeout_and_iteration_limit_force_or_cancel(force, decision):
     assert strict.decide(2, MIB, 10_000, elapsed_ms=1000) is decision  # out of time
     assert strict.decide(5, MIB, 10_000, elapsed_ms=10) is decision  # out of iterations
     assert strict.decide(5, MIB, 10, elapsed_ms=5000) is Decision.SWITCHOVER  # fitting wins over the limits
+
+
+def test_verification_is_part_of_the_expected_downtime():
+    """Expected 15 ms, measured 89 ms of which 68 ms verify: the estimate now counts it."""
+    plain, _bandwidth, _source = policy().expected_downtime_ms(64 * MIB, sample(), 4 * MIB, 0.001)
+    verified, _bandwidth, _source = policy().expected_downtime_ms(64 * MIB, sample(), 4 * MIB, 0.001, 0.068)
+    assert verified - plain in (67, 68, 69)

@@ -8,6 +8,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from livemig.common import digest
 from livemig.common.digest import DIGEST_CHUNK, memory_digest
 from livemig.common.guest_memory import MemoryLayout, open_source_layout
 
@@ -70,3 +71,15 @@ def test_only_chunks_with_data_are_read(tmp_path, monkeypatch):
     digest_of(path)
     if reads != [3 * DIGEST_CHUNK]:  # tmpfs and ext4 report holes; a filesystem that does not reads all
         assert len(reads) == -(-SIZE // DIGEST_CHUNK)
+
+
+def test_the_verify_estimate_counts_what_the_files_hold_on_both_ends(tmp_path, monkeypatch):
+    monkeypatch.setattr(digest, "digest_rate", lambda: float(DIGEST_CHUNK))  # 1 MiB/s: seconds = MiB
+    path = sparse(tmp_path / "guest", {0: b"x", 3 * DIGEST_CHUNK: b"y"})
+    layout = open_source_layout([(0, str(path))], 4096)
+    try:
+        held = os.stat(path).st_blocks * 512
+        assert digest.expected_verify_seconds(layout) == 2 * held / DIGEST_CHUNK
+        assert held < SIZE  # holes are free
+    finally:
+        layout.close()

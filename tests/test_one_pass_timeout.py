@@ -35,6 +35,9 @@ def test_a_one_pass_migration_past_its_timeout_fails_and_resumes_the_guest(sende
         assert "migration timeout of 200 ms" in status.error
         assert status.stats.processed_bytes < status.stats.total_bytes
         assert status.guest_state == "resumed"
+        # Logs in binary units, as the bar and the tables (README).
+        assert any(f"{migration_id}: 256.0 MiB in 1 regions" in line for line in sender.lines)
+        assert any("chunks of 64.0 KiB" in line for line in sender.lines)
         assert Path(f"/proc/{guest.pid}/stat").read_text().rpartition(")")[2].split()[0] != "T"
     finally:
         guest.kill()
