@@ -28,9 +28,24 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
-LOG_MESSAGE = "log"
+
+@dataclass(frozen=True, slots=True)
+class WorkerLog:
+    """A worker's log record, sent to its parent (both sides' message sets include it)."""
+
+    logger: str
+    level: int
+    text: str
+
+
+class UnknownMessage(TypeError):
+    """A message no handler knows: a bug in this code (both ends ship together), never input."""
+
+    def __init__(self, message: object) -> None:
+        super().__init__(f"unknown message between processes: {message!r}")
 
 
 # multiprocessing imports the parent's __main__ again in every worker; when that is
@@ -71,7 +86,7 @@ class PipeSender:
         self.connection = connection
         self._lock = threading.Lock()
 
-    def send(self, message: tuple) -> bool:
+    def send(self, message: Any) -> bool:
         """False when the parent is gone (its end of the pipe closed)."""
         with self._lock:
             try:
@@ -82,7 +97,7 @@ class PipeSender:
 
 
 class PipeLogHandler(logging.Handler):
-    """Sends a worker's log records to its parent as (LOG_MESSAGE, logger, level, text)."""
+    """Sends a worker's log records to its parent as WorkerLog messages."""
 
     def __init__(self, sender: PipeSender) -> None:
         super().__init__()
@@ -93,7 +108,7 @@ class PipeLogHandler(logging.Handler):
             text = record.getMessage()
             if record.exc_info:
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
-            self.sender.send((LOG_MESSAGE, record.name, record.levelno, text))
+            self.sender.send(WorkerLog(record.name, record.levelno, text))
         except Exception:  # logging must never break the data path
             self.handleError(record)
 
@@ -118,10 +133,9 @@ def log_through_parent(sender: PipeSender, level: int) -> None:
     root.setLevel(level)
 
 
-def relog(message: tuple, extra: dict[str, str] | None = None) -> None:
+def relog(message: WorkerLog, extra: dict[str, str] | None = None) -> None:
     """In the parent: log a worker's record through the parent's own handlers."""
-    _kind, name, level, text = message
-    logging.getLogger(name).log(level, "%s", text, extra=extra or {})
+    logging.getLogger(message.logger).log(message.level, "%s", message.text, extra=extra or {})
 
 
 class Worker(Protocol):
@@ -138,7 +152,7 @@ W = TypeVar("W", bound=Worker)
 
 
 def read_reports(
-    workers: Sequence[W], handle: Callable[[W, tuple], None], died: Callable[[W], None], timeout: float
+    workers: Sequence[W], handle: Callable[[W, Any], None], died: Callable[[W], None], timeout: float
 ) -> bool:
     """One round of a parent's report loop: waits up to `timeout` for a message or a death,
     hands every message to handle(worker, message) in the order sent, and a death to
@@ -161,7 +175,7 @@ def read_reports(
     return True
 
 
-def _drain(worker: W, handle: Callable[[W, tuple], None]) -> None:
+def _drain(worker: W, handle: Callable[[W, Any], None]) -> None:
     while True:
         try:
             if worker.pipe.closed or not worker.pipe.poll():

@@ -1,7 +1,7 @@
 """gRPC servicer of a data worker: TransferPages, translated to SessionWriter calls.
 
 Raw bytes in (see common/wire.py), acknowledgements out; one stream, one
-session. A stream is bound to its session by the "livemig-session" metadata
+session. A stream is bound to its session by the SESSION_METADATA
 entry when the sender gives one (so a stream that has nothing to send yet, while
 all-zero memory is being scanned, already keeps its session alive), or else by
 its first batch; it ends when its session ends (a bound stream waiting for its
@@ -23,6 +23,7 @@ import grpc
 
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.read_ahead import ReadAhead
+from livemig.common.transfer_rpc import SESSION_METADATA
 from livemig.common.wire import BatchDecodeError, decode_batch
 from livemig.receiver.errors import STATUS_OF_REASON, Reason, ReceiverError, check_owner
 from livemig.receiver.stream_activity import StreamActivity
@@ -30,7 +31,6 @@ from livemig.receiver.writer import SessionWriter
 
 log = logging.getLogger("livemig.receiver")
 
-SESSION_METADATA = "livemig-session"
 # A stream bound to a session that ended (completed, aborted, expired) is closed within
 # this: idle bound streams of an aborted session held every slot of their worker, and no
 # longer counted against --max-sessions (issue 20).

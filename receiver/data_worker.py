@@ -7,16 +7,7 @@ different cores. At most `max_streams` streams are served at once; one more is
 refused at once with RESOURCE_EXHAUSTED (gRPC's maximum_concurrent_rpcs), never
 parked.
 
-Messages on the pipe (tuples):
-  control -> worker: ("end", session_id, state, expired_after) | ("reopen", session_id)
-                     | ("settle", round) | ("stop", grace_seconds)
-  worker -> control: ("listening", port)
-                     | ("batch", session_id, batch_id, attempt, written, zeroed, settled_below)
-                     | ("rejected", reason value) | ("stream", session_id, delta)
-                     | ("ended", session_id) | ("reopened", session_id) | ("settled", round) | ("log", ...)
-"settled" answers "settle" after every report this worker sent before it
-(receiver/ledger.py says why the control process asks).
-A closed pipe means the control process is gone: the worker stops.
+The messages on the pipe are in receiver/worker_messages.py.
 """
 
 from __future__ import annotations
@@ -32,18 +23,33 @@ import grpc
 from livemig.common.allocator import recycle_large_blocks, release_free_memory
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.tls import Security
+from livemig.common.transfer_rpc import RECEIVER_SERVICE, TRANSFER_PAGES
 from livemig.common.transport import ServiceHost
-from livemig.common.worker_processes import PipeSender, ignore_stop_signals, log_through_parent
+from livemig.common.worker_processes import PipeSender, UnknownMessage, ignore_stop_signals, log_through_parent
 from livemig.receiver.data_service import DataService
 from livemig.receiver.errors import Reason, ReceiverError, storage_error
-from livemig.receiver.registry import record_name
+from livemig.receiver.session_record import SessionRecord, record_name
 from livemig.receiver.stream_activity import StreamActivity
-from livemig.receiver.writer import SessionRecord, SessionWriter
+from livemig.receiver.worker_messages import (
+    BatchApplied,
+    BatchRejected,
+    EndSession,
+    ListenFailed,
+    Listening,
+    ReopenSession,
+    SessionEnded,
+    SessionReopened,
+    Settle,
+    Settled,
+    StopWorker,
+    StreamChanged,
+    ToWorker,
+)
+from livemig.receiver.writer import SessionWriter
 
 log = logging.getLogger("livemig.receiver")
 
 PRELOAD = ["livemig.receiver.data_worker"]
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Receiver"].full_name
 ENDED_WRITERS_KEPT = 1024
 
 
@@ -114,21 +120,21 @@ class WorkerWriters:
 
 
 class PipeReports:
-    """DataReports over the worker's pipe."""
+    """DataReports over the worker's pipe, to the control process."""
 
-    def __init__(self, sender: PipeSender) -> None:
-        self.sender = sender
+    def __init__(self, to_control: PipeSender) -> None:
+        self.to_control = to_control
 
     def batch_applied(
         self, session_id: str, batch_id: int, attempt: int, written: int, zeroed: int, settled_below: int
     ) -> None:
-        self.sender.send(("batch", session_id, batch_id, attempt, written, zeroed, settled_below))
+        self.to_control.send(BatchApplied(session_id, batch_id, attempt, written, zeroed, settled_below))
 
     def batch_rejected(self, reason: Reason) -> None:
-        self.sender.send(("rejected", reason.value))
+        self.to_control.send(BatchRejected(reason))
 
     def stream_changed(self, session_id: str, delta: int) -> None:
-        self.sender.send(("stream", session_id, delta))
+        self.to_control.send(StreamChanged(session_id, delta))
 
 
 def add_data_service(service: DataService, server: grpc.Server) -> None:
@@ -136,56 +142,66 @@ def add_data_service(service: DataService, server: grpc.Server) -> None:
     handler = grpc.stream_stream_rpc_method_handler(
         service.TransferPages, request_deserializer=None, response_serializer=pb.PageBatchAck.SerializeToString
     )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {"TransferPages": handler}),))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(RECEIVER_SERVICE, {TRANSFER_PAGES: handler}),)
+    )
 
 
 def run_data_worker(spec: WorkerSpec, pipe) -> None:
     """Process entry point (started by the control process through the fork server)."""
     ignore_stop_signals()
     recycle_large_blocks()  # one heap, megabyte blocks reused; trimmed at each session end
-    sender = PipeSender(pipe)
-    log_through_parent(sender, spec.log_level)
+    to_control = PipeSender(pipe)
+    log_through_parent(to_control, spec.log_level)
     writers = WorkerWriters(spec.records_dir)
     host = ServiceHost(
-        [SERVICE_NAME],
+        [RECEIVER_SERVICE],
         max_workers=spec.max_streams + 4,
         max_message_bytes=spec.max_message_bytes,
         maximum_concurrent_rpcs=spec.max_streams,
     )
     activity = StreamActivity()
-    add_data_service(DataService(writers, PipeReports(sender), spec.unbound_stream_seconds, activity), host.server)
+    add_data_service(DataService(writers, PipeReports(to_control), spec.unbound_stream_seconds, activity), host.server)
     try:
         port = host.start(f"{spec.host}:{spec.port}", spec.security.server_credentials())
     except (OSError, RuntimeError) as error:
-        sender.send(("failed", str(error)))
+        to_control.send(ListenFailed(str(error)))
         return
-    sender.send(("listening", port))
-    grace = 0.0
-    while True:
+    to_control.send(Listening(port))
+    grace: float | None = None
+    while grace is None:
         try:
             if not pipe.poll(activity.quiet_seconds):
                 if activity.due_for_trim():  # what streams freed after a session's end
                     release_free_memory()
                     activity.trimmed()
                 continue
-            message = pipe.recv()
+            message: ToWorker = pipe.recv()
         except (EOFError, OSError):
             break  # the control process is gone
-        if message[0] == "end":
-            _kind, session_id, state, expired_after = message
+        grace = obey(message, writers, activity, to_control)
+    host.server.stop(grace or 0.0).wait()
+    pipe.close()
+
+
+def obey(message: ToWorker, writers: WorkerWriters, activity: StreamActivity, to_control: PipeSender) -> float | None:
+    """Handle one message from the control process; returns the grace in seconds when
+    told to stop, else None."""
+    match message:
+        case EndSession(session_id, state, expired_after):
             ended = writers.end(session_id, state, expired_after)
-            sender.send(("ended", session_id))  # no write in flight: the control process may go on
+            to_control.send(SessionEnded(session_id))  # no write in flight: the control process may go on
             if ended is not None:
                 ended.release()  # unmap and close off the control process's critical path
             release_free_memory()  # gRPC's and our buffers of the session go back to the system
             activity.trimmed()
-        elif message[0] == "reopen":  # a refused completion: the session is active again
-            writers.forget(message[1])
-            sender.send(("reopened", message[1]))
-        elif message[0] == "settle":
-            sender.send(("settled", message[1]))  # after every report sent so far (one pipe, in order)
-        elif message[0] == "stop":
-            grace = message[1]
-            break
-    host.server.stop(grace).wait()
-    pipe.close()
+        case ReopenSession(session_id):  # a refused completion: the session is active again
+            writers.forget(session_id)
+            to_control.send(SessionReopened(session_id))
+        case Settle(number):
+            to_control.send(Settled(number))  # after every report sent so far (one pipe, in order)
+        case StopWorker(grace):
+            return grace
+        case _:
+            raise UnknownMessage(message)
+    return None

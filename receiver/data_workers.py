@@ -16,7 +16,7 @@ PrepareMigration is refused with UNAVAILABLE.
 Settle rounds: a ledger forgets the batch ids a sender settled only once every
 report written before the mark's report is in (receiver/ledger.py). Every
 SETTLE_SECONDS (sooner for a ledger that holds a quarter of its limit), if some
-session has a pending mark, the pool notes the marks, sends ("settle", round) to
+session has a pending mark, the pool notes the marks, sends Settle(round) to
 every worker and, once each has answered (or died), applies them: a worker
 answers after everything it sent before, and whatever it sent before the mark
 was written is older than the question.
@@ -34,10 +34,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from livemig.common.worker_processes import LOG_MESSAGE, read_reports, relog, worker_context
+from livemig.common.worker_processes import UnknownMessage, WorkerLog, read_reports, relog, worker_context
 from livemig.receiver import metrics
 from livemig.receiver.data_worker import PRELOAD, WorkerSpec, run_data_worker
 from livemig.receiver.registry import SessionRegistry
+from livemig.receiver.worker_messages import (
+    BatchApplied,
+    BatchRejected,
+    EndSession,
+    FromWorker,
+    ListenFailed,
+    Listening,
+    ReopenSession,
+    SessionEnded,
+    SessionReopened,
+    Settle,
+    Settled,
+    StopWorker,
+    StreamChanged,
+    ToWorker,
+)
 
 log = logging.getLogger("livemig.receiver")
 
@@ -203,66 +219,70 @@ class DataWorkerPool:
         self._settle_round = current
         for worker in live:
             try:
-                worker.pipe.send(("settle", current.number))
+                worker.pipe.send(Settle(current.number))
             except (OSError, EOFError, ValueError):
                 continue  # gone: nothing more of it to wait for
             current.waiting.add(worker.spec.index)
 
-    def _handle(self, worker: _Worker, message: tuple) -> None:
-        kind = message[0]
+    def _handle(self, worker: _Worker, message: FromWorker) -> None:
         index = worker.spec.index
-        if kind == "batch":
-            _kind, session_id, batch_id, attempt, written, zeroed, settled_below = message
-            session = self.registry.by_id(session_id)
-            if session is not None:
-                counted = session.ledger.record_batch(batch_id, written, zeroed, attempt, settled_below)
-                if counted.new_batch and session.ledger.wants_settling():
-                    self._settle_soon = True
-                metrics.WRITTEN_BYTES.inc(counted.written)
-                metrics.ZEROED_BYTES.inc(counted.zeroed)
-                if counted.new_batch:
-                    metrics.BATCHES.inc()
-        elif kind == "settled":
-            if self._settle_round is not None and message[1] == self._settle_round.number:
-                self._settle_round.waiting.discard(index)
-        elif kind == "stream":
-            _kind, session_id, delta = message
-            session = self.registry.by_id(session_id)
-            if session is not None:
-                session.ledger.stream_changed(index, delta)
-        elif kind == "rejected":
-            metrics.REJECTED_BATCHES.labels(message[1]).inc()
-        elif kind in ("ended", "reopened"):
-            with self._changed:
-                self._ended.setdefault(message[1], set()).add(index)
-                self._changed.notify_all()
-        elif kind == LOG_MESSAGE:
-            relog(message)
-        elif kind == "listening":
-            with self._changed:
-                worker.port = message[1]
-                worker.spec = replace(worker.spec, port=message[1])  # a restart takes the same port
-                worker.serving = True
-                worker.bind_failures = 0
-                self._changed.notify_all()
-            log.info("data worker %d listening on %s:%d", index, worker.spec.host, message[1])
-            self._serving_changed()
-        elif kind == "failed":  # cannot listen: its port is taken
-            with self._changed:
-                if not worker.port:  # at start: the receiver does not start (one line, exit 1)
-                    worker.dead = True
-                    self._start_error = f"data worker {index} cannot listen on {worker.spec.host}: {message[1]}"
-                else:  # another process took the port meanwhile: tried again (restart_delay)
-                    worker.bind_failures += 1
-                self._changed.notify_all()
-            if worker.port:
-                log.error(
-                    "data worker %d cannot serve on port %d: %s; trying again in %.2g s",
-                    index,
-                    worker.port,
-                    message[1],
-                    restart_delay(worker, time.monotonic()),
-                )
+        match message:
+            case BatchApplied(session_id, batch_id, attempt, written, zeroed, settled_below):
+                session = self.registry.by_id(session_id)
+                if session is not None:
+                    counted = session.ledger.record_batch(batch_id, written, zeroed, attempt, settled_below)
+                    if counted.new_batch and session.ledger.wants_settling():
+                        self._settle_soon = True
+                    metrics.WRITTEN_BYTES.inc(counted.written)
+                    metrics.ZEROED_BYTES.inc(counted.zeroed)
+                    if counted.new_batch:
+                        metrics.BATCHES.inc()
+            case Settled(number):
+                if self._settle_round is not None and number == self._settle_round.number:
+                    self._settle_round.waiting.discard(index)
+            case StreamChanged(session_id, delta):
+                session = self.registry.by_id(session_id)
+                if session is not None:
+                    session.ledger.stream_changed(index, delta)
+            case BatchRejected(reason):
+                metrics.REJECTED_BATCHES.labels(reason.value).inc()
+            case SessionEnded(session_id) | SessionReopened(session_id):
+                with self._changed:
+                    self._ended.setdefault(session_id, set()).add(index)
+                    self._changed.notify_all()
+            case WorkerLog():
+                relog(message)
+            case Listening(port):
+                with self._changed:
+                    worker.port = port
+                    worker.spec = replace(worker.spec, port=port)  # a restart takes the same port
+                    worker.serving = True
+                    worker.bind_failures = 0
+                    self._changed.notify_all()
+                log.info("data worker %d listening on %s:%d", index, worker.spec.host, port)
+                self._serving_changed()
+            case ListenFailed(error):  # its port is taken
+                self._listen_failed(worker, error)
+            case _:
+                raise UnknownMessage(message)
+
+    def _listen_failed(self, worker: _Worker, error: str) -> None:
+        index = worker.spec.index
+        with self._changed:
+            if not worker.port:  # at start: the receiver does not start (one line, exit 1)
+                worker.dead = True
+                self._start_error = f"data worker {index} cannot listen on {worker.spec.host}: {error}"
+            else:  # another process took the port meanwhile: tried again (restart_delay)
+                worker.bind_failures += 1
+            self._changed.notify_all()
+        if worker.port:
+            log.error(
+                "data worker %d cannot serve on port %d: %s; trying again in %.2g s",
+                index,
+                worker.port,
+                error,
+                restart_delay(worker, time.monotonic()),
+            )
 
     def _died(self, worker: _Worker) -> None:
         index = worker.spec.index
@@ -292,14 +312,14 @@ class DataWorkerPool:
     # -- the registry's DataPlane -------------------------------------------------
 
     def end_session(self, session_id: str, state: str, expired_after: float) -> None:
-        self._tell_every_worker(("end", session_id, state, expired_after), session_id)
+        self._tell_every_worker(EndSession(session_id, state, expired_after), session_id)
 
     def reopen_session(self, session_id: str) -> None:
-        self._tell_every_worker(("reopen", session_id), session_id)
+        self._tell_every_worker(ReopenSession(session_id), session_id)
 
-    def _tell_every_worker(self, message: tuple, session_id: str) -> None:
+    def _tell_every_worker(self, message: ToWorker, session_id: str) -> None:
         """Send `message` about a session to every live worker and wait until each has
-        answered ("ended"/"reopened") or died."""
+        answered (SessionEnded, SessionReopened) or died."""
         with self._changed:
             self._ended[session_id] = set()
             workers = [w for w in self._workers if not w.dead and w.restart_at is None]
@@ -314,8 +334,8 @@ class DataWorkerPool:
             while len(self._ended[session_id]) < len(workers):
                 if time.monotonic() > deadline:
                     log.error(
-                        "data workers did not answer %r for session %s in %.0f s",
-                        message[0],
+                        "data workers did not answer %s for session %s in %.0f s",
+                        type(message).__name__,
                         session_id,
                         END_TIMEOUT_SECONDS,
                     )
@@ -333,7 +353,7 @@ class DataWorkerPool:
             workers = list(self._workers)
         for worker in workers:
             with contextlib.suppress(OSError, EOFError, ValueError):
-                worker.pipe.send(("stop", grace))
+                worker.pipe.send(StopWorker(grace))
         for worker in workers:
             worker.process.join(grace + 5)
             if worker.process.is_alive():

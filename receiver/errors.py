@@ -80,3 +80,12 @@ def check_owner(owner: tuple[bytes, ...] | None, context: grpc.ServicerContext) 
     another trusted client holding the token still cannot use it (control calls or streams)."""
     if owner is not None and peer_identities(context) != owner:
         raise ReceiverError(Reason.WRONG_SESSION, "session was prepared by another client certificate; refused")
+
+
+def refusal_for_state(state: str, expired_after: float) -> ReceiverError:
+    """Why a batch or stream of a session that is no longer active is refused."""
+    if state == "expired":
+        return ReceiverError(
+            Reason.EXPIRED, f"session expired after {expired_after:g} s without traffic; its destination was dropped"
+        )
+    return ReceiverError(Reason.NOT_ACTIVE, f"session is {state}; no more pages accepted")

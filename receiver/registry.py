@@ -10,7 +10,6 @@ seen yet.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
@@ -31,7 +30,8 @@ from livemig.receiver import metrics
 from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES
 from livemig.receiver.errors import Reason, ReceiverError, os_error_text
 from livemig.receiver.session import Session, SessionState
-from livemig.receiver.writer import session_write_mode
+from livemig.receiver.session_record import record_name
+from livemig.receiver.write_mode import session_write_mode
 
 # Finished sessions are remembered (without their memory) so that a late batch
 # gets "session is completed" rather than "unknown session".
@@ -49,7 +49,7 @@ class ReceiverLimits:
     idle_timeout_seconds: float = 60.0
     data_workers: int = 0  # 0: one per core
     max_streams_per_worker: int = 128
-    write_mode: str = "auto"  # receiver/writer.WriteMode: auto, pwrite or mapped
+    write_mode: str = "auto"  # receiver/write_mode.WriteMode: auto, pwrite or mapped
     max_unsettled_batches: int = DEFAULT_MAX_UNSETTLED_BATCHES  # receiver/batch_ids.py
 
 
@@ -112,11 +112,6 @@ def private_state_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{STATE_PREFIX}{os.getpid()}-", dir=parent))
 
 
-def record_name(token: str) -> str:
-    """A session record's file name: a hash, so the token itself is never stored."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 class SessionRegistry:
     def __init__(
         self,
@@ -128,8 +123,8 @@ class SessionRegistry:
         self.memory_dir = memory_dir
         self.limits = limits or ReceiverLimits()
         self.max_batch_bytes = self.limits.max_batch_bytes
-        # Set by the Receiver (writer.usable_write_mode; its data workers); each session's
-        # mode follows from them and the sender's connections (writer.session_write_mode).
+        # Set by the Receiver (write_mode.usable_write_mode; its data workers); each session's
+        # mode follows from them and the sender's connections (write_mode.session_write_mode).
         self.write_mode = self.limits.write_mode
         self.data_workers = 1
         # Private to the receiver: received-pages maps and session records.

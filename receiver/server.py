@@ -14,19 +14,19 @@ from pathlib import Path
 from grpc_health.v1 import health_pb2
 
 from livemig.common.fd_limit import raise_open_file_limit
-from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.tls import INSECURE, Security
+from livemig.common.transfer_rpc import RECEIVER_SERVICE
 from livemig.common.transport import ServiceHost, message_limit
 from livemig.common.worker_processes import start_fork_server, usable_cores
 from livemig.receiver.data_worker import PRELOAD, WorkerSpec
 from livemig.receiver.data_workers import DataWorkerPool
 from livemig.receiver.registry import ReceiverLimits, SessionRegistry
 from livemig.receiver.service import ReceiverService
-from livemig.receiver.writer import usable_write_mode
+from livemig.receiver.write_mode import usable_write_mode
 
 log = logging.getLogger("livemig.receiver")
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Receiver"].full_name
+SERVICE_NAME = RECEIVER_SERVICE
 CONTROL_WORKERS = 32  # unary control calls only: page streams go to the data workers
 
 

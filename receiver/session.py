@@ -31,18 +31,12 @@ from livemig.common.guest_memory import LayoutError, MemoryLayout, RegionFile
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import DecodedBatch
 from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES
-from livemig.receiver.errors import Reason, ReceiverError, os_error_text, storage_error
+from livemig.receiver.errors import Reason, ReceiverError, os_error_text, refusal_for_state, storage_error
 from livemig.receiver.ledger import SessionLedger
+from livemig.receiver.session_record import ACTIVE, RecordRegion, SessionRecord
 from livemig.receiver.shared_batch_ids import create_table
-from livemig.receiver.writer import (
-    ACTIVE,
-    RecordRegion,
-    SessionRecord,
-    SessionWriter,
-    WriteMode,
-    file_write_mode,
-    refusal_for_state,
-)
+from livemig.receiver.write_mode import WriteMode, file_write_mode
+from livemig.receiver.writer import SessionWriter
 
 
 class SessionState(enum.Enum):

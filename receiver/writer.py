@@ -12,17 +12,12 @@ Ordering across processes needs no lock: a page's flag is set before its batch
 is acknowledged, and the sender names a page in a zero record only in a later
 iteration, after every acknowledgement of the earlier one (its barrier).
 
-Two ways to write (the control process picks one per session, see WriteMode):
-pwrite(2) costs the least CPU, but on tmpfs a write holds the file's inode lock
-for the whole copy and page allocation, so the workers of one session write one at
-a time (they take turns on a sleeping lock, receiver/write_turns.py, rather than
-spin on that one): on a 16-core host the receiver stopped at ~2.1 GiB/s whatever
-the number of connections. Stores through a shared mapping fault pages in under the page lock
-only, so workers write in parallel (benchmarks/dest_writes.py measures both); the
-kernel clears each new page before the copy, which is why pwrite stays the choice
-where there are few workers. A range's pages are allocated first with
-madvise(MADV_POPULATE_WRITE), which reports a full tmpfs or an empty huge-page pool
-as an error (turned into ENOSPC) where a plain store would raise SIGBUS.
+Two ways to write, one per session (receiver/write_mode.py says which and why):
+pwrite(2), with the session's writers taking turns per file on a sleeping lock
+(receiver/write_turns.py), or stores through a shared mapping. A range's pages are
+allocated first with madvise(MADV_POPULATE_WRITE), which reports a full tmpfs or
+an empty huge-page pool as an error (turned into ENOSPC) where a plain store
+would raise SIGBUS.
 """
 
 from __future__ import annotations
@@ -33,134 +28,20 @@ import itertools
 import mmap
 import operator
 import os
-import pickle
 import threading
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from livemig.common.wire import DecodedBatch
-from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES
-from livemig.receiver.errors import Reason, ReceiverError, storage_error
+from livemig.receiver.errors import Reason, ReceiverError, refusal_for_state, storage_error
+from livemig.receiver.session_record import ACTIVE, SessionRecord
 from livemig.receiver.shared_batch_ids import SharedBatchIds, Verdict
+from livemig.receiver.write_mode import MADV_POPULATE_WRITE, WriteMode
 from livemig.receiver.write_turns import WriteTurns
 
 _ZERO_BLOCK = bytes(1 << 20)
-MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14; the constant is in Python 3.13
-
-ACTIVE = "active"
 # Up to this many ranges a batch's pages are flagged received range by range.
 FEW_RANGES = 8
-
-
-class WriteMode:
-    """How data workers write destination memory (see the module docstring)."""
-
-    AUTO = "auto"
-    PWRITE = "pwrite"
-    MAPPED = "mapped"  # (cli/main.py lists the three for --write-mode)
-    # From this many writers at once (data workers a session's streams land on), stores
-    # through a mapping outrun pwrite writers taking turns (benchmarks/dest_writes.py).
-    MAPPED_FROM_WORKERS = 3
-
-
-def mapped_writes_supported() -> bool:
-    """Can this kernel populate a shared mapping (MADV_POPULATE_WRITE)? Without it a
-    full tmpfs would kill a worker with SIGBUS instead of failing one batch."""
-    try:
-        with mmap.mmap(-1, mmap.PAGESIZE) as probe:
-            probe.madvise(MADV_POPULATE_WRITE, 0, mmap.PAGESIZE)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def usable_write_mode(preferred: str) -> str:
-    """--write-mode as this kernel allows it (checked once, at start): auto without
-    MADV_POPULATE_WRITE is pwrite; mapped without it is an error."""
-    if preferred == WriteMode.PWRITE or mapped_writes_supported():
-        return preferred
-    if preferred == WriteMode.MAPPED:
-        raise RuntimeError("mapped writes need madvise(MADV_POPULATE_WRITE), Linux 5.14 or later")
-    return WriteMode.PWRITE
-
-
-def session_write_mode(mode: str, data_workers: int, connections: int) -> str:
-    """One session's write mode. Its streams spread over the data workers, so
-    min(workers, connections) of them write at once; from MAPPED_FROM_WORKERS
-    writers on, parallel stores beat one pwrite writer at a time. A sender that
-    does not say its connections (0) is taken to use every worker."""
-    if mode != WriteMode.AUTO:
-        return mode
-    writers = min(data_workers, connections) if connections else data_workers
-    return WriteMode.MAPPED if writers >= WriteMode.MAPPED_FROM_WORKERS else WriteMode.PWRITE
-
-
-def file_write_mode(preferred: str, fd: int) -> str:
-    """`preferred`, unless the file takes no write(2) at all (hugetlbfs): then mapped."""
-    if preferred == WriteMode.PWRITE:
-        try:
-            os.pwrite(fd, b"", 0)
-        except OSError as error:
-            if error.errno == errno.EINVAL and mapped_writes_supported():
-                return WriteMode.MAPPED
-            raise
-    return preferred
-
-
-@dataclass(frozen=True, slots=True)
-class RecordRegion:
-    gpa: int
-    length: int
-    path: str  # the destination file
-    first_page: int  # where its pages start in the session's received-pages map
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRecord:
-    """What every process needs to serve a session; written by the control process only.
-
-    Stored under the receiver's private state folder, named by a hash of the token
-    (the token itself is not stored), so a data worker that has not seen the
-    session yet (or was restarted) finds it without asking the control process.
-    """
-
-    session_id: str
-    migration_id: str
-    owner: tuple[bytes, ...] | None  # certificate identities of the preparing client (mutual TLS)
-    page_size: int
-    max_batch_bytes: int
-    regions: tuple[RecordRegion, ...]
-    state: str = ACTIVE  # or completed / aborted / expired
-    expired_after: float = 0.0
-    write_mode: str = WriteMode.PWRITE
-    max_unsettled_batches: int = DEFAULT_MAX_UNSETTLED_BATCHES  # receiver/batch_ids.py
-    # One byte per page of every region (has a batch written data there?), one file a session.
-    received_map: str = ""
-    batch_ids: str = ""  # the ids its workers wrote (receiver/shared_batch_ids.py)
-
-    @property
-    def total_pages(self) -> int:
-        return sum(r.length // self.page_size for r in self.regions)
-
-    def dump(self, path: Path) -> None:
-        """Atomically (write, then rename): a reader sees the old record or the new one."""
-        partial = path.with_suffix(".partial")
-        partial.write_bytes(pickle.dumps(self))
-        os.replace(partial, path)
-
-    @staticmethod
-    def load(path: Path) -> SessionRecord:
-        return pickle.loads(path.read_bytes())
-
-
-def refusal_for_state(state: str, expired_after: float) -> ReceiverError:
-    if state == "expired":
-        return ReceiverError(
-            Reason.EXPIRED, f"session expired after {expired_after:g} s without traffic; its destination was dropped"
-        )
-    return ReceiverError(Reason.NOT_ACTIVE, f"session is {state}; no more pages accepted")
 
 
 class SessionWriter:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from livemig.common.guest_memory import MemoryLayout
-from livemig.common.ranges import MemoryRange
 from livemig.common.wire import GRPC_MESSAGE_PREFIX, FrameInPlace, encode_batch
 from livemig.common.zeropages import (
     EMPTY_RANGES,
@@ -31,7 +30,7 @@ from livemig.common.zeropages import (
     scan_guest_range,
     scan_pages,
 )
-from livemig.sender.stats import ChunkOutcome
+from livemig.sender.chunks import Chunk, ChunkOutcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,32 +42,6 @@ class TransferPlan:
     page_size: int
     chunk_bytes: int
     skip_zero_pages: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One chunk to send: ranges of at most chunk_bytes in all, sent as one batch.
-
-    chunk_id is the batch id: a chunk that is prepared again (its connection
-    process died) goes out under the same id with the next attempt number. Its
-    pages are read again and a running guest may have changed them (a page now
-    zero, another not), so the receiver writes the later attempt over the earlier
-    and counts only the latest, as the sender does (it counts acknowledged
-    chunks). With zero_records, its zero pages go out as zero ranges: pages that
-    may have held data the destination already has (later iterations).
-    settled_below: every chunk id below it was acknowledged when this chunk was
-    handed out (PageBatch.settled_below; the receiver forgets those ids).
-    """
-
-    chunk_id: int
-    ranges: tuple[MemoryRange, ...]
-    zero_records: bool
-    attempt: int = 0
-    settled_below: int = 0
-
-    @property
-    def length(self) -> int:
-        return sum(r.length for r in self.ranges)
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from livemig.common.worker_processes import usable_cores, worker_context
+from livemig.sender.connection_messages import Exit
 from livemig.sender.connection_process import PRELOAD, run_connection
 
 IDLE_SECONDS = 120.0
@@ -140,7 +141,7 @@ class ConnectionPool:
 
     def _retire(self, worker: PooledProcess) -> None:
         with contextlib.suppress(OSError, EOFError, ValueError):
-            worker.pipe.send(("exit",))
+            worker.pipe.send(Exit())
         worker.process.join(EXIT_SECONDS)
         self._end(worker)
 

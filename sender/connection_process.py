@@ -9,16 +9,7 @@ and timings), log records and a final word out. Page data never does.
 Connection processes live in a pool (sender/connection_pool.py) and serve one
 migration's connection at a time, so a migration does not pay for starting them.
 
-Messages on the pipe (tuples):
-  parent -> child: ("begin", ConnectionSpec), then
-                   ("chunk", chunk_id, ranges (n x 2 uint64 array), zero_records, attempt,
-                    settled_below) | ("close",)
-                   | ("stop",);
-                   ("exit",) between migrations
-  child -> parent: ("done", ChunkReport) | ("log", ...), then ("finished", reconnects) or
-                   ("failed", kind, message, gRPC status name) ends the migration's part
-A closed pipe means the other side died: the child stops, the parent treats the
-connection as broken.
+The messages on the pipe are in sender/connection_messages.py.
 """
 
 from __future__ import annotations
@@ -31,7 +22,6 @@ import os
 import queue
 import sys
 import threading
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -39,39 +29,31 @@ import numpy as np
 from livemig.common.allocator import recycle_large_blocks, release_free_memory
 from livemig.common.guest_memory import LayoutError, MemoryLayout, open_source_layout
 from livemig.common.ranges import MemoryRange
-from livemig.common.tls import Security
 from livemig.common.transport import channel_options
-from livemig.common.worker_processes import PipeSender, ignore_stop_signals, log_through_parent
-from livemig.sender.batch_builder import BatchBuilder, Chunk, TransferPlan
-from livemig.sender.stream import ChunkReport, ConnectionStream, SourceReadFailed, TransferFailed
+from livemig.common.worker_processes import PipeSender, UnknownMessage, ignore_stop_signals, log_through_parent
+from livemig.sender.batch_builder import BatchBuilder, TransferPlan
+from livemig.sender.chunks import Chunk, ChunkReport
+from livemig.sender.connection_messages import (
+    Begin,
+    ChunkDone,
+    Close,
+    ConnectionFailure,
+    ConnectionSpec,
+    Exit,
+    Failed,
+    FailureKind,
+    Finished,
+    FromConnection,
+    SendChunk,
+    SourceRegion,
+    Stop,
+    ToConnection,
+)
+from livemig.sender.stream import ConnectionStream, SourceReadFailed, TransferFailed
 
 log = logging.getLogger("livemig.sender")
 
 PRELOAD = ["livemig.sender.connection_process"]
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRegion:
-    """A guest memory file as the migration process opened it (device and inode pin it)."""
-
-    gpa: int
-    path: str
-    device: int
-    inode: int
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionSpec:
-    """Everything a connection process needs, picklable."""
-
-    index: int
-    endpoint: str
-    security: Security
-    session_token: str
-    regions: tuple[SourceRegion, ...]
-    page_size: int
-    chunk_bytes: int
-    skip_zero_pages: bool
 
 
 def source_regions(layout: MemoryLayout) -> tuple[SourceRegion, ...]:
@@ -94,27 +76,41 @@ def open_pinned_layout(regions: tuple[SourceRegion, ...], page_size: int) -> Mem
 
 
 class _PipeReporter:
-    def __init__(self, sender: PipeSender) -> None:
-        self.sender = sender
+    """The stream's ChunkReporter: each chunk's report goes to the migration process."""
+
+    def __init__(self, to_parent: PipeSender) -> None:
+        self.to_parent = to_parent
 
     def chunk_done(self, report: ChunkReport) -> None:
-        self.sender.send(("done", report))
+        self.to_parent.send(ChunkDone(report))
 
 
-def describe_error(error: BaseException) -> tuple[str, str, str]:
-    """(kind, message, gRPC status name or "") of a connection's failure, picklable."""
+# The failures a connection expects (each a FailureKind); anything else is a bug.
+_EXPECTED_FAILURES: tuple[tuple[type[BaseException], FailureKind], ...] = (
+    (TransferFailed, FailureKind.TRANSFER),
+    (SourceReadFailed, FailureKind.SOURCE_READ),
+    (LayoutError, FailureKind.LAYOUT),
+    (grpc.RpcError, FailureKind.RECEIVER),
+    (OSError, FailureKind.OS),
+)
+
+
+def describe_failure(error: BaseException) -> ConnectionFailure:
+    """A connection's failure as a picklable value: kind, text and the gRPC status behind it."""
+    kind = next((kind for cls, kind in _EXPECTED_FAILURES if isinstance(error, cls)), FailureKind.INTERNAL)
     cause = error if isinstance(error, grpc.RpcError) else error.__cause__
-    code = cause.code().name if isinstance(cause, grpc.RpcError) else ""
+    status = cause.code().name if isinstance(cause, grpc.RpcError) else ""
     message = (error.details() or "") if isinstance(error, grpc.RpcError) else str(error)
-    return type(error).__name__, message, code
+    return ConnectionFailure(kind, message, status)
 
 
-class _Session:
-    """One migration's connection inside a (reused) connection process."""
+class _ConnectionRun:
+    """One migration's connection inside a (reused) connection process: its thread runs
+    the stream, the process's main loop feeds it messages."""
 
-    def __init__(self, spec: ConnectionSpec, sender: PipeSender) -> None:
+    def __init__(self, spec: ConnectionSpec, to_parent: PipeSender) -> None:
         self.spec = spec
-        self.sender = sender
+        self.to_parent = to_parent
         self.stop = threading.Event()
         self.inbox: queue.Queue[Chunk | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name=f"connection-{spec.index}", daemon=True)
@@ -124,16 +120,17 @@ class _Session:
     def running(self) -> bool:
         return self.thread.is_alive()
 
-    def handle(self, message: tuple) -> None:
-        kind = message[0]
-        if kind == "chunk":
-            _kind, chunk_id, table, zero_records, attempt, settled_below = message
-            ranges = tuple(MemoryRange(gpa, length) for gpa, length in np.asarray(table).tolist())
-            self.inbox.put(Chunk(chunk_id, ranges, zero_records, attempt, settled_below))
-        elif kind == "close":
-            self.inbox.put(None)
-        elif kind == "stop":
-            self.stop.set()
+    def handle(self, message: SendChunk | Close | Stop) -> None:
+        match message:
+            case SendChunk(chunk_id, table, zero_records, attempt, settled_below):
+                ranges = tuple(MemoryRange(gpa, length) for gpa, length in np.asarray(table).tolist())
+                self.inbox.put(Chunk(chunk_id, ranges, zero_records, attempt, settled_below))
+            case Close():
+                self.inbox.put(None)
+            case Stop():
+                self.stop.set()
+            case _:
+                raise UnknownMessage(message)
 
     def _run(self) -> None:
         spec = self.spec
@@ -149,22 +146,23 @@ class _Session:
                 spec.session_token,
                 BatchBuilder(plan),
                 self.inbox,
-                _PipeReporter(self.sender),
+                _PipeReporter(self.to_parent),
                 self.stop,
             )
             stream.run()
-            outcome: tuple = ("finished", stream.reconnects)
+            outcome: FromConnection = Finished(stream.reconnects)
         except BaseException as error:
-            if not isinstance(error, (TransferFailed, SourceReadFailed, LayoutError, OSError, grpc.RpcError)):
+            failure = describe_failure(error)
+            if failure.kind is FailureKind.INTERNAL:
                 log.exception("connection %d failed", spec.index)
-            outcome = ("failed", *describe_error(error))
+            outcome = Failed(failure)
         finally:
             if channel is not None:
                 channel.close()
             if layout is not None:
                 layout.close()
             wipe_text(spec.session_token)  # this process serves other migrations next
-        self.sender.send(outcome)  # the last word of this migration: the pool may reuse us now
+        self.to_parent.send(outcome)  # the last word of this migration: the pool may reuse us now
         # gRPC calls and generators leave reference cycles holding frames: collect them and
         # give the memory back (after the last word, off the migration's critical path).
         gc.collect()
@@ -198,28 +196,39 @@ def run_connection(log_level: int, pipe) -> None:
     """Process entry point (started by the connection pool through the fork server).
 
     A connection process serves one migration's connection at a time and then waits
-    for the next ("begin", ConnectionSpec); messages that arrive between migrations
-    (a late "stop" or "close") are ignored. ("exit",) or a closed pipe ends it.
+    for the next Begin; messages that arrive between migrations (a late Stop or
+    Close) are ignored. Exit or a closed pipe ends it.
     """
     ignore_stop_signals()
     not_dumpable()
     recycle_large_blocks()  # one heap, frames reused; trimmed after each migration
-    sender = PipeSender(pipe)
-    log_through_parent(sender, log_level)
-    session: _Session | None = None
+    to_parent = PipeSender(pipe)
+    log_through_parent(to_parent, log_level)
+    run: _ConnectionRun | None = None
     while True:
         try:
-            message = pipe.recv()
+            message: ToConnection = pipe.recv()
         except (EOFError, OSError):
             break  # the sender is gone
-        kind = message[0]
-        if kind == "begin":
-            session = _Session(message[1], sender)
-        elif kind == "exit":
+        if isinstance(message, Exit):
             break
-        elif session is not None and session.running:
-            session.handle(message)
-    if session is not None and session.running:
-        session.stop.set()
-        session.thread.join(10)
+        run = serve(message, run, to_parent)
+    if run is not None and run.running:
+        run.stop.set()
+        run.thread.join(10)
     pipe.close()
+
+
+def serve(message: ToConnection, run: _ConnectionRun | None, to_parent: PipeSender) -> _ConnectionRun | None:
+    """Handle one message from the migration process; returns the migration run now served."""
+    match message:
+        case Begin(spec):
+            return _ConnectionRun(spec, to_parent)
+        case SendChunk() | Close() | Stop():
+            if run is not None and run.running:
+                run.handle(message)
+            return run
+        case Exit():
+            return run  # the caller ends the process
+        case _:
+            raise UnknownMessage(message)

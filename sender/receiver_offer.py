@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from livemig.sender.connection_process import ConnectionSpec
+from livemig.sender.connection_messages import ConnectionSpec
 
 # The smallest batch a livemig receiver announces (its --max-batch-bytes floor: one
 # 4 KiB page). Below it every page costs a round trip of its own, or several.

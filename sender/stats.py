@@ -16,30 +16,10 @@ import bisect
 import threading
 import time
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING
 
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.sender import metrics
-
-if TYPE_CHECKING:
-    from livemig.sender.stream import ChunkReport
-
-
-@dataclass(slots=True)
-class ChunkOutcome:
-    """What one connection worker did with one chunk of guest memory."""
-
-    chunk_bytes: int = 0  # bytes of guest memory prepared (read and, with skipping, scanned)
-    scanned_bytes: int = 0
-    zero_bytes: int = 0
-    zero_pages: int = 0
-    normal_pages: int = 0
-    transmitted_bytes: int = 0
-    wire_bytes: int = 0
-    batches: int = 0
-    zeroed_bytes: int = 0  # zero-range records sent
-    scan_seconds: float = 0.0
-
+from livemig.sender.chunks import ChunkOutcome, ChunkReport
 
 _OUTCOME_FIELDS = tuple(f.name for f in fields(ChunkOutcome))
 

@@ -30,14 +30,14 @@ import grpc
 
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.read_ahead import ReadAhead
+from livemig.common.retry_budget import RetryBudget
+from livemig.common.transfer_rpc import SESSION_METADATA, TRANSFER_METHOD
 from livemig.common.wire import GRPC_MESSAGE_PREFIX
-from livemig.sender.batch_builder import BatchBuilder, BuiltBatch, Chunk
-from livemig.sender.stats import ChunkOutcome
+from livemig.sender.batch_builder import BatchBuilder, BuiltBatch
+from livemig.sender.chunks import Chunk, ChunkOutcome, ChunkReport
 
 log = logging.getLogger("livemig.sender")
 
-TRANSFER_METHOD = "/livemig.v1.Receiver/TransferPages"
-SESSION_METADATA = "livemig-session"
 WINDOW_BATCHES = 4
 _POLL_SECONDS = 0.2
 
@@ -56,9 +56,7 @@ RETRY_BACKOFF_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
 ACK_TIMEOUT_SECONDS = 10.0
 MIN_ACK_RATE_BYTES_PER_SECOND = 128 << 10
 # Give up once a connection has been failing for this long without progress, however
-# it fails. Timed from its first failure since the last progress, not from the last
-# acknowledgement: on a slow link a minute between acknowledgements is normal, and a
-# stream that breaks then still deserves its reconnects.
+# it fails (common/retry_budget.py: timed from the first failure since the last progress).
 RETRY_BUDGET_SECONDS = 30.0
 
 
@@ -74,19 +72,6 @@ class TransferFailed(Exception):
 
 class SourceReadFailed(Exception):
     """Reading guest memory failed (e.g. a memory file shrank): fatal, not a network fault."""
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkReport:
-    """What the owner of statistics learns about one chunk, once."""
-
-    connection: int
-    chunk_id: int
-    outcome: ChunkOutcome
-    sent_at: float | None  # time.monotonic() when its batch first went to a stream (None: no batch)
-    acked_at: float | None
-    resent_wire_bytes: int = 0
-    resends: int = 0
 
 
 class ChunkReporter(Protocol):
@@ -155,8 +140,7 @@ class ConnectionStream:
     def _stream_with_retries(self) -> None:
         """One stream at a time; when a connection breaks, a new stream resends every
         unacknowledged batch, up to MAX_RETRIES times in a row without progress."""
-        failures = 0
-        failing_since = 0.0
+        budget = RetryBudget(MAX_RETRIES, RETRY_BUDGET_SECONDS)
         while True:
             try:
                 self._stream(self._epoch)
@@ -169,15 +153,13 @@ class ConnectionStream:
                 progressed = getattr(error, "livemig_progressed", False)
                 if error.code() not in RETRIABLE:
                     raise
-                failures = 1 if progressed else failures + 1
+                if progressed:
+                    budget.progressed()
                 now = time.monotonic()
-                if failures == 1 or self._last_progress > failing_since:
-                    failing_since = now  # the first failure since the last progress
-                stalled = now - failing_since
-                if failures > MAX_RETRIES or stalled > RETRY_BUDGET_SECONDS:
+                if budget.failed(now, self._last_progress):
                     raise TransferFailed(
                         f"connection {self.index} lost: {error.code().name}: {error.details()} "
-                        f"({failures - 1} reconnects, failing for {stalled:.0f} s without progress)"
+                        f"({budget.failures - 1} reconnects, failing for {budget.stalled(now):.0f} s without progress)"
                     ) from error
                 with self._lock:
                     self._epoch += 1
@@ -191,11 +173,11 @@ class ConnectionStream:
                     self.index,
                     error.code().name,
                     error.details(),
-                    failures,
+                    budget.failures,
                     MAX_RETRIES,
                     pending,
                 )
-                if self.stop.wait(RETRY_BACKOFF_SECONDS[min(failures, len(RETRY_BACKOFF_SECONDS)) - 1]):
+                if self.stop.wait(RETRY_BACKOFF_SECONDS[min(budget.failures, len(RETRY_BACKOFF_SECONDS)) - 1]):
                     return
 
     def _stream(self, epoch: int) -> None:

@@ -37,13 +37,25 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from livemig.common.ranges import MemoryRange, RangeTable
-from livemig.common.worker_processes import LOG_MESSAGE, read_reports, relog
+from livemig.common.retry_budget import RetryBudget
+from livemig.common.worker_processes import UnknownMessage, WorkerLog, read_reports, relog
 from livemig.sender.batch_builder import Chunk
+from livemig.sender.connection_messages import (
+    Begin,
+    ChunkDone,
+    Close,
+    ConnectionSpec,
+    Failed,
+    Finished,
+    FromConnection,
+    SendChunk,
+    Stop,
+    ToConnection,
+)
 from livemig.sender.connection_pool import ConnectionPool, PooledProcess, default_pool
-from livemig.sender.connection_process import ConnectionSpec
 from livemig.sender.receiver_offer import check_offer
 from livemig.sender.stats import MigrationStats
-from livemig.sender.stream import MAX_RETRIES, RETRY_BUDGET_SECONDS, WINDOW_BATCHES, ChunkReport
+from livemig.sender.stream import MAX_RETRIES, RETRY_BUDGET_SECONDS, WINDOW_BATCHES
 
 log = logging.getLogger("livemig.sender")
 
@@ -82,9 +94,8 @@ class _Connection:
     outstanding: dict[int, Chunk] = field(default_factory=dict)
     finished: bool = False
     failed: bool = False
-    restarts: int = 0  # deaths in a row without progress
-    last_progress: float = field(default_factory=time.monotonic)
-    failing_since: float = 0.0  # the first death since the last progress
+    # Deaths in a row without progress: the same budget as a stream's reconnects.
+    restarts: RetryBudget = field(default_factory=lambda: RetryBudget(MAX_RETRIES, RETRY_BUDGET_SECONDS))
 
 
 class TransferPool:
@@ -118,7 +129,7 @@ class TransferPool:
     def _start(self, index: int, spec: ConnectionSpec | None = None) -> _Connection:
         worker = self._processes.acquire()
         if spec is not None:
-            worker.pipe.send(("begin", spec))
+            worker.pipe.send(Begin(spec))
         return _Connection(index, spec, worker)
 
     def begin(self, specs: list[ConnectionSpec]) -> None:
@@ -129,21 +140,16 @@ class TransferPool:
         with self._changed:
             for connection, spec in zip(self._connections, specs, strict=True):
                 connection.spec = spec
-                self._send(connection, ("begin", spec))
+                self._send(connection, Begin(spec))
 
     def _restart(self, connection: _Connection) -> None:
         """A connection process died: start another and give it the dead one's chunks."""
-        connection.restarts += 1
-        now = time.monotonic()
-        if connection.restarts == 1:
-            connection.failing_since = now  # as sender/stream.py: the budget runs from the first failure
-        stalled = now - connection.failing_since
         index = connection.index
-        if connection.restarts > MAX_RETRIES or stalled > RETRY_BUDGET_SECONDS:
+        if connection.restarts.failed(time.monotonic()):
             self._fail(
                 ConnectionFailed(
                     f"connection {index}: its process died (exit code {connection.process.exitcode}) "
-                    f"{connection.restarts} times without progress",
+                    f"{connection.restarts.failures} times without progress",
                     "UNAVAILABLE",
                 )
             )
@@ -152,7 +158,7 @@ class TransferPool:
             "connection %d: process died (exit code %s); restarting it (try %d of %d), resending %d chunks",
             index,
             connection.process.exitcode,
-            connection.restarts,
+            connection.restarts.failures,
             MAX_RETRIES,
             len(connection.outstanding),
             extra=self._log_extra,
@@ -167,7 +173,7 @@ class TransferPool:
                 connection.outstanding[chunk_id] = again
                 self._send_chunk(connection, again)
             if self._closing:
-                self._send(connection, ("close",))
+                self._send(connection, Close())
 
     # -- reports -------------------------------------------------------------------
 
@@ -183,30 +189,29 @@ class TransferPool:
             if self.stop.is_set() and not stop_sent:
                 stop_sent = True
                 for connection in live:
-                    self._send(connection, ("stop",))
+                    self._send(connection, Stop())
             read_reports(live, self._handle, self._died, _POLL_SECONDS)
 
-    def _handle(self, connection: _Connection, message: tuple) -> None:
-        kind = message[0]
-        if kind == "done":
-            report: ChunkReport = message[1]
-            self.stats.add_chunk(report)
-            with self._changed:
-                connection.outstanding.pop(report.chunk_id, None)
-                connection.last_progress = time.monotonic()
-                connection.restarts = 0
-                self._changed.notify_all()
-        elif kind == LOG_MESSAGE:
-            relog(message, self._log_extra)
-        elif kind == "finished":
-            with self._changed:
-                connection.finished = True
-                self._changed.notify_all()
-        elif kind == "failed":
-            _kind, _name, text, code = message
-            with self._changed:
-                connection.failed = True
-            self._fail(ConnectionFailed(text, code))
+    def _handle(self, connection: _Connection, message: FromConnection) -> None:
+        match message:
+            case ChunkDone(report):
+                self.stats.add_chunk(report)
+                with self._changed:
+                    connection.outstanding.pop(report.chunk_id, None)
+                    connection.restarts.progressed()
+                    self._changed.notify_all()
+            case WorkerLog():
+                relog(message, self._log_extra)
+            case Finished():
+                with self._changed:
+                    connection.finished = True
+                    self._changed.notify_all()
+            case Failed(error):
+                with self._changed:
+                    connection.failed = True
+                self._fail(ConnectionFailed(error.message, error.status))
+            case _:
+                raise UnknownMessage(message)
 
     def _died(self, connection: _Connection) -> None:
         if connection.finished or connection.failed:
@@ -226,14 +231,14 @@ class TransferPool:
 
     # -- the iteration ---------------------------------------------------------------
 
-    def _send(self, connection: _Connection, message: tuple) -> None:
+    def _send(self, connection: _Connection, message: ToConnection) -> None:
         # A gone process: the reader notices its death and restarts it.
         with contextlib.suppress(OSError, EOFError, ValueError):
             connection.pipe.send(message)
 
     def _send_chunk(self, connection: _Connection, chunk: Chunk) -> None:
         table = np.array([(r.gpa, r.length) for r in chunk.ranges], dtype=np.uint64).reshape(-1, 2)
-        self._send(connection, ("chunk", chunk.chunk_id, table, chunk.zero_records, chunk.attempt, chunk.settled_below))
+        self._send(connection, SendChunk(chunk.chunk_id, table, chunk.zero_records, chunk.attempt, chunk.settled_below))
 
     def _settled_below(self, chunk_id: int) -> int:
         """The lowest chunk id not yet acknowledged, `chunk_id` (about to be handed out)
@@ -287,7 +292,7 @@ class TransferPool:
             self._changed.notify_all()
         for connection in connections:
             if connection.spec is not None:
-                self._send(connection, ("close",))
+                self._send(connection, Close())
         self._reader.join(JOIN_SECONDS)
         if self._reader.is_alive():
             self._abandoned = True

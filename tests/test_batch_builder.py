@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from livemig.common.guest_memory import MemoryLayout, open_source_layout
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import decode_batch
-from livemig.sender.batch_builder import BatchBuilder, Chunk, TransferPlan
+from livemig.sender.batch_builder import BatchBuilder, TransferPlan
+from livemig.sender.chunks import Chunk
 
 PAGE = 4096
 PAGES = 64

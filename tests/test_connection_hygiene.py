@@ -7,14 +7,15 @@ import subprocess
 import sys
 
 from livemig.common.tls import INSECURE
-from livemig.sender.connection_process import ConnectionSpec, _Session, wipe_text
+from livemig.sender.connection_messages import ConnectionSpec, Failed
+from livemig.sender.connection_process import _ConnectionRun, wipe_text
 
 
 class Words:
     def __init__(self) -> None:
-        self.sent: list[tuple] = []
+        self.sent: list[object] = []
 
-    def send(self, message: tuple) -> None:
+    def send(self, message: object) -> None:
         self.sent.append(message)
 
 
@@ -23,9 +24,9 @@ def test_the_token_of_a_finished_migration_is_wiped_in_place():
     copy = "".join(token)  # an equal string elsewhere, to compare with
     spec = ConnectionSpec(0, "127.0.0.1:1", INSECURE, token, (), 4096, 65536, False)
     words = Words()
-    session = _Session(spec, words)
-    session.thread.join(30)
-    assert words.sent and words.sent[-1][0] == "failed"  # no guest files: it ends at once
+    run = _ConnectionRun(spec, words)
+    run.thread.join(30)
+    assert words.sent and isinstance(words.sent[-1], Failed)  # no guest files: it ends at once
     assert token != copy and set(token) == {"\0"}  # the very string this process held
 
 

@@ -95,7 +95,7 @@ def expected_reasons(ranges, zero_ranges, payload_length) -> set[Reason]:
 
 @pytest.fixture(scope="module", params=["pwrite", "mapped"])
 def session(tmp_path_factory, request) -> Session:
-    """Both ways of writing destination memory (receiver/writer.WriteMode)."""
+    """Both ways of writing destination memory (receiver/write_mode.WriteMode)."""
     directory = tmp_path_factory.mktemp("fuzz")
     return Session.create(
         "id", "token", "fuzz", directory / "session", LAYOUT, PAGE, MAX_BATCH, write_mode=request.param

@@ -19,7 +19,7 @@ from livemig.cli.images import make_image
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.tls import INSECURE
-from livemig.sender.connection_process import ConnectionSpec
+from livemig.sender.connection_messages import ConnectionSpec
 from livemig.sender.receiver_offer import ReceiverOfferRefused, check_offer
 from tests.helpers import migrate
 

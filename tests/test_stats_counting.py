@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from livemig.sender.stats import BusyTime, ChunkOutcome, MigrationStats
-from livemig.sender.stream import ChunkReport
+from livemig.sender.chunks import ChunkOutcome, ChunkReport
+from livemig.sender.stats import BusyTime, MigrationStats
 
 
 @given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 50)), max_size=30))

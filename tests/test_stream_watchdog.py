@@ -14,8 +14,7 @@ import time
 import grpc
 import pytest
 
-from livemig.sender.batch_builder import Chunk
-from livemig.sender.stats import ChunkOutcome
+from livemig.sender.chunks import Chunk, ChunkOutcome
 from livemig.sender.stream import (
     ACK_TIMEOUT_SECONDS,
     MAX_RETRIES,

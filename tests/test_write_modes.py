@@ -1,4 +1,4 @@
-"""How the receiver writes destination memory: pwrite or a shared mapping (receiver/writer.py).
+"""How the receiver writes destination memory: pwrite or a shared mapping (receiver/write_mode.py, receiver/writer.py).
 
 The unit tests and fuzz tests of sessions run against both modes (their fixtures are
 parametrised), and so do the multi-process tests with two data workers. Here: which mode
@@ -17,9 +17,9 @@ import pytest
 from livemig.cli.images import make_image
 from livemig.cli.processes import ServiceProcess
 from livemig.common.proto import livemig_pb2 as pb
-from livemig.receiver import writer
+from livemig.receiver import write_mode, writer
 from livemig.receiver.registry import free_bytes
-from livemig.receiver.writer import (
+from livemig.receiver.write_mode import (
     WriteMode,
     file_write_mode,
     mapped_writes_supported,
@@ -47,7 +47,7 @@ def test_auto_picks_mapped_writes_from_three_concurrent_writers() -> None:
 
 def test_auto_is_pwrite_where_the_kernel_cannot_populate_mappings(monkeypatch) -> None:
     assert usable_write_mode(WriteMode.PWRITE) == WriteMode.PWRITE
-    monkeypatch.setattr(writer, "mapped_writes_supported", lambda: False)
+    monkeypatch.setattr(write_mode, "mapped_writes_supported", lambda: False)
     assert usable_write_mode(WriteMode.AUTO) == WriteMode.PWRITE
     with pytest.raises(RuntimeError, match=r"5\.14"):
         usable_write_mode(WriteMode.MAPPED)
