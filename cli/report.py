@@ -16,7 +16,7 @@ from typing import TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from livemig.cli.units import format_bytes
 from livemig.common.proto import livemig_pb2 as pb
@@ -38,7 +38,7 @@ def iteration_line(iteration: pb.IterationStats) -> str:
     label = "final" if iteration.final else f"iter {iteration.iteration}"
     return (
         f"{label:>8}: dirty {human_bytes(iteration.dirty_bytes)}, sent {human_bytes(iteration.transmitted_bytes)}"
-        f" (+{human_bytes(iteration.zeroed_bytes)} zeroed), skipped {human_bytes(iteration.zero_bytes)}"
+        f" (+{human_bytes(iteration.zeroed_bytes)} in zero records), skipped {human_bytes(iteration.zero_bytes)}"
         f" in {iteration.duration_ms} ms at {human_bytes(iteration.wire_bandwidth_bytes_per_second)}/s;"
         f" remaining {human_bytes(iteration.remaining_bytes)}, expected downtime {iteration.expected_downtime_ms} ms"
     )
@@ -65,10 +65,33 @@ def planned_bytes(status: pb.MigrationStatus) -> int:
     return status.stats.total_bytes + sum(i.dirty_bytes for i in list(status.iterations)[1:])
 
 
+def bar_fields(status: pb.MigrationStatus, wire_speed: float) -> dict[str, object]:
+    """What the bar shows. A one-pass migration: all memory processed so far. A live one:
+    the current iteration (its number, what is left of its dirty pages, the guest's dirty
+    rate), so a finished iteration reads as the next one starting, not "100 %, ETA 0"."""
+    stats = status.stats
+    state = f"{pb.MigrationState.Name(status.state).lower()} {status.phase}"
+    iterations = list(status.iterations)
+    if not status.live or not iterations:
+        total, done = planned_bytes(status), stats.processed_bytes
+        details = f"{human_bytes(done)} of {human_bytes(total)}, wire {human_bytes(wire_speed)}/s"
+        return {"description": state, "total": total or None, "completed": done, "details": details}
+    current = iterations[-1]
+    before = planned_bytes(status) - (current.dirty_bytes if current.iteration else stats.total_bytes)
+    total = current.dirty_bytes if current.iteration else stats.total_bytes
+    done = min(total, max(0, stats.processed_bytes - before))
+    left, dirty_rate = human_bytes(total - done), human_bytes(stats.dirty_rate_bytes_per_second)
+    details = f"{left} of {human_bytes(total)} left, dirty {dirty_rate}/s, wire {human_bytes(wire_speed)}/s"
+    label = "final" if current.final else f"iter {current.iteration}"
+    return {"description": f"{label} {status.phase}", "total": total or None, "completed": done, "details": details}
+
+
 @contextlib.contextmanager
-def progress(enabled: bool, show_iterations: bool = False) -> Iterator[Callable[[pb.MigrationStatus], None]]:
+def progress(
+    enabled: bool, show_iterations: bool = False, console: Console | None = None
+) -> Iterator[Callable[[pb.MigrationStatus], None]]:
     """Yields an on_update callback: a bar on stderr (when enabled), and one line per finished iteration."""
-    console = console_for(stderr=True)
+    console = console or console_for(stderr=True)
     printed = 0
 
     def print_iterations(status: pb.MigrationStatus) -> None:
@@ -85,32 +108,22 @@ def progress(enabled: bool, show_iterations: bool = False) -> Iterator[Callable[
         yield print_iterations
         return
     bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[done]} of {task.fields[planned]}, {task.fields[left]} left"),
-        TextColumn("wire {task.fields[wire]}/s"),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+        TextColumn("[bold]{task.description}", table_column=Column(min_width=14, no_wrap=True)),
+        BarColumn(bar_width=16, table_column=Column(min_width=10)),
+        TaskProgressColumn(table_column=Column(min_width=4, no_wrap=True)),
+        TextColumn("ETA", table_column=Column(min_width=3, no_wrap=True)),
+        TimeRemainingColumn(table_column=Column(min_width=7, no_wrap=True)),
+        # Details last: at 80 columns they are what gets cut, never the ETA.
+        TextColumn("{task.fields[details]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
         console=console,
         transient=True,
     )
-    task = bar.add_task("migrating", total=None, done="0 B", planned="?", left="?", wire=human_bytes(0))
+    task = bar.add_task("migrating", total=None, details="")
     wire = WireSpeed()
 
     def on_update(status: pb.MigrationStatus) -> None:
-        total = planned_bytes(status)
-        processed = status.stats.processed_bytes
-        bar.update(
-            task,
-            total=total or None,
-            completed=processed,
-            description=f"{pb.MigrationState.Name(status.state).lower()} {status.phase}",
-            done=human_bytes(processed),
-            planned=human_bytes(total),
-            left=human_bytes(max(0, total - processed)),
-            wire=human_bytes(wire.update(status.stats.wire_bytes)),
-        )
+        fields = bar_fields(status, wire.update(status.stats.wire_bytes))
+        bar.update(task, **fields)
         print_iterations(status)
 
     with bar:
@@ -138,7 +151,7 @@ def print_status(status: pb.MigrationStatus, console: Console | None = None) -> 
     if status.live:
         rows += [
             ("iterations", str(stats.iterations)),
-            ("zeroed after sending", human_bytes(stats.zeroed_bytes)),
+            ("zero records sent", human_bytes(stats.zeroed_bytes)),
             ("bandwidth for estimate", f"{human_bytes(stats.bandwidth_bytes_per_second)}/s ({stats.bandwidth_source})"),
             ("expected downtime", f"{stats.expected_downtime_ms} ms"),
         ]

@@ -9,7 +9,9 @@ from livemig.receiver.errors import Reason
 
 WRITTEN_BYTES = Counter("livemig_receiver_written_bytes", "Page payload bytes written into destination memory")
 ZEROED_BYTES = Counter(
-    "livemig_receiver_zeroed_bytes", "Bytes zeroed for zero-range records (pages zeroed after they were sent)"
+    "livemig_receiver_zeroed_bytes",
+    "Bytes the receiver cleared for zero-range records: only pages it had written before (a record "
+    "over a page it never wrote clears nothing). The sender's zeroed_bytes counts the records sent.",
 )
 BATCHES = Counter("livemig_receiver_batches", "Page batches accepted and written")
 REJECTED_BATCHES = Counter("livemig_receiver_rejected_batches", "Page batches refused, by reason", ["reason"])
