@@ -173,9 +173,12 @@ def test_every_panel_has_data_during_a_real_migration(prometheus, shm_dir):
                 )
             ).migration_id
             # One that fails (no receiver there) and a refused batch, for the outcome and rejection panels.
+            # Another guest's memory: a second migration of the running guest would be refused.
+            other = shm_dir / "other.img"
+            other.write_bytes(b"\1" * 4096)
             stub.StartMigration(
                 pb.StartMigrationRequest(
-                    destination="127.0.0.1:1", regions=[pb.GuestMemoryRegion(gpa=0, path=str(memory))]
+                    destination="127.0.0.1:1", regions=[pb.GuestMemoryRegion(gpa=0, path=str(other))]
                 )
             )
             import grpc
@@ -210,3 +213,19 @@ def test_shipped_prometheus_config_is_valid():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_figures_say_what_they_measure():
+    """The operator's findings: share of what was scanned, downtime and durations over the
+    dashboard's range (not since the start; no quantile one migration decides), rejections
+    as operations."""
+    panels = {panel["title"]: panel for panel in json.loads(DASHBOARD.read_text())["panels"]}
+    share = panels["Zero-page share (of pages scanned)"]["targets"][0]["expr"]
+    assert "livemig_sender_scanned_bytes_total" in share and "normal_pages" not in share
+    downtime = [
+        t["expr"] for t in panels["Downtime: expected vs measured"]["targets"] if "downtime_seconds_sum" in t["expr"]
+    ]
+    assert downtime and all("increase(" in expr and "[$__range]" in expr for expr in downtime)
+    durations = panels["Migration durations (how many took at most each bound)"]
+    assert durations["type"] == "bargauge" and "histogram_quantile" not in durations["targets"][0]["expr"]
+    assert panels["Receiver rejections by reason"]["fieldConfig"]["defaults"]["unit"] == "ops"
