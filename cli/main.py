@@ -23,7 +23,8 @@ import grpc
 from livemig.cli.options import Host, HostPort, name_envvars, tls_options
 from livemig.cli.units import Duration, Size
 from livemig.common.proto import livemig_pb2 as pb
-from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES
+from livemig.receiver.limits import ReceiverLimits
+from livemig.sender import defaults as sender_defaults
 
 MAX_CONNECTIONS = 128
 PAGE_SIZE = Size(min_bytes=4096, max_bytes=1 << 30)
@@ -138,30 +139,34 @@ def _metrics_options(command):
 @click.option(
     "--max-batch-bytes",
     type=Size(min_bytes=4096, max_bytes=64 << 20),
-    default="8M",  # common.transport.DEFAULT_MAX_BATCH_BYTES (tests/test_cli.py checks)
+    default=f"{ReceiverLimits().max_batch_bytes >> 20}M",
     show_default=True,
     help="Largest page payload one batch may carry (K/M/G).",
 )
 @click.option(
-    "--max-sessions", type=click.IntRange(1, 4096), default=16, show_default=True, help="Concurrent migrations."
+    "--max-sessions",
+    type=click.IntRange(1, 4096),
+    default=ReceiverLimits().max_sessions,
+    show_default=True,
+    help="Concurrent migrations.",
 )
 @click.option(
     "--max-destination-bytes",
     type=Size(),
-    default="0",
+    default=str(ReceiverLimits().max_destination_bytes),
     help="Guest memory all sessions together may hold, K/M/G/T (0: the free space of --memory-dir).",
 )
 @click.option(
     "--idle-timeout",
     type=Duration("s", min_seconds=0.1),
-    default="60s",
+    default=f"{ReceiverLimits().idle_timeout_seconds:g}s",
     show_default=True,
     help="How long a session may go without an open stream or a call before it is dropped (bare number: s).",
 )
 @click.option(
     "--data-workers",
     type=click.IntRange(0, 1024),
-    default=0,
+    default=ReceiverLimits().data_workers,
     show_default=True,
     help="Processes that serve page streams, each on a port of its own (0: one per core).",
 )
@@ -175,14 +180,14 @@ def _metrics_options(command):
 @click.option(
     "--max-streams-per-worker",
     type=click.IntRange(1, 4096),
-    default=128,
+    default=ReceiverLimits().max_streams_per_worker,
     show_default=True,
     help="Page streams one data worker serves at once; one more is refused (RESOURCE_EXHAUSTED).",
 )
 @click.option(
     "--write-mode",
     type=click.Choice(["auto", "pwrite", "mapped"]),
-    default="auto",
+    default=ReceiverLimits().write_mode,
     show_default=True,
     help="How data workers write destination memory: pwrite (least CPU, but one writer at a time per "
     "tmpfs file), mapped (a shared mapping: workers write in parallel; hugetlbfs needs it); "
@@ -191,7 +196,7 @@ def _metrics_options(command):
 @click.option(
     "--max-unsettled-batches",
     type=click.IntRange(64, 1 << 24),
-    default=DEFAULT_MAX_UNSETTLED_BATCHES,
+    default=ReceiverLimits().max_unsettled_batches,
     show_default=True,
     help="Batch ids a session may send ahead of the oldest one it has not settled (the receiver remembers "
     "those: 170 bytes an id, and 74 in each data worker); one more is refused (RESOURCE_EXHAUSTED).",
@@ -214,7 +219,6 @@ def receiver(
     security,
 ) -> None:
     """Run the receiver service (destination host)."""
-    from livemig.receiver.registry import ReceiverLimits
     from livemig.receiver.server import Receiver
 
     try:
@@ -279,12 +283,22 @@ def receiver(
     help="Records of the guests it pauses, so that a sender started after a crash resumes them "
     "(default: /run/livemig/sender, or none where it cannot be made).",
 )
-@click.option("--max-watch-streams", type=click.IntRange(1, 24), default=16, show_default=True)
-@click.option("--max-watch-streams-per-client", type=click.IntRange(1, 24), default=4, show_default=True)
+@click.option(
+    "--max-watch-streams",
+    type=click.IntRange(1, 24),
+    default=sender_defaults.DEFAULT_MAX_WATCH_STREAMS,
+    show_default=True,
+)
+@click.option(
+    "--max-watch-streams-per-client",
+    type=click.IntRange(1, 24),
+    default=sender_defaults.DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT,
+    show_default=True,
+)
 @click.option(
     "--max-migrations",
     type=click.IntRange(1, 1024),
-    default=16,  # sender/capacity.DEFAULT_MAX_MIGRATIONS
+    default=sender_defaults.DEFAULT_MAX_MIGRATIONS,
     show_default=True,
     help="Migrations running at once; one more StartMigration is refused (RESOURCE_EXHAUSTED).",
 )
@@ -412,7 +426,7 @@ def _sender_option(command):
 @click.option(
     "--downtime",
     type=Duration("ms", min_seconds=0.001, max_seconds=3600),
-    default="300ms",
+    default=f"{sender_defaults.DEFAULT_DOWNTIME_MS}ms",
     show_default=True,
     help="Downtime target (bare number: ms, as Cloud Hypervisor's --downtime and QEMU's downtime-limit).",
 )
@@ -428,7 +442,7 @@ def _sender_option(command):
     "--max-iterations",
     type=click.IntRange(0, 100_000),
     default=0,
-    help="Pre-copy iterations before the strategy (0: 30).",
+    help=f"Pre-copy iterations before the strategy (0: {sender_defaults.DEFAULT_MAX_ITERATIONS}).",
 )
 @click.option(
     "--available-bandwidth",

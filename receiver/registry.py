@@ -19,16 +19,14 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from livemig.common.migration_ids import MIGRATION_ID_RULE, is_migration_id
 from livemig.common.ranges import MemoryRange, effective_page_size
-from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 from livemig.receiver import metrics
-from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES
 from livemig.receiver.errors import Reason, ReceiverError, os_error_text
+from livemig.receiver.limits import ReceiverLimits
 from livemig.receiver.session import Session, SessionState
 from livemig.receiver.session_record import record_name
 from livemig.receiver.write_mode import session_write_mode
@@ -37,20 +35,6 @@ from livemig.receiver.write_mode import session_write_mode
 # gets "session is completed" rather than "unknown session".
 FINISHED_SESSIONS_KEPT = 1024
 log = logging.getLogger("livemig.receiver")
-
-
-@dataclass(frozen=True, slots=True)
-class ReceiverLimits:
-    """What protects the receiver from being run out of memory, disk or threads."""
-
-    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
-    max_sessions: int = 16
-    max_destination_bytes: int = 0  # 0: the free space of the memory directory
-    idle_timeout_seconds: float = 60.0
-    data_workers: int = 0  # 0: one per core
-    max_streams_per_worker: int = 128
-    write_mode: str = "auto"  # receiver/write_mode.WriteMode: auto, pwrite or mapped
-    max_unsettled_batches: int = DEFAULT_MAX_UNSETTLED_BATCHES  # receiver/batch_ids.py
 
 
 class DataPlane(Protocol):

@@ -21,7 +21,8 @@ from livemig.common.transport import ServiceHost, message_limit
 from livemig.common.worker_processes import start_fork_server, usable_cores
 from livemig.receiver.data_worker import PRELOAD, WorkerSpec
 from livemig.receiver.data_workers import DataWorkerPool
-from livemig.receiver.registry import ReceiverLimits, SessionRegistry
+from livemig.receiver.limits import ReceiverLimits
+from livemig.receiver.registry import SessionRegistry
 from livemig.receiver.service import ReceiverService
 from livemig.receiver.write_mode import usable_write_mode
 

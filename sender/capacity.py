@@ -17,9 +17,9 @@ import threading
 
 from livemig.common.worker_processes import usable_cores
 from livemig.sender import metrics
+from livemig.sender.defaults import DEFAULT_MAX_MIGRATIONS
 from livemig.sender.errors import Reason, SenderError
 
-DEFAULT_MAX_MIGRATIONS = 16
 # 0 for --max-connections: this many per core, and at least what one request may ask for.
 CONNECTIONS_PER_CORE = 32
 MIN_DEFAULT_CONNECTIONS = 128

@@ -7,13 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from livemig.sender.capacity import DEFAULT_MAX_MIGRATIONS
+from livemig.sender.defaults import (
+    DEFAULT_MAX_MIGRATIONS,
+    DEFAULT_MAX_WATCH_STREAMS,
+    DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT,
+)
 from livemig.sender.guest import GuestHooks
-
-# The control server's threads (sender/server.py) minus these: health, Get, List,
-# Cancel and Start always find a free thread, however many watchers there are.
-DEFAULT_MAX_WATCH_STREAMS = 16
-DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT = 4
 
 
 @dataclass(frozen=True, slots=True)

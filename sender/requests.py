@@ -20,6 +20,7 @@ from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MAX_PAGE_SIZE, MIN_PAGE_SIZE, effective_page_size
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 from livemig.sender.config import SenderConfig
+from livemig.sender.defaults import DEFAULT_DOWNTIME_MS, DEFAULT_MAX_ITERATIONS
 from livemig.sender.dirty_log import dirty_log_path
 from livemig.sender.errors import Reason, SenderError
 from livemig.sender.migration import MigrationRequest
@@ -36,8 +37,6 @@ MAX_TIMEOUT_MS = 7 * 24 * 3_600_000  # a week
 MAX_ITERATIONS = 100_000  # as the CLI allows; each iteration keeps a small record
 MIN_BANDWIDTH = 1e3  # bytes/s; below, every estimate is "never" anyway
 MAX_BANDWIDTH = 1e13  # 10 TB/s, beyond any link
-DEFAULT_DOWNTIME_MS = 300  # Cloud Hypervisor's default
-DEFAULT_MAX_ITERATIONS = 30
 
 _HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})$")
 _STRATEGIES = frozenset(pb.TimeoutStrategy.values())

@@ -19,7 +19,8 @@ from livemig.common.fd_limit import raise_open_file_limit
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import decode_batch, encode_batch
 from livemig.receiver.errors import Reason, ReceiverError
-from livemig.receiver.registry import MAX_REGIONS, ReceiverLimits, SessionRegistry
+from livemig.receiver.limits import ReceiverLimits
+from livemig.receiver.registry import MAX_REGIONS, SessionRegistry
 from livemig.receiver.session import Session
 from livemig.receiver.writer import SessionWriter
 

@@ -20,7 +20,8 @@ from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import encode_batch
 from livemig.receiver.errors import ReceiverError
-from livemig.receiver.registry import ReceiverLimits, SessionRegistry
+from livemig.receiver.limits import ReceiverLimits
+from livemig.receiver.registry import SessionRegistry
 from tests.helpers import receiver_stub
 from tests.test_data_plane_processes import TRANSFER, prepare, send_raw
 
