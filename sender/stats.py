@@ -133,7 +133,6 @@ class MigrationStats:
         self._transfer_ended: float | None = None
         self._ended: float | None = None
         self._busy = BusyTime()
-        self._counted_chunks: set[int] = set()
         self._lock = threading.Lock()
 
     # -- phases ------------------------------------------------------------------
@@ -170,20 +169,17 @@ class MigrationStats:
 
     # -- from the connection processes -----------------------------------------
 
-    def add_chunk(self, report: ChunkReport) -> bool:
+    def add_chunk(self, report: ChunkReport) -> None:
         """Account for one chunk, acknowledged by the receiver or needing no batch.
 
         The only place the sender's transfer counters and their Prometheus series
         change: connection processes report each chunk once, after its
-        acknowledgement, so nothing unacknowledged is ever counted as sent. A chunk
-        id reported twice (its connection process died after reporting and the chunk
-        was sent again) counts once; returns False for such a duplicate.
+        acknowledgement, so nothing unacknowledged is ever counted as sent. That a
+        chunk id counts once is the transfer pool's check (sender/transfer.py: only
+        an outstanding chunk is counted), not repeated here.
         """
         outcome = report.outcome
         with self._lock:
-            if report.chunk_id in self._counted_chunks:
-                return False
-            self._counted_chunks.add(report.chunk_id)
             iteration = self.iterations[-1] if self.iterations else None
             for counters in (self.totals, iteration.counters if iteration else None):
                 if counters is None:
@@ -208,7 +204,6 @@ class MigrationStats:
         metrics.BATCHES.inc(outcome.batches)
         if wire:
             metrics.CONNECTION_WIRE_BYTES.labels(str(report.connection)).inc(wire)
-        return True
 
     # -- derived figures -------------------------------------------------------
 

@@ -195,7 +195,12 @@ class TransferPool:
     def _handle(self, connection: _Connection, message: FromConnection) -> None:
         match message:
             case ChunkDone(report):
-                self.stats.add_chunk(report)
+                # Counted once: a chunk is outstanding until its first report (this thread
+                # alone removes chunks), and a restart resends only outstanding ones.
+                with self._changed:
+                    outstanding = report.chunk_id in connection.outstanding
+                if outstanding:
+                    self.stats.add_chunk(report)  # before the chunk leaves: send()'s barrier waits for it
                 with self._changed:
                     connection.outstanding.pop(report.chunk_id, None)
                     connection.restarts.progressed()
