@@ -211,11 +211,6 @@ def rss_without_shmem_bytes(pid: int) -> int:
     return sum(fields.values())
 
 
-def tree_rss_without_shmem_bytes(pid: int) -> int:
-    """Sum of rss_without_shmem_bytes over the process tree of `pid`."""
-    return sum(rss_without_shmem_bytes(member) for member in process_tree(pid))
-
-
 def proportional_bytes(pid: int) -> int:
     """Proportional set size of one process without shared memory (Pss_Anon + Pss_File
     of /proc/PID/smaps_rollup, Linux 5.7); 0 when gone or unreadable.

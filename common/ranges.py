@@ -41,10 +41,6 @@ def align_down(value: int, alignment: int) -> int:
     return value - value % alignment
 
 
-def align_up(value: int, alignment: int) -> int:
-    return -(-value // alignment) * alignment
-
-
 def merge_ranges(ranges: Iterable[MemoryRange]) -> list[MemoryRange]:
     """Sort, drop empty ranges and merge overlapping or touching ones."""
     merged: list[MemoryRange] = []

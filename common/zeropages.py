@@ -2,9 +2,9 @@
 
 The unit of the decision is the guest page. A span that does not start or end on
 a page boundary has partial pages at its edges; each is its own unit and is
-skipped only if all of its bytes are zero. (The seed PR reported the GPA of the
-first data page wrongly after an unaligned head: offsets here are always derived
-from unit boundaries, never accumulated.)
+skipped only if all of its bytes are zero. Offsets are always derived from unit
+boundaries, never accumulated: a running sum drifts after an unaligned head and
+names the wrong GPA for the first data page.
 """
 
 from __future__ import annotations
@@ -52,12 +52,6 @@ EMPTY_RANGES = np.zeros((0, 2), dtype=np.uint64)
 
 def ranges_from_array(array: np.ndarray) -> list[MemoryRange]:
     return [MemoryRange(gpa, length) for gpa, length in array.tolist()]
-
-
-def ranges_to_array(ranges: list[MemoryRange]) -> np.ndarray:
-    if not ranges:
-        return EMPTY_RANGES
-    return np.array([(r.gpa, r.length) for r in ranges], dtype=np.uint64)
 
 
 def unit_bounds(gpa: int, length: int, page_size: int) -> np.ndarray:

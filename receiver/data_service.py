@@ -136,10 +136,10 @@ class DataService:
                     if bound is None:
                         bound = writer
                         self.reports.stream_changed(writer.session_id, +1)
-                    written, zeroed, now = writer.apply(batch)
+                    written, zeroed, wrote = writer.apply(batch)
                 except ReceiverError as error:
                     self._refuse(error, bound, context)
-                if now:
+                if wrote:  # a copy acknowledged without writing was reported by its first writing
                     header = batch.header
                     self.reports.batch_applied(
                         writer.session_id, header.batch_id, header.attempt, written, zeroed, header.settled_below

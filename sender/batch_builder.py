@@ -60,9 +60,6 @@ class BatchBuilder:
         self.plan = plan
         self._region_starts = plan.layout.region_starts()
 
-    def release(self) -> None:
-        """Nothing to give back: frames are the only buffers, and they leave with the batch."""
-
     def build(self, chunk: Chunk) -> BuiltBatch:
         """Read and scan one chunk. Errors reading guest memory propagate (fatal)."""
         plan = self.plan

@@ -1,12 +1,12 @@
 """Migration statistics, kept true.
 
-The seed PR was held back because skipped bytes were counted as bytes to
-transmit and inflated the bandwidth. Here the invariants are structural:
-transmitted counts only payload that left in a batch; wire counts every byte
-written to the streams; zero counts only bytes found zero and not sent; totals
-are the sums of the iterations. Bandwidth is wire bytes over the time batches
-were in flight, so neither skipped bytes (which never reach the wire) nor time
-spent scanning zero pages (when nothing is in flight) bends it. With
+Skipped bytes must never count as bytes to transmit, nor inflate the bandwidth:
+an operator sizes links and downtime from these figures. So the invariants are
+structural: transmitted counts only payload that left in a batch; wire counts
+every byte written to the streams; zero counts only bytes found zero and not
+sent; totals are the sums of the iterations. Bandwidth is wire bytes over the
+time batches were in flight, so neither skipped bytes (which never reach the
+wire) nor time spent scanning zero pages (when nothing is in flight) bends it. With
 skip_zero_pages off nothing is inspected, so scanned and zero stay 0.
 """
 

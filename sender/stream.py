@@ -134,8 +134,7 @@ class ConnectionStream:
             with self._lock:
                 self._in_flight.clear()
             if self._built is not None:
-                self._built.close(join_seconds=5)  # before the builder's buffer goes
-            self.builder.release()
+                self._built.close(join_seconds=5)
 
     def _stream_with_retries(self) -> None:
         """One stream at a time; when a connection breaks, a new stream resends every
