@@ -14,3 +14,4 @@ def test_demo_migrates_and_verifies():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "destination identical to source byte for byte" in result.stdout
     assert "with skip" in result.stdout and "no skip" in result.stdout
+    assert "median of 3 runs, after a warm-up" in result.stdout  # no first-migration costs in the ratio
