@@ -17,7 +17,7 @@ forgotten, but only once every report written before the mark's is in: reports
 come through one pipe per worker, and a worker may report a batch after another
 worker reported a mark above its id (the pipes are read in no causal order). So
 a mark waits in pending_mark() until the worker pool has had every worker
-answer a message sent after the mark arrived (receiver/data_workers.py); then
+answer a message sent after the mark arrived (receiver/data_worker_pool.py); then
 settle() applies it. Past the limit of unsettled ids the ledger stops counting
 and the session cannot complete.
 """

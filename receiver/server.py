@@ -20,7 +20,7 @@ from livemig.common.transfer_rpc import RECEIVER_SERVICE
 from livemig.common.transport import ServiceHost, message_limit
 from livemig.common.worker_processes import start_fork_server, usable_cores
 from livemig.receiver.data_worker import PRELOAD, WorkerSpec
-from livemig.receiver.data_workers import DataWorkerPool
+from livemig.receiver.data_worker_pool import DataWorkerPool
 from livemig.receiver.limits import ReceiverLimits
 from livemig.receiver.registry import SessionRegistry
 from livemig.receiver.service import ReceiverService

@@ -1,6 +1,6 @@
 """Every message between the receiver's control process and a data worker, one type each.
 
-The control process (receiver/data_workers.py) sends ToWorker messages; a data
+The control process (receiver/data_worker_pool.py) sends ToWorker messages; a data
 worker (receiver/data_worker.py) sends FromWorker messages. Each side handles them
 with an exhaustive `match`, and a message of another type raises UnknownMessage:
 both ends ship together, so one is a bug, never input. A closed pipe means the

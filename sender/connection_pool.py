@@ -67,7 +67,11 @@ def expired(
     ]
 
 
-class ConnectionPool:
+class ConnectionProcessPool:
+    """The sender's connection processes, idle and in use, for every migration (the
+    sender's control process; one per sender). A migration's TransferPool takes its
+    connections' processes from here and gives them back."""
+
     def __init__(
         self,
         max_idle: int | None = None,
@@ -166,14 +170,14 @@ class ConnectionPool:
             self._retire(worker)
 
 
-_default: ConnectionPool | None = None
+_default: ConnectionProcessPool | None = None
 _default_lock = threading.Lock()
 
 
-def default_pool() -> ConnectionPool:
+def default_pool() -> ConnectionProcessPool:
     """The sender's pool (one per sender process)."""
     global _default
     with _default_lock:
         if _default is None:
-            _default = ConnectionPool()
+            _default = ConnectionProcessPool()
         return _default

@@ -52,7 +52,7 @@ from livemig.sender.connection_messages import (
     Stop,
     ToConnection,
 )
-from livemig.sender.connection_pool import ConnectionPool, PooledProcess, default_pool
+from livemig.sender.connection_pool import ConnectionProcessPool, PooledProcess, default_pool
 from livemig.sender.receiver_offer import check_offer
 from livemig.sender.stats import MigrationStats
 from livemig.sender.stream import MAX_RETRIES, RETRY_BUDGET_SECONDS, WINDOW_BATCHES
@@ -99,6 +99,10 @@ class _Connection:
 
 
 class TransferPool:
+    """One migration's connections, in the migration's thread of the sender's control
+    process: hands chunks out, reads every report, restarts dead connection processes
+    (taken from the sender-wide ConnectionProcessPool)."""
+
     def __init__(
         self,
         connections: int,
@@ -106,7 +110,7 @@ class TransferPool:
         stop: threading.Event,
         split: Callable[[Iterable[MemoryRange]], list[MemoryRange]],
         log_extra: dict[str, str] | None = None,
-        processes: ConnectionPool | None = None,
+        processes: ConnectionProcessPool | None = None,
     ) -> None:
         self.stats = stats
         self._split = split  # cuts ranges where guest memory regions (files) meet

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-from livemig.sender.connection_pool import ConnectionPool, expired
+from livemig.sender.connection_pool import ConnectionProcessPool, expired
 
 
 def _idle(*since: float) -> list:
@@ -29,7 +29,7 @@ def test_the_oldest_surplus_expires_first_and_max_idle_waits_longer() -> None:
 
 
 def test_processes_beyond_max_idle_end_soon_and_the_rest_stay() -> None:
-    pool = ConnectionPool(max_idle=1, idle_seconds=60.0, surplus_idle_seconds=0.3)
+    pool = ConnectionProcessPool(max_idle=1, idle_seconds=60.0, surplus_idle_seconds=0.3)
     try:
         workers = [pool.acquire() for _ in range(3)]
         for worker in workers:

@@ -16,7 +16,7 @@ import pytest
 from livemig.common.tls import INSECURE
 from livemig.common.worker_processes import UnknownMessage, WorkerLog
 from livemig.receiver import data_worker, worker_messages
-from livemig.receiver.data_workers import DataWorkerPool
+from livemig.receiver.data_worker_pool import DataWorkerPool
 from livemig.receiver.errors import Reason
 from livemig.sender import connection_messages, connection_process
 from livemig.sender.chunks import ChunkOutcome, ChunkReport
