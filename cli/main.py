@@ -257,6 +257,11 @@ def receiver(
 @click.option("--pause-hook", default="", help="Command that pauses the guest at switchover (when no guest_pid).")
 @click.option("--resume-hook", default="", help="Command that resumes the guest when a migration fails.")
 @click.option(
+    "--throttle-hook",
+    default="",
+    help="Command that throttles a hook guest for auto-converge (told LIVEMIG_THROTTLE_PERCENT; 0 releases).",
+)
+@click.option(
     "--memory-root",
     "memory_roots",
     multiple=True,
@@ -317,6 +322,7 @@ def sender(
     metrics_port: int | None,
     pause_hook: str,
     resume_hook: str,
+    throttle_hook: str,
     memory_roots: tuple[str, ...],
     dirty_log_dir: str | None,
     qmp_dir: str | None,
@@ -337,7 +343,7 @@ def sender(
     from livemig.sender.server import build_sender, cancel_all
 
     config = SenderConfig(
-        hooks=GuestHooks(pause_hook, resume_hook),
+        hooks=GuestHooks(pause_hook, resume_hook, throttle_hook),
         memory_roots=tuple(Path(root).resolve() for root in memory_roots),
         dirty_log_dir=Path(dirty_log_dir).resolve() if dirty_log_dir else None,
         qmp_dir=Path(qmp_dir).resolve() if qmp_dir else None,
@@ -439,6 +445,18 @@ def _sender_option(command):
 )
 @click.option("--timeout-strategy", type=click.Choice(["cancel", "force"]), default="cancel", show_default=True)
 @click.option(
+    "--auto-converge",
+    is_flag=True,
+    help="Throttle a guest that dirties memory faster than the link sends it (QEMU's: 20 %, +10 %, at most 99 %).",
+)
+@click.option(
+    "--stall-timeout",
+    type=Duration("s", max_seconds=7 * 86400),
+    default="0",
+    help="End pre-copy by --timeout-strategy when the dirty bytes left reach no new low for this long "
+    "(bare number: s; 0: never; KubeVirt's progress timeout).",
+)
+@click.option(
     "--max-iterations",
     type=click.IntRange(0, 100_000),
     default=0,
@@ -470,6 +488,8 @@ def send_migration(
     downtime: float,
     migration_timeout: float,
     timeout_strategy: str,
+    auto_converge: bool,
+    stall_timeout: float,
     max_iterations: int,
     available_bandwidth: int,
     security,
@@ -508,6 +528,8 @@ def send_migration(
         timeout_strategy=pb.TIMEOUT_STRATEGY_FORCE if timeout_strategy == "force" else pb.TIMEOUT_STRATEGY_CANCEL,
         max_iterations=max_iterations,
         available_bandwidth_bytes_per_second=float(available_bandwidth),
+        auto_converge=auto_converge,
+        stall_timeout_ms=round(stall_timeout * 1000),
     )
     from livemig.cli.follow import start_and_follow
 

@@ -77,11 +77,12 @@ def bar_fields(status: pb.MigrationStatus, wire_speed: float) -> dict[str, objec
         details = f"{human_bytes(done)} of {human_bytes(total)}, wire {human_bytes(wire_speed)}/s"
         return {"description": state, "total": total or None, "completed": done, "details": details}
     current = iterations[-1]
-    before = planned_bytes(status) - (current.dirty_bytes if current.iteration else stats.total_bytes)
     total = current.dirty_bytes if current.iteration else stats.total_bytes
-    done = min(total, max(0, stats.processed_bytes - before))
+    done = min(total, stats.iteration_processed_bytes)
     left, dirty_rate = human_bytes(total - done), human_bytes(stats.dirty_rate_bytes_per_second)
     details = f"{left} of {human_bytes(total)} left, dirty {dirty_rate}/s, wire {human_bytes(wire_speed)}/s"
+    if stats.throttle_percent:
+        details += f", throttle {stats.throttle_percent} %"
     label = "final" if current.final else f"iter {current.iteration}"
     return {"description": f"{label} {status.phase}", "total": total or None, "completed": done, "details": details}
 
@@ -92,17 +93,22 @@ def progress(
 ) -> Iterator[Callable[[pb.MigrationStatus], None]]:
     """Yields an on_update callback: a bar on stderr (when enabled), and one line per finished iteration."""
     console = console or console_for(stderr=True)
-    printed = 0
+    printed = -1  # the number of the last iteration printed (a status carries only the latest ones)
+    forecast_said = False
 
     def print_iterations(status: pb.MigrationStatus) -> None:
-        nonlocal printed
+        nonlocal printed, forecast_said
         if not (show_iterations and status.live):
             return
         # While running, the newest iteration may still be in progress.
         finished = list(status.iterations) if status.state != pb.RUNNING else list(status.iterations)[:-1]
-        for iteration in finished[printed:]:
-            console.print(iteration_line(iteration))
-        printed = max(printed, len(finished))
+        for iteration in finished:
+            if iteration.iteration > printed:
+                console.print(iteration_line(iteration))
+                printed = max(printed, iteration.iteration)
+        if status.convergence_forecast and not forecast_said:
+            console.print(status.convergence_forecast)
+            forecast_said = True
 
     if not enabled:
         yield print_iterations
@@ -152,6 +158,7 @@ def print_status(status: pb.MigrationStatus, console: Console | None = None) -> 
         rows += [
             ("iterations", str(stats.iterations)),
             ("zero records sent", human_bytes(stats.zeroed_bytes)),
+            ("dirty rate (last 2 s)", f"{human_bytes(stats.dirty_rate_bytes_per_second)}/s"),
             ("bandwidth for estimate", f"{human_bytes(stats.bandwidth_bytes_per_second)}/s ({stats.bandwidth_source})"),
             ("expected downtime", f"{stats.expected_downtime_ms} ms"),
         ]
@@ -159,6 +166,8 @@ def print_status(status: pb.MigrationStatus, console: Console | None = None) -> 
         rows.append(
             ("downtime", f"{stats.downtime_ms} ms" + (f" (verify {stats.verify_ms} ms)" if stats.verify_ms else ""))
         )
+    if status.convergence_forecast:
+        rows.append(("forecast", status.convergence_forecast))
     if status.guest_state:
         run_state = f" (QEMU: {status.guest_run_state})" if status.guest_run_state else ""
         rows.append(("source guest", status.guest_state + run_state))

@@ -10,8 +10,9 @@ that migration.
 
 Files are compared by device and inode (taken from the descriptors the migration
 opened), never by path: two paths may name one file. A claim is taken once the
-migration's resources are open and given back when its thread has ended, so a
-retried start after a failure is accepted as soon as the first has let go.
+migration's resources are open and given back as soon as the migration's state is
+final (from then on it touches neither the guest nor its dirty maps), so the next
+migration of the guest, or a retry after a failure, is accepted at once.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from livemig.sender.pause_records import PauseRecord, process_start
+from livemig.sender.throttle import HookThrottle, NoThrottle, PidThrottle, Throttle
 
 log = logging.getLogger("livemig.sender")
 
@@ -44,6 +45,7 @@ class GuestControlError(RuntimeError):
 class GuestHooks:
     pause_command: str = ""
     resume_command: str = ""
+    throttle_command: str = ""  # auto-converge: told LIVEMIG_THROTTLE_PERCENT (sender/throttle.py)
 
 
 class GuestControl:
@@ -132,6 +134,18 @@ class GuestControl:
         except (OSError, GuestControlError) as error:
             self.state = "unknown"
             log.error("migration %s: could not resume the guest: %s", self.migration_id, error)
+
+    def throttle(self) -> Throttle:
+        """How auto-converge slows this guest: a duty cycle of SIGSTOP/SIGCONT through the
+        pidfd, the operator's throttle hook, or nothing (said in the log)."""
+        if self.pid and self._pidfd >= 0:
+            return PidThrottle(self._pidfd, f"{self.pid}")
+        if self.hooks.throttle_command:
+            return HookThrottle(self.hooks.throttle_command, self.migration_id, self.pid)
+        log.warning(
+            "migration %s: auto-converge cannot throttle this guest (no pid, no --throttle-hook)", self.migration_id
+        )
+        return NoThrottle()
 
     def pause_record(self) -> PauseRecord | None:
         """How to resume this guest if the sender dies while it is paused (sender/pause_records.py)."""

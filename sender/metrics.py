@@ -73,7 +73,17 @@ EXPECTED_DOWNTIME = Gauge(
     "Downtime expected if a running migration's guest were paused now",
     ["migration_id"],
 )
-_PER_MIGRATION = (REMAINING_BYTES, DIRTY_RATE, EXPECTED_DOWNTIME)
+THROTTLE = Gauge(
+    "livemig_sender_migration_throttle_percent",
+    "Auto-converge: the share of time a running migration's guest is held stopped",
+    ["migration_id"],
+)
+WILL_NOT_CONVERGE = Gauge(
+    "livemig_sender_migration_will_not_converge",
+    "1 once a running migration's downtime target is below what its bandwidth and dirty rate allow",
+    ["migration_id"],
+)
+_PER_MIGRATION = (REMAINING_BYTES, DIRTY_RATE, EXPECTED_DOWNTIME, THROTTLE, WILL_NOT_CONVERGE)
 
 
 def migration_started(migration_id: str, total_bytes: int) -> None:
@@ -107,6 +117,14 @@ def iteration_ended(migration_id: str, remaining_bytes: int, dirty_rate: float, 
     REMAINING_BYTES.labels(migration_id).set(remaining_bytes)
     DIRTY_RATE.labels(migration_id).set(dirty_rate)
     EXPECTED_DOWNTIME.labels(migration_id).set(expected_downtime_ms / 1000)
+
+
+def throttle_changed(migration_id: str, percent: int) -> None:
+    THROTTLE.labels(migration_id).set(percent)
+
+
+def will_not_converge(migration_id: str) -> None:
+    WILL_NOT_CONVERGE.labels(migration_id).set(1)
 
 
 def migration_finished(

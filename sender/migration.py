@@ -38,10 +38,12 @@ from livemig.sender import metrics
 from livemig.sender.connection_process import ConnectionSpec, source_regions
 from livemig.sender.convergence import ConvergencePolicy, Decision
 from livemig.sender.dirty_log import DirtyLog
+from livemig.sender.dirty_rate import DirtyRate
 from livemig.sender.guest import GuestControl
 from livemig.sender.pause_records import PauseRecords
 from livemig.sender.qmp_guest import QmpGuest
 from livemig.sender.stats import MigrationStats
+from livemig.sender.throttle import AutoConverge, NoThrottle, Throttle
 from livemig.sender.transfer import ConnectionFailed, TransferPool, TransferStopped
 
 log = logging.getLogger("livemig.sender")
@@ -49,6 +51,8 @@ log = logging.getLogger("livemig.sender")
 State = pb.MigrationState
 FINAL_STATES = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED})
 CONTROL_TIMEOUT_SECONDS = 15.0
+STATUS_ITERATIONS = 64  # the latest iterations a status carries (a long pre-copy has thousands)
+LOG_INTERVAL_SECONDS = 1.0  # iteration log lines at most this often
 ABORT_TIMEOUT_SECONDS = 5.0  # best effort on a failure path: the receiver may be gone
 COMPLETE_TIMEOUT_SECONDS = 600.0  # the receiver digests all destination memory
 
@@ -68,6 +72,8 @@ class MigrationRequest:
     force_on_timeout: bool = False
     max_iterations: int = 30
     available_bandwidth: float = 0.0
+    auto_converge: bool = False
+    stall_timeout_ms: int = 0
 
 
 class MigrationCancelled(Exception):
@@ -115,10 +121,20 @@ class Migration:
         self._cancel_requested = False
         self._timed_out = False  # a one-pass migration ran past timeout_ms
         self._verify_seconds: float | None = None  # the digests' share of the downtime estimate
+        self._dirty_rate = DirtyRate()  # smoothed over time, not over iterations
+        self._auto_converge = AutoConverge()
+        self._throttle: Throttle = NoThrottle()
+        self.throttle_percent = 0
+        self.convergence_forecast = ""
+        self._lowest_remaining: int | None = None  # progress, for the stall timeout
+        self._lowest_at = 0.0
+        self._logged_at = 0.0  # iteration lines: at most one a second
+        self._unlogged = 0
         self._started = time.monotonic()
         self._outcome_counted = False  # metrics.migration_finished done (once, whatever happens)
         self._round_trip = 0.0
         self._chunk_bytes = 0
+        self._on_final: Callable[[Migration], None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"migration-{self.migration_id[:8]}", daemon=True)
 
     @property
@@ -127,10 +143,13 @@ class Migration:
 
     # -- control -----------------------------------------------------------------
 
-    def start(self, on_exit: Callable[[Migration], None]) -> None:
+    def start(self, on_exit: Callable[[Migration], None], on_final: Callable[[Migration], None] | None = None) -> None:
         """Run the migration in its thread; on_exit is called once that thread is done
-        with everything (final state set, connection processes and files released)."""
+        with everything (final state set, connection processes and files released);
+        on_final as soon as the state is final, before the last clean-up: from then on
+        the migration touches neither the guest nor its dirty maps."""
         self._on_exit = on_exit
+        self._on_final = on_final
         metrics.migration_started(self.migration_id, self.layout.total_bytes)
         self._thread.start()
 
@@ -148,6 +167,11 @@ class Migration:
         with self._changed:
             try:
                 stats, iterations = self.stats.to_proto(), self.stats.iterations_proto()
+                if self.live:
+                    stats.dirty_rate_bytes_per_second = self._dirty_rate.value
+                    stats.throttle_percent = self.throttle_percent
+                stats.iteration_processed_bytes = iteration_progress(stats, iterations)
+                iterations = iterations[-STATUS_ITERATIONS:]
             except Exception:  # a bad figure must not break GetMigration and ListMigrations
                 self._log.exception("migration %s: statistics cannot be reported", self.migration_id)
                 stats, iterations = pb.MigrationStats(), []
@@ -165,6 +189,7 @@ class Migration:
                 live=self.live,
                 guest_state=self.guest.state,
                 guest_run_state=self.guest.run_state,
+                convergence_forecast=self.convergence_forecast,
             )
 
     def wait_for_change(self, last: tuple[int, str, int], timeout: float) -> None:
@@ -192,6 +217,13 @@ class Migration:
             if error is not None:
                 self.error = error
             self._changed.notify_all()
+        if state in FINAL_STATES:
+            self._final_reached()
+
+    def _final_reached(self) -> None:
+        on_final, self._on_final = self._on_final, None
+        if on_final is not None:
+            on_final(self)
 
     # -- the run -----------------------------------------------------------------
 
@@ -212,6 +244,7 @@ class Migration:
                 outcome = State.Name(self.state).lower()
                 metrics.migration_finished(self.migration_id, outcome, time.monotonic() - self._started, None, None)
         finally:
+            self._final_reached()  # once, whichever way the thread ends
             self._on_exit(self)
 
     def _attempt(self) -> None:
@@ -268,6 +301,7 @@ class Migration:
         except Exception as error:
             self._fail(receiver, token, pool, State.FAILED, describe_failure(error, self.request.destination))
         finally:
+            self._release_throttle()
             if deadline is not None:
                 deadline.cancel()
             control.close()
@@ -376,6 +410,9 @@ class Migration:
         assert self.dirty_log is not None
         self._set(phase="precopy")
         self.dirty_log.clear()  # everything is sent in iteration 0; writes from now on are caught
+        self._dirty_rate.restart()
+        if self.request.auto_converge:
+            self._throttle = self.guest.throttle()
         self.stats.begin_iteration(self.layout.total_bytes, self.layout.total_bytes // self.request.page_size)
         pool.send(self.layout.table.ranges, zero_records=False)
         expected = self._end_iteration()
@@ -383,9 +420,13 @@ class Migration:
             elapsed_ms = int((time.monotonic() - self._started) * 1000)
             remaining = self.stats.remaining_bytes
             decision = self.policy.decide(len(self.stats.iterations), remaining, expected, elapsed_ms)
+            stalled = self._stalled(remaining)
+            if stalled and decision is Decision.CONTINUE:
+                decision = Decision.FORCE_SWITCHOVER if self.request.force_on_timeout else Decision.GIVE_UP
             if decision is Decision.GIVE_UP:
+                why = f"stalled: no new low of dirty bytes for {self.request.stall_timeout_ms} ms; " if stalled else ""
                 raise MigrationGaveUp(
-                    f"did not converge: expected downtime {expected} ms > target {self.request.downtime_ms} ms "
+                    f"did not converge: {why}expected downtime {expected} ms > target {self.request.downtime_ms} ms "
                     f"after {len(self.stats.iterations)} iterations and {elapsed_ms} ms"
                 )
             if decision in (Decision.SWITCHOVER, Decision.FORCE_SWITCHOVER):
@@ -396,9 +437,11 @@ class Migration:
                 break
             dirty = self.dirty_log.collect()
             dirty_bytes = sum(r.length for r in dirty)
+            self._dirty_rate.collected(dirty_bytes)
             self.stats.begin_iteration(dirty_bytes, dirty_bytes // self.request.page_size)
             pool.send(dirty, zero_records=True)
             expected = self._end_iteration()
+        self._release_throttle()  # the pause is the migration's: no duty cycle may continue the guest
         self._set(phase="switchover")
         pause_started = time.monotonic()
         self._pause_guest()
@@ -430,9 +473,22 @@ class Migration:
         )
         self.stats.bandwidth, self.stats.bandwidth_source = bandwidth, source
         iteration = self.stats.end_iteration(remaining, expected)
-        metrics.iteration_ended(
-            self.migration_id, remaining, iteration.to_proto().dirty_rate_bytes_per_second, expected
-        )
+        dirty_rate = self._dirty_rate.value
+        metrics.iteration_ended(self.migration_id, remaining, dirty_rate, expected)
+        if self.request.auto_converge and iteration.index:
+            self._steer(dirty_rate, bandwidth)
+        if iteration.index >= 2 and not self.convergence_forecast:
+            self._forecast(dirty_rate, bandwidth)
+        now = time.monotonic()
+        if now - self._logged_at < LOG_INTERVAL_SECONDS:
+            self._unlogged += 1
+            self._set()
+            return expected
+        if self._unlogged:
+            self._log.info(
+                "migration %s: %d iterations not logged (one line a second)", self.migration_id, self._unlogged
+            )
+        self._logged_at, self._unlogged = now, 0
         self._log.info(
             "migration %s: iteration %d sent %s of %s dirty in %.0f ms; %s dirty, expected downtime %d ms at %s/s (%s)",
             self.migration_id,
@@ -447,6 +503,54 @@ class Migration:
         )
         self._set()  # wake watchers: a new iteration is in the statistics
         return expected
+
+    def _steer(self, dirty_rate: float, bandwidth: float) -> None:
+        """Auto-converge: the throttle for the next iteration (sender/throttle.py)."""
+        percent = self._auto_converge.after_iteration(dirty_rate, bandwidth)
+        if percent != self.throttle_percent:
+            self._log.info(
+                "migration %s: auto-converge throttles the guest to %d %% (dirty %s/s, link %s/s)",
+                self.migration_id,
+                percent,
+                format_bytes(dirty_rate),
+                format_bytes(bandwidth),
+            )
+            self.throttle_percent = percent
+            self._throttle.set(percent)
+            metrics.throttle_changed(self.migration_id, percent)
+
+    def _release_throttle(self) -> None:
+        self._throttle.release()
+        self._throttle = NoThrottle()
+        if self.throttle_percent:
+            self.throttle_percent = 0
+            metrics.throttle_changed(self.migration_id, 0)
+
+    def _forecast(self, dirty_rate: float, bandwidth: float) -> None:
+        """Say once, with numbers, when the downtime target cannot be met."""
+        iterations = self.stats.iterations[1:]
+        fixed = min((i.seconds() for i in iterations if i.ended is not None), default=0.0)
+        forecast = convergence_forecast(
+            self.request.downtime_ms,
+            dirty_rate,
+            bandwidth,
+            fixed,
+            2 * self._round_trip + (self._verify_seconds or 0.0),
+        )
+        if forecast:
+            if self.request.auto_converge:
+                forecast += " (auto-converge is on: the throttle may still bring it there)"
+            self.convergence_forecast = forecast
+            self._log.warning("migration %s: %s", self.migration_id, forecast)
+            metrics.will_not_converge(self.migration_id)
+
+    def _stalled(self, remaining: int) -> bool:
+        """No new low of the dirty bytes left for stall_timeout_ms (KubeVirt's progress timeout)."""
+        now = time.monotonic()
+        if self._lowest_remaining is None or remaining < self._lowest_remaining:
+            self._lowest_remaining, self._lowest_at = remaining, now
+            return False
+        return bool(self.request.stall_timeout_ms) and (now - self._lowest_at) * 1000 >= self.request.stall_timeout_ms
 
     def _digest(self) -> tuple[bytes, float]:
         if not self.request.verify:
@@ -509,6 +613,42 @@ class Migration:
         )
         self._outcome_counted = True
         self._log.info("migration %s %s %s", self.migration_id, State.Name(state), error)
+
+
+def iteration_progress(stats: pb.MigrationStats, iterations: list[pb.IterationStats]) -> int:
+    """Bytes processed of the current iteration (all memory in iteration 0, else its dirty pages)."""
+    if len(iterations) <= 1:
+        return stats.processed_bytes
+    before = stats.total_bytes + sum(i.dirty_bytes for i in iterations[1:-1])
+    return max(0, min(iterations[-1].dirty_bytes, stats.processed_bytes - before))
+
+
+def convergence_forecast(
+    target_ms: int, dirty_rate: float, bandwidth: float, iteration_seconds: float, overhead_seconds: float
+) -> str:
+    """'' when the target can be met; else why not, with numbers.
+
+    Each iteration sends what the guest dirtied during the previous one, so with a
+    dirty rate D below the bandwidth B the dirty set settles where an iteration of
+    fixed cost c (its shortest so far: collection, scan, round trips) and R/B of
+    sending leaves R = D (c + R/B) behind: R = D c / (1 - D/B). The downtime cannot
+    fall below R/B plus the switchover's own overhead (two round trips, verify).
+    """
+    if bandwidth <= 0:
+        return ""
+    if dirty_rate >= bandwidth:
+        return (
+            f"will not converge: the guest dirties {format_bytes(dirty_rate)}/s and the link sends "
+            f"{format_bytes(bandwidth)}/s; needs more bandwidth than the dirty rate, or auto-converge"
+        )
+    settled = dirty_rate * iteration_seconds / (1 - dirty_rate / bandwidth)
+    floor_ms = (settled / bandwidth + overhead_seconds) * 1000
+    if floor_ms <= target_ms:
+        return ""
+    return (
+        f"will not converge: needs a downtime of at least {floor_ms:.0f} ms, the target is {target_ms} ms "
+        f"(floor at {format_bytes(bandwidth)}/s with the guest dirtying {format_bytes(dirty_rate)}/s)"
+    )
 
 
 # What gRPC's TLS handshake errors mean to an operator (the raw text follows).

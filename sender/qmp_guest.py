@@ -32,6 +32,7 @@ from pathlib import Path
 from livemig.common.qmp import QmpFailure, qmp_connection
 from livemig.sender.guest import FileId, GuestControlError, file_id
 from livemig.sender.pause_records import PauseRecord
+from livemig.sender.throttle import NoThrottle
 
 log = logging.getLogger("livemig.sender")
 
@@ -129,6 +130,11 @@ class QmpGuest:
         except QmpFailure as error:
             self.state = "unknown"
             log.error("migration %s: could not resume guest %r: %s", self.migration_id, self.name, error)
+
+    def throttle(self) -> NoThrottle:
+        """QEMU throttles its own vCPUs only inside its own migration; a QEMU guest is
+        migrated stop-and-copy here, so there is nothing to steer."""
+        return NoThrottle()
 
     def pause_record(self) -> PauseRecord:
         """How to resume this guest if the sender dies while it is paused (sender/pause_records.py)."""

@@ -137,6 +137,11 @@ START_MIGRATION_RULES: tuple[Rule, ...] = (
     ),
     Rule("max_iterations", f"must be at most {MAX_ITERATIONS}", lambda r, c: r.max_iterations <= MAX_ITERATIONS),
     Rule(
+        "stall_timeout_ms",
+        f"must be at most {MAX_TIMEOUT_MS}",
+        lambda r, c: r.stall_timeout_ms <= MAX_TIMEOUT_MS,
+    ),
+    Rule(
         "guest_pid",
         "must be 0 or the pid of the guest (never 1, the sender or its parent)",
         lambda r, c: guest_pid_ok(r.guest_pid),
@@ -228,6 +233,8 @@ def validate_start(request: pb.StartMigrationRequest, config: SenderConfig) -> M
         force_on_timeout=request.timeout_strategy == pb.TIMEOUT_STRATEGY_FORCE,
         max_iterations=request.max_iterations or DEFAULT_MAX_ITERATIONS,
         available_bandwidth=request.available_bandwidth_bytes_per_second,
+        auto_converge=request.auto_converge,
+        stall_timeout_ms=request.stall_timeout_ms,
     )
 
 

@@ -122,11 +122,9 @@ class SenderService(pb_grpc.SenderServicer):
             extra={"migration_id": migration.migration_id},
         )
 
-        def on_exit(_migration: Migration) -> None:
-            reservation.release()
-            claim.release()
-
-        migration.start(on_exit=on_exit)
+        # The guest is free again at the final state (a retry may start at once); the room
+        # for connection processes only once the thread has let them go.
+        migration.start(on_exit=lambda _m: reservation.release(), on_final=lambda _m: claim.release())
         return pb.StartMigrationResponse(migration_id=migration.migration_id)
 
     def _find(self, request: pb.MigrationRequest) -> Migration:

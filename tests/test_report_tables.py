@@ -46,7 +46,12 @@ def live_status(processed: int) -> pb.MigrationStatus:
         state=pb.RUNNING,
         phase="precopy",
         live=True,
-        stats=pb.MigrationStats(total_bytes=64 * MIB, processed_bytes=processed, dirty_rate_bytes_per_second=3 * MIB),
+        stats=pb.MigrationStats(
+            total_bytes=64 * MIB,
+            processed_bytes=processed,
+            iteration_processed_bytes=processed - (64 + 8) * MIB,
+            dirty_rate_bytes_per_second=3 * MIB,
+        ),
         iterations=[
             pb.IterationStats(iteration=0, dirty_bytes=64 * MIB),
             pb.IterationStats(iteration=1, dirty_bytes=8 * MIB),

@@ -72,6 +72,7 @@ REFUSED = [
     (request(timeout_ms=2**64 - 1), "timeout_ms"),
     (request(timeout_strategy=7), "timeout_strategy"),
     (request(max_iterations=2**32 - 1), "max_iterations"),
+    (request(stall_timeout_ms=2**64 - 1), "stall_timeout_ms"),
     (request(guest_pid=-5), "guest_pid"),
     (request(guest_pid=1), "guest_pid"),
     (request(guest_pid=os.getpid()), "guest_pid"),

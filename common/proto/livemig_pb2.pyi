@@ -54,7 +54,7 @@ class GuestMemoryRegion(_message.Message):
     def __init__(self, gpa: _Optional[int] = ..., path: _Optional[str] = ..., dirty_log: _Optional[str] = ...) -> None: ...
 
 class StartMigrationRequest(_message.Message):
-    __slots__ = ("destination", "regions", "connections", "skip_zero_pages", "page_size", "verify", "max_batch_bytes", "downtime_ms", "timeout_ms", "timeout_strategy", "max_iterations", "guest_pid", "available_bandwidth_bytes_per_second", "qmp_socket")
+    __slots__ = ("destination", "regions", "connections", "skip_zero_pages", "page_size", "verify", "max_batch_bytes", "downtime_ms", "timeout_ms", "timeout_strategy", "max_iterations", "guest_pid", "available_bandwidth_bytes_per_second", "qmp_socket", "auto_converge", "stall_timeout_ms")
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     REGIONS_FIELD_NUMBER: _ClassVar[int]
     CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,8 @@ class StartMigrationRequest(_message.Message):
     GUEST_PID_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_BANDWIDTH_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     QMP_SOCKET_FIELD_NUMBER: _ClassVar[int]
+    AUTO_CONVERGE_FIELD_NUMBER: _ClassVar[int]
+    STALL_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     destination: str
     regions: _containers.RepeatedCompositeFieldContainer[GuestMemoryRegion]
     connections: int
@@ -83,7 +85,9 @@ class StartMigrationRequest(_message.Message):
     guest_pid: int
     available_bandwidth_bytes_per_second: float
     qmp_socket: str
-    def __init__(self, destination: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[GuestMemoryRegion, _Mapping]]] = ..., connections: _Optional[int] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., verify: _Optional[bool] = ..., max_batch_bytes: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., timeout_strategy: _Optional[_Union[TimeoutStrategy, str]] = ..., max_iterations: _Optional[int] = ..., guest_pid: _Optional[int] = ..., available_bandwidth_bytes_per_second: _Optional[float] = ..., qmp_socket: _Optional[str] = ...) -> None: ...
+    auto_converge: bool
+    stall_timeout_ms: int
+    def __init__(self, destination: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[GuestMemoryRegion, _Mapping]]] = ..., connections: _Optional[int] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., verify: _Optional[bool] = ..., max_batch_bytes: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., timeout_strategy: _Optional[_Union[TimeoutStrategy, str]] = ..., max_iterations: _Optional[int] = ..., guest_pid: _Optional[int] = ..., available_bandwidth_bytes_per_second: _Optional[float] = ..., qmp_socket: _Optional[str] = ..., auto_converge: _Optional[bool] = ..., stall_timeout_ms: _Optional[int] = ...) -> None: ...
 
 class StartMigrationResponse(_message.Message):
     __slots__ = ("migration_id",)
@@ -108,7 +112,7 @@ class ListMigrationsResponse(_message.Message):
     def __init__(self, migrations: _Optional[_Iterable[_Union[MigrationStatus, _Mapping]]] = ...) -> None: ...
 
 class MigrationStats(_message.Message):
-    __slots__ = ("total_bytes", "scanned_bytes", "zero_bytes", "zero_pages", "normal_pages", "transmitted_bytes", "wire_bytes", "throughput_bytes_per_second", "duration_ms", "verified", "batches", "processed_bytes", "transfer_ms", "connections", "iterations", "remaining_bytes", "dirty_rate_bytes_per_second", "expected_downtime_ms", "downtime_ms", "setup_ms", "bandwidth_bytes_per_second", "bandwidth_source", "verify_ms", "zeroed_bytes")
+    __slots__ = ("total_bytes", "scanned_bytes", "zero_bytes", "zero_pages", "normal_pages", "transmitted_bytes", "wire_bytes", "throughput_bytes_per_second", "duration_ms", "verified", "batches", "processed_bytes", "transfer_ms", "connections", "iterations", "remaining_bytes", "dirty_rate_bytes_per_second", "expected_downtime_ms", "downtime_ms", "setup_ms", "bandwidth_bytes_per_second", "bandwidth_source", "verify_ms", "zeroed_bytes", "throttle_percent", "iteration_processed_bytes")
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SCANNED_BYTES_FIELD_NUMBER: _ClassVar[int]
     ZERO_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +137,8 @@ class MigrationStats(_message.Message):
     BANDWIDTH_SOURCE_FIELD_NUMBER: _ClassVar[int]
     VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
     ZEROED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_PROCESSED_BYTES_FIELD_NUMBER: _ClassVar[int]
     total_bytes: int
     scanned_bytes: int
     zero_bytes: int
@@ -157,7 +163,9 @@ class MigrationStats(_message.Message):
     bandwidth_source: str
     verify_ms: int
     zeroed_bytes: int
-    def __init__(self, total_bytes: _Optional[int] = ..., scanned_bytes: _Optional[int] = ..., zero_bytes: _Optional[int] = ..., zero_pages: _Optional[int] = ..., normal_pages: _Optional[int] = ..., transmitted_bytes: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., throughput_bytes_per_second: _Optional[float] = ..., duration_ms: _Optional[int] = ..., verified: _Optional[bool] = ..., batches: _Optional[int] = ..., processed_bytes: _Optional[int] = ..., transfer_ms: _Optional[int] = ..., connections: _Optional[int] = ..., iterations: _Optional[int] = ..., remaining_bytes: _Optional[int] = ..., dirty_rate_bytes_per_second: _Optional[float] = ..., expected_downtime_ms: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., setup_ms: _Optional[int] = ..., bandwidth_bytes_per_second: _Optional[float] = ..., bandwidth_source: _Optional[str] = ..., verify_ms: _Optional[int] = ..., zeroed_bytes: _Optional[int] = ...) -> None: ...
+    throttle_percent: int
+    iteration_processed_bytes: int
+    def __init__(self, total_bytes: _Optional[int] = ..., scanned_bytes: _Optional[int] = ..., zero_bytes: _Optional[int] = ..., zero_pages: _Optional[int] = ..., normal_pages: _Optional[int] = ..., transmitted_bytes: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., throughput_bytes_per_second: _Optional[float] = ..., duration_ms: _Optional[int] = ..., verified: _Optional[bool] = ..., batches: _Optional[int] = ..., processed_bytes: _Optional[int] = ..., transfer_ms: _Optional[int] = ..., connections: _Optional[int] = ..., iterations: _Optional[int] = ..., remaining_bytes: _Optional[int] = ..., dirty_rate_bytes_per_second: _Optional[float] = ..., expected_downtime_ms: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., setup_ms: _Optional[int] = ..., bandwidth_bytes_per_second: _Optional[float] = ..., bandwidth_source: _Optional[str] = ..., verify_ms: _Optional[int] = ..., zeroed_bytes: _Optional[int] = ..., throttle_percent: _Optional[int] = ..., iteration_processed_bytes: _Optional[int] = ...) -> None: ...
 
 class IterationStats(_message.Message):
     __slots__ = ("iteration", "dirty_bytes", "dirty_pages", "scanned_bytes", "zero_bytes", "zero_pages", "normal_pages", "transmitted_bytes", "wire_bytes", "duration_ms", "wire_bandwidth_bytes_per_second", "dirty_rate_bytes_per_second", "remaining_bytes", "expected_downtime_ms", "zeroed_bytes", "final")
@@ -206,7 +214,7 @@ class DestinationRegion(_message.Message):
     def __init__(self, gpa: _Optional[int] = ..., length: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class MigrationStatus(_message.Message):
-    __slots__ = ("migration_id", "state", "error", "stats", "destination_regions", "destination", "skip_zero_pages", "page_size", "iterations", "phase", "live", "guest_state", "guest_run_state")
+    __slots__ = ("migration_id", "state", "error", "stats", "destination_regions", "destination", "skip_zero_pages", "page_size", "iterations", "phase", "live", "guest_state", "guest_run_state", "convergence_forecast")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +228,7 @@ class MigrationStatus(_message.Message):
     LIVE_FIELD_NUMBER: _ClassVar[int]
     GUEST_STATE_FIELD_NUMBER: _ClassVar[int]
     GUEST_RUN_STATE_FIELD_NUMBER: _ClassVar[int]
+    CONVERGENCE_FORECAST_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     state: MigrationState
     error: str
@@ -233,7 +242,8 @@ class MigrationStatus(_message.Message):
     live: bool
     guest_state: str
     guest_run_state: str
-    def __init__(self, migration_id: _Optional[str] = ..., state: _Optional[_Union[MigrationState, str]] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[MigrationStats, _Mapping]] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., destination: _Optional[str] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., iterations: _Optional[_Iterable[_Union[IterationStats, _Mapping]]] = ..., phase: _Optional[str] = ..., live: _Optional[bool] = ..., guest_state: _Optional[str] = ..., guest_run_state: _Optional[str] = ...) -> None: ...
+    convergence_forecast: str
+    def __init__(self, migration_id: _Optional[str] = ..., state: _Optional[_Union[MigrationState, str]] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[MigrationStats, _Mapping]] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., destination: _Optional[str] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., iterations: _Optional[_Iterable[_Union[IterationStats, _Mapping]]] = ..., phase: _Optional[str] = ..., live: _Optional[bool] = ..., guest_state: _Optional[str] = ..., guest_run_state: _Optional[str] = ..., convergence_forecast: _Optional[str] = ...) -> None: ...
 
 class PrepareMigrationRequest(_message.Message):
     __slots__ = ("layout", "page_size", "migration_id", "connections")
