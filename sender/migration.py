@@ -515,6 +515,10 @@ class Migration:
                 format_bytes(dirty_rate),
                 format_bytes(bandwidth),
             )
+            if percent and not self.throttle_percent and (record := self.guest.pause_record()) is not None:
+                # A sender that dies mid-cycle must not leave the guest stopped: the record
+                # lets the next one (or `livemig guest resume`) continue it.
+                self.pause_records.write(record)
             self.throttle_percent = percent
             self._throttle.set(percent)
             metrics.throttle_changed(self.migration_id, percent)
@@ -525,6 +529,8 @@ class Migration:
         if self.throttle_percent:
             self.throttle_percent = 0
             metrics.throttle_changed(self.migration_id, 0)
+            if self.guest.state != "paused":  # a pause keeps its record until it is settled
+                self.pause_records.remove(self.migration_id)
 
     def _forecast(self, dirty_rate: float, bandwidth: float) -> None:
         """Say once, with numbers, when the downtime target cannot be met."""
