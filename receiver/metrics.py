@@ -21,7 +21,8 @@ for _outcome in ("completed", "aborted", "expired"):
 ACTIVE_SESSIONS = Gauge("livemig_receiver_active_sessions", "Sessions accepting pages")
 ALLOCATED_BYTES = Gauge(
     "livemig_receiver_destination_allocated_bytes",
-    "Bytes the destination files of the last completed session occupy on storage",
+    "Bytes every session's destination files in --memory-dir occupy on storage (completed ones kept for "
+    "their VMs included), read at each scrape",
 )
 for _reason in Reason:
     REJECTED_BATCHES.labels(_reason.value)  # every reason exported from the start, at 0

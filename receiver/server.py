@@ -19,9 +19,11 @@ from livemig.common.tls import INSECURE, Security
 from livemig.common.transfer_rpc import RECEIVER_SERVICE
 from livemig.common.transport import ServiceHost, message_limit
 from livemig.common.worker_processes import start_fork_server, usable_cores
+from livemig.receiver import metrics
 from livemig.receiver.data_worker import PRELOAD, WorkerSpec
 from livemig.receiver.data_worker_pool import DataWorkerPool
 from livemig.receiver.limits import ReceiverLimits
+from livemig.receiver.orphans import allocated_bytes, remove_orphans
 from livemig.receiver.registry import SessionRegistry
 from livemig.receiver.service import ReceiverService
 from livemig.receiver.write_mode import usable_write_mode
@@ -45,6 +47,8 @@ class Receiver:
         self.limits = limits or ReceiverLimits()
         raise_open_file_limit()  # before the fork server starts: its workers inherit it
         memory_dir.mkdir(parents=True, exist_ok=True)
+        remove_orphans(memory_dir)  # what a receiver that died left half-written
+        metrics.ALLOCATED_BYTES.set_function(lambda: allocated_bytes(memory_dir))
         self.registry = SessionRegistry(memory_dir, self.limits)
         start_fork_server(PRELOAD)
         workers = self.limits.data_workers or usable_cores()

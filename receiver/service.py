@@ -86,7 +86,6 @@ class ReceiverService(pb_grpc.ReceiverServicer):
             _abort(context, error)
         metrics.SESSIONS.labels("completed").inc()
         metrics.ACTIVE_SESSIONS.set(self.registry.active_count())
-        metrics.ALLOCATED_BYTES.set(allocated)
         log.info(
             "session %s (migration %s) completed: %d bytes written, %d allocated, verified=%s",
             session.session_id,

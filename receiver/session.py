@@ -33,6 +33,7 @@ from livemig.common.wire import DecodedBatch
 from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES
 from livemig.receiver.errors import Reason, ReceiverError, os_error_text, refusal_for_state, storage_error
 from livemig.receiver.ledger import SessionLedger
+from livemig.receiver.orphans import mark_finished, mark_unfinished
 from livemig.receiver.session_record import ACTIVE, RecordRegion, SessionRecord
 from livemig.receiver.shared_batch_ids import create_table
 from livemig.receiver.write_mode import WriteMode, file_write_mode
@@ -102,6 +103,7 @@ class Session:
         batch_ids = state_directory / "batch-ids.table"
         try:
             directory.mkdir(mode=0o700)
+            mark_unfinished(directory)  # a crash before completion leaves it for the next receiver to remove
             state_directory.mkdir(mode=0o700, parents=True)
             first_page = 0
             for index, memory_range in enumerate(sorted(layout_ranges)):
@@ -225,6 +227,7 @@ class Session:
                 os.fsync(region.fd)  # a no-op on tmpfs; durability on disk-backed memory
         finally:
             opened.close()
+        mark_finished(self.directory)
         self.state = SessionState.COMPLETED
         allocated = self.allocated_bytes()
         shutil.rmtree(self.state_directory, ignore_errors=True)

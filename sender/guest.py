@@ -28,7 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from livemig.sender.pause_records import PauseRecord, process_start
+from livemig.common.process_identity import process_start
+from livemig.sender.pause_records import PauseRecord
 from livemig.sender.throttle import HookThrottle, NoThrottle, PidThrottle, Throttle
 
 log = logging.getLogger("livemig.sender")

@@ -32,6 +32,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from livemig.common.process_identity import alive, process_start
 from livemig.common.qmp import QmpFailure, qmp_connection
 
 log = logging.getLogger("livemig.sender")
@@ -39,18 +40,6 @@ log = logging.getLogger("livemig.sender")
 DEFAULT_STATE_DIR = Path("/run/livemig/sender")
 SUFFIX = ".paused.json"
 HOOK_TIMEOUT_SECONDS = 30.0
-
-
-def process_start(pid: int) -> int:
-    """The process's start time in clock ticks since boot; 0 when it does not exist."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def alive(pid: int, start: int) -> bool:
-    return pid > 0 and start > 0 and process_start(pid) == start
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,3 +144,4 @@ class PauseRecords:
                 self.remove(record.migration_id)
             outcomes.append((record, outcome))
         return outcomes
+
