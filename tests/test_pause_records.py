@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from livemig.cli.processes import GuestProcess, ServiceProcess
-from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.process_identity import process_start
+from livemig.common.proto import livemig_pb2 as pb
 from livemig.sender.pause_records import PauseRecord, PauseRecords, resume
 from tests.helpers import run_cli, sender_stub, wait_for
 
