@@ -144,4 +144,3 @@ class PauseRecords:
                 self.remove(record.migration_id)
             outcomes.append((record, outcome))
         return outcomes
-
