@@ -15,6 +15,7 @@ import sys
 
 import click
 import grpc
+from google.protobuf import json_format
 
 from livemig.cli import client, report
 from livemig.common.proto import livemig_pb2 as pb
@@ -159,3 +160,15 @@ def cancel_migration(sender: str, migration_id: str, security: Security, as_json
         return code
     _print_final(status, as_json)
     return client.EXIT_COMPLETED if status.state == pb.CANCELLED else client.EXIT_FAILED
+
+
+def check_migration(sender: str, request: pb.StartMigrationRequest, security: Security, as_json: bool) -> int:
+    """`send-migration --check`: every problem on a line of its own, then the forecast."""
+    response, code = _call(sender, security, lambda stub: stub.CheckMigration(request, timeout=600))
+    if response is None:
+        return code
+    if as_json:
+        click.echo(json_format.MessageToJson(response, preserving_proto_field_name=True, indent=None))
+    else:
+        report.print_check(response)
+    return client.EXIT_COMPLETED if not response.problems else client.EXIT_FAILED

@@ -407,6 +407,12 @@ def _sender_option(command):
     is_flag=True,
     help="Start the migration, print its id and exit (follow it with `livemig migrations watch`).",
 )
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Preflight: check files, dirty maps, the guest, the receiver (TLS, limits, free space) and print "
+    "a forecast; nothing is paused, no page is sent. Exits 0 when the migration can start.",
+)
 @click.option("--dirty-log", is_flag=True, help="Live migration: each region's dirty map is FILE.dirty.")
 @click.option(
     "--guest-pid", type=click.IntRange(0, None), default=0, help="Process to pause at switchover (SIGSTOP/SIGCONT)."
@@ -480,6 +486,7 @@ def send_migration(
     verify: bool,
     as_json: bool,
     detach: bool,
+    check: bool,
     dirty_log: bool,
     guest_pid: int,
     qmp_socket: str,
@@ -531,8 +538,10 @@ def send_migration(
         auto_converge=auto_converge,
         stall_timeout_ms=round(stall_timeout * 1000),
     )
-    from livemig.cli.follow import start_and_follow
+    from livemig.cli.follow import check_migration, start_and_follow
 
+    if check:
+        sys.exit(check_migration(sender_address, request, security, as_json=as_json))
     sys.exit(start_and_follow(sender_address, request, security, as_json=as_json, detach=detach))
 
 

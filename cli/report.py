@@ -225,3 +225,29 @@ def print_table(console: Console, title: str, headers: list[str], rows: list[lis
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+def print_check(check: pb.MigrationCheck, console: Console | None = None) -> None:
+    """A preflight's outcome: its problems, then what the migration would send and how long it would take."""
+    console = console or console_for()
+    for problem in check.problems:
+        console.print(f"problem: {problem}")
+    if check.total_bytes:
+        share = check.zero_bytes / check.total_bytes
+        console.print(
+            f"would send {human_bytes(check.send_bytes)} of {human_bytes(check.total_bytes)} "
+            f"({human_bytes(check.zero_bytes)} zero pages, {share:.0%})"
+        )
+        if check.bandwidth_source:
+            console.print(
+                f"forecast: {check.forecast_ms / 1000:.1f} s for one pass at "
+                f"{human_bytes(check.bandwidth_bytes_per_second)}/s ({check.bandwidth_source})"
+            )
+        else:
+            console.print("forecast: no bandwidth known (nothing is sent to measure one); give --available-bandwidth")
+    if check.receiver_data_ports:
+        console.print(
+            f"receiver: accepts this layout, batches up to {human_bytes(check.receiver_max_batch_bytes)}, "
+            f"{check.receiver_data_ports} data ports"
+        )
+    console.print("ready to migrate" if not check.problems else f"{len(check.problems)} problem(s): not ready")

@@ -21,8 +21,12 @@ import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from livemig.sender.errors import Reason, SenderError
+
+if TYPE_CHECKING:
+    from livemig.sender.resources import MigrationResources
 
 FileIdentity = tuple[int, int]  # (st_dev, st_ino)
 
@@ -56,6 +60,16 @@ class GuestClaims:
         self._held: dict[str, GuestHoldings] = {}
         self._lock = threading.Lock()
 
+    def conflict(self, files: Iterable[FileIdentity], pid: int = 0) -> str:
+        """What a start with these holdings would be refused for ("" when nothing), claiming nothing."""
+        holdings = GuestHoldings(frozenset(files), pid)
+        with self._lock:
+            for other_id, other in self._held.items():
+                what = _overlap(holdings, other)
+                if what:
+                    return f"{what} already in running migration {other_id}: one migration per guest"
+        return ""
+
     def claim(self, migration_id: str, files: Iterable[FileIdentity], pid: int = 0) -> Claim:
         holdings = GuestHoldings(frozenset(files), pid)
         with self._lock:
@@ -88,12 +102,14 @@ def _overlap(new: GuestHoldings, held: GuestHoldings) -> str:
     return ""
 
 
-def holdings_of(layout_fds: Iterable[int], map_identities: Iterable[FileIdentity], guest: object) -> list[FileIdentity]:
-    """The files a migration holds: its region files, its dirty maps, and a QMP guest's socket."""
-    files = [identity(fd) for fd in layout_fds]
-    files.extend(map_identities)
-    socket_path = getattr(guest, "socket_path", None)
+def migration_holdings(resources: MigrationResources) -> tuple[list[FileIdentity], int]:
+    """What a migration holds: its region files, its dirty maps, a QMP guest's socket
+    (device and inode each), and its guest pid."""
+    files = [identity(region.fd) for region in resources.layout.regions]
+    if resources.dirty_log is not None:
+        files.extend(dirty_map.identity for dirty_map in resources.dirty_log.maps)
+    socket_path = getattr(resources.guest, "socket_path", None)
     if socket_path is not None:
         status = os.stat(socket_path)
         files.append((status.st_dev, status.st_ino))
-    return files
+    return files, getattr(resources.guest, "pid", 0)

@@ -20,14 +20,15 @@ from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.tls import INSECURE, Security
 from livemig.sender.capacity import MigrationCapacity
-from livemig.sender.claims import FileIdentity, GuestClaims, holdings_of
+from livemig.sender.claims import GuestClaims, migration_holdings
 from livemig.sender.config import SenderConfig
 from livemig.sender.errors import Reason, SenderError
 from livemig.sender.migration import FINAL_STATES, Migration
 from livemig.sender.pause_records import PauseRecords
+from livemig.sender.preflight import check_migration
 from livemig.sender.registry import MigrationRegistry
 from livemig.sender.requests import validate_migration_id, validate_start
-from livemig.sender.resources import MigrationResources, acquire
+from livemig.sender.resources import acquire
 from livemig.sender.watch import WatchGate
 
 log = logging.getLogger("livemig.sender")
@@ -47,12 +48,6 @@ STATUS_OF_REASON: dict[Reason, grpc.StatusCode] = {
 
 def _abort(context: grpc.ServicerContext, error: SenderError) -> None:
     context.abort(STATUS_OF_REASON[error.reason], error.message)
-
-
-def _holdings(resources: MigrationResources) -> tuple[list[FileIdentity], int]:
-    maps = [m.identity for m in resources.dirty_log.maps] if resources.dirty_log is not None else []
-    files = holdings_of((r.fd for r in resources.layout.regions), maps, resources.guest)
-    return files, getattr(resources.guest, "pid", 0)
 
 
 def client_of(context: grpc.ServicerContext) -> str:
@@ -87,7 +82,7 @@ class SenderService(pb_grpc.SenderServicer):
         resources = claim = None
         try:
             resources = acquire(migration_id, request, migration_request.page_size, self.config)
-            claim = self.claims.claim(migration_id, *_holdings(resources))
+            claim = self.claims.claim(migration_id, *migration_holdings(resources))
             migration = Migration(
                 migration_request,
                 resources.layout,
@@ -126,6 +121,10 @@ class SenderService(pb_grpc.SenderServicer):
         # for connection processes only once the thread has let them go.
         migration.start(on_exit=lambda _m: reservation.release(), on_final=lambda _m: claim.release())
         return pb.StartMigrationResponse(migration_id=migration.migration_id)
+
+    def CheckMigration(self, request: pb.StartMigrationRequest, context: grpc.ServicerContext):
+        """A preflight of the same request (sender/preflight.py): problems are the answer, not errors."""
+        return check_migration(request, self.config, self.security, self.claims)
 
     def _find(self, request: pb.MigrationRequest) -> Migration:
         migration_id = validate_migration_id(request, self.config)

@@ -245,6 +245,28 @@ class MigrationStatus(_message.Message):
     convergence_forecast: str
     def __init__(self, migration_id: _Optional[str] = ..., state: _Optional[_Union[MigrationState, str]] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[MigrationStats, _Mapping]] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., destination: _Optional[str] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., iterations: _Optional[_Iterable[_Union[IterationStats, _Mapping]]] = ..., phase: _Optional[str] = ..., live: _Optional[bool] = ..., guest_state: _Optional[str] = ..., guest_run_state: _Optional[str] = ..., convergence_forecast: _Optional[str] = ...) -> None: ...
 
+class MigrationCheck(_message.Message):
+    __slots__ = ("problems", "total_bytes", "send_bytes", "zero_bytes", "bandwidth_bytes_per_second", "bandwidth_source", "forecast_ms", "receiver_max_batch_bytes", "receiver_data_ports")
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SEND_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ZERO_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FORECAST_MS_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_MAX_BATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_DATA_PORTS_FIELD_NUMBER: _ClassVar[int]
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    total_bytes: int
+    send_bytes: int
+    zero_bytes: int
+    bandwidth_bytes_per_second: float
+    bandwidth_source: str
+    forecast_ms: int
+    receiver_max_batch_bytes: int
+    receiver_data_ports: int
+    def __init__(self, problems: _Optional[_Iterable[str]] = ..., total_bytes: _Optional[int] = ..., send_bytes: _Optional[int] = ..., zero_bytes: _Optional[int] = ..., bandwidth_bytes_per_second: _Optional[float] = ..., bandwidth_source: _Optional[str] = ..., forecast_ms: _Optional[int] = ..., receiver_max_batch_bytes: _Optional[int] = ..., receiver_data_ports: _Optional[int] = ...) -> None: ...
+
 class PrepareMigrationRequest(_message.Message):
     __slots__ = ("layout", "page_size", "migration_id", "connections")
     LAYOUT_FIELD_NUMBER: _ClassVar[int]

@@ -39,6 +39,11 @@ class SenderStub:
                 request_serializer=livemig_dot_v1_dot_livemig__pb2.StartMigrationRequest.SerializeToString,
                 response_deserializer=livemig_dot_v1_dot_livemig__pb2.StartMigrationResponse.FromString,
                 _registered_method=True)
+        self.CheckMigration = channel.unary_unary(
+                '/livemig.v1.Sender/CheckMigration',
+                request_serializer=livemig_dot_v1_dot_livemig__pb2.StartMigrationRequest.SerializeToString,
+                response_deserializer=livemig_dot_v1_dot_livemig__pb2.MigrationCheck.FromString,
+                _registered_method=True)
         self.GetMigration = channel.unary_unary(
                 '/livemig.v1.Sender/GetMigration',
                 request_serializer=livemig_dot_v1_dot_livemig__pb2.MigrationRequest.SerializeToString,
@@ -66,6 +71,14 @@ class SenderServicer:
 
     def StartMigration(self, request, context):
         """Starts a migration in the background and returns its id at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckMigration(self, request, context):
+        """A preflight of the same request: files, dirty maps, the guest, the receiver (TLS,
+        limits, free space), zero pages; nothing is paused and no page is sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +116,11 @@ def add_SenderServicer_to_server(servicer, server):
                     servicer.StartMigration,
                     request_deserializer=livemig_dot_v1_dot_livemig__pb2.StartMigrationRequest.FromString,
                     response_serializer=livemig_dot_v1_dot_livemig__pb2.StartMigrationResponse.SerializeToString,
+            ),
+            'CheckMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckMigration,
+                    request_deserializer=livemig_dot_v1_dot_livemig__pb2.StartMigrationRequest.FromString,
+                    response_serializer=livemig_dot_v1_dot_livemig__pb2.MigrationCheck.SerializeToString,
             ),
             'GetMigration': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMigration,
@@ -152,6 +170,33 @@ class Sender:
             '/livemig.v1.Sender/StartMigration',
             livemig_dot_v1_dot_livemig__pb2.StartMigrationRequest.SerializeToString,
             livemig_dot_v1_dot_livemig__pb2.StartMigrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/livemig.v1.Sender/CheckMigration',
+            livemig_dot_v1_dot_livemig__pb2.StartMigrationRequest.SerializeToString,
+            livemig_dot_v1_dot_livemig__pb2.MigrationCheck.FromString,
             options,
             channel_credentials,
             insecure,
