@@ -5,15 +5,16 @@ failed, aborted or expired one's. A receiver that dies (SIGKILL, OOM, power) rem
 nothing: the half-written memory of its unfinished sessions would stay in
 --memory-dir for good, taking space the next migrations need. So each session
 directory carries a marker while it is unfinished, naming its receiver by pid and
-start time; completion removes it. A receiver that starts removes every session
+start time; completion removes it. The marker is an empty folder whose name holds
+the owner: a hugetlbfs memory dir takes folders but no small files. A receiver that starts removes every session
 directory whose marker names a receiver that is gone, and logs what it removed;
 directories of receivers still running (several may share a memory dir) stay.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -23,15 +24,17 @@ from livemig.common.process_identity import alive, this_process
 log = logging.getLogger("livemig.receiver")
 
 MARKER = ".livemig-unfinished"
+_OWNER = re.compile(re.escape(MARKER) + r"-(\d+)-(\d+)")
 
 
 def mark_unfinished(directory: Path) -> None:
     pid, start = this_process()
-    (directory / MARKER).write_text(json.dumps({"pid": pid, "start": start}))
+    (directory / f"{MARKER}-{pid}-{start}").mkdir()
 
 
 def mark_finished(directory: Path) -> None:
-    (directory / MARKER).unlink(missing_ok=True)
+    for marker in directory.glob(f"{MARKER}-*"):
+        marker.rmdir()
 
 
 def _allocated(directory: Path) -> int:
@@ -41,14 +44,13 @@ def _allocated(directory: Path) -> int:
 def remove_orphans(memory_dir: Path) -> list[tuple[str, int]]:
     """Remove the unfinished sessions of receivers that are gone; (session, bytes) removed."""
     removed = []
-    for marker in sorted(memory_dir.glob(f"*/{MARKER}")):
+    for marker in sorted(memory_dir.glob(f"*/{MARKER}-*")):
         directory = marker.parent
-        try:
-            owner = json.loads(marker.read_text())
-            if alive(int(owner["pid"]), int(owner["start"])):
-                continue
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # an unreadable marker is a crash's too: the session never finished
+        owner = _OWNER.fullmatch(marker.name)
+        if owner is not None and alive(int(owner[1]), int(owner[2])):
+            continue  # a running receiver's session (an unreadable name is a crash's too)
+        if not directory.exists():
+            continue  # a second marker of a folder already removed
         size = _allocated(directory)
         shutil.rmtree(directory, ignore_errors=True)
         log.warning(
