@@ -15,6 +15,7 @@ import enum
 import math
 from dataclasses import dataclass
 
+from livemig.common.human import format_bytes
 from livemig.sender.stats import Counters
 
 
@@ -99,3 +100,31 @@ def bounded_ms(seconds: float) -> int:
     if not math.isfinite(seconds) or seconds * 1000 >= UNKNOWN_MS:
         return UNKNOWN_MS
     return max(0, int(seconds * 1000))
+
+
+def convergence_forecast(
+    target_ms: int, dirty_rate: float, bandwidth: float, iteration_seconds: float, overhead_seconds: float
+) -> str:
+    """'' when the target can be met; else why not, with numbers.
+
+    Each iteration sends what the guest dirtied during the previous one, so with a
+    dirty rate D below the bandwidth B the dirty set settles where an iteration of
+    fixed cost c (its shortest so far: collection, scan, round trips) and R/B of
+    sending leaves R = D (c + R/B) behind: R = D c / (1 - D/B). The downtime cannot
+    fall below R/B plus the switchover's own overhead (two round trips, verify).
+    """
+    if bandwidth <= 0:
+        return ""
+    if dirty_rate >= bandwidth:
+        return (
+            f"will not converge: the guest dirties {format_bytes(dirty_rate)}/s and the link sends "
+            f"{format_bytes(bandwidth)}/s; needs more bandwidth than the dirty rate, or auto-converge"
+        )
+    settled = dirty_rate * iteration_seconds / (1 - dirty_rate / bandwidth)
+    floor_ms = (settled / bandwidth + overhead_seconds) * 1000
+    if floor_ms <= target_ms:
+        return ""
+    return (
+        f"will not converge: needs a downtime of at least {floor_ms:.0f} ms, the target is {target_ms} ms "
+        f"(floor at {format_bytes(bandwidth)}/s with the guest dirtying {format_bytes(dirty_rate)}/s)"
+    )

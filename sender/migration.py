@@ -38,13 +38,13 @@ from livemig.sender import metrics
 from livemig.sender.connection_process import ConnectionSpec, source_regions
 from livemig.sender.convergence import ConvergencePolicy, Decision
 from livemig.sender.dirty_log import DirtyLog
-from livemig.sender.dirty_rate import DirtyRate
+from livemig.sender.failures import describe_failure
 from livemig.sender.guest import GuestControl
 from livemig.sender.pause_records import PauseRecords
+from livemig.sender.precopy_steering import PrecopySteering
 from livemig.sender.qmp_guest import QmpGuest
 from livemig.sender.stats import MigrationStats
-from livemig.sender.throttle import AutoConverge, NoThrottle, Throttle
-from livemig.sender.transfer import ConnectionFailed, TransferPool, TransferStopped
+from livemig.sender.transfer import TransferPool, TransferStopped
 
 log = logging.getLogger("livemig.sender")
 
@@ -52,7 +52,6 @@ State = pb.MigrationState
 FINAL_STATES = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED})
 CONTROL_TIMEOUT_SECONDS = 15.0
 STATUS_ITERATIONS = 64  # the latest iterations a status carries (a long pre-copy has thousands)
-LOG_INTERVAL_SECONDS = 1.0  # iteration log lines at most this often
 ABORT_TIMEOUT_SECONDS = 5.0  # best effort on a failure path: the receiver may be gone
 COMPLETE_TIMEOUT_SECONDS = 600.0  # the receiver digests all destination memory
 
@@ -121,15 +120,14 @@ class Migration:
         self._cancel_requested = False
         self._timed_out = False  # a one-pass migration ran past timeout_ms
         self._verify_seconds: float | None = None  # the digests' share of the downtime estimate
-        self._dirty_rate = DirtyRate()  # smoothed over time, not over iterations
-        self._auto_converge = AutoConverge()
-        self._throttle: Throttle = NoThrottle()
-        self.throttle_percent = 0
-        self.convergence_forecast = ""
-        self._lowest_remaining: int | None = None  # progress, for the stall timeout
-        self._lowest_at = 0.0
-        self._logged_at = 0.0  # iteration lines: at most one a second
-        self._unlogged = 0
+        self.steering = PrecopySteering(
+            self.migration_id,
+            self._log,
+            request.downtime_ms,
+            request.auto_converge,
+            request.stall_timeout_ms,
+            self.pause_records,
+        )
         self._started = time.monotonic()
         self._outcome_counted = False  # metrics.migration_finished done (once, whatever happens)
         self._round_trip = 0.0
@@ -168,8 +166,8 @@ class Migration:
             try:
                 stats, iterations = self.stats.to_proto(), self.stats.iterations_proto()
                 if self.live:
-                    stats.dirty_rate_bytes_per_second = self._dirty_rate.value
-                    stats.throttle_percent = self.throttle_percent
+                    stats.dirty_rate_bytes_per_second = self.steering.dirty_rate.value
+                    stats.throttle_percent = self.steering.throttle_percent
                 stats.iteration_processed_bytes = iteration_progress(stats, iterations)
                 iterations = iterations[-STATUS_ITERATIONS:]
             except Exception:  # a bad figure must not break GetMigration and ListMigrations
@@ -189,7 +187,7 @@ class Migration:
                 live=self.live,
                 guest_state=self.guest.state,
                 guest_run_state=self.guest.run_state,
-                convergence_forecast=self.convergence_forecast,
+                convergence_forecast=self.steering.forecast,
             )
 
     def wait_for_change(self, last: tuple[int, str, int], timeout: float) -> None:
@@ -301,19 +299,23 @@ class Migration:
         except Exception as error:
             self._fail(receiver, token, pool, State.FAILED, describe_failure(error, self.request.destination))
         finally:
-            self._release_throttle()
+            self.steering.release()
             if deadline is not None:
                 deadline.cancel()
             control.close()
-            self.layout.close()
-            if self.dirty_log is not None:
-                self.dirty_log.close()
-            self.guest.close()
-            # gRPC calls and generators leave reference cycles holding buffers and
-            # frames; collect them, then hand the freed memory back to the system, so a
-            # long-lived sender does not grow with the number of migrations.
-            gc.collect()
-            release_free_memory()
+            self._release_resources()
+
+    def _release_resources(self) -> None:
+        """What the migration held on the source host, let go whatever the outcome."""
+        self.layout.close()
+        if self.dirty_log is not None:
+            self.dirty_log.close()
+        self.guest.close()
+        # gRPC calls and generators leave reference cycles holding buffers and
+        # frames; collect them, then hand the freed memory back to the system, so a
+        # long-lived sender does not grow with the number of migrations.
+        gc.collect()
+        release_free_memory()
 
     def _one_pass_deadline(self) -> threading.Timer | None:
         """timeout_ms on a migration without dirty logs: it ends FAILED (guest resumed) when
@@ -410,9 +412,7 @@ class Migration:
         assert self.dirty_log is not None
         self._set(phase="precopy")
         self.dirty_log.clear()  # everything is sent in iteration 0; writes from now on are caught
-        self._dirty_rate.restart()
-        if self.request.auto_converge:
-            self._throttle = self.guest.throttle()
+        self.steering.start(self.guest)
         self.stats.begin_iteration(self.layout.total_bytes, self.layout.total_bytes // self.request.page_size)
         pool.send(self.layout.table.ranges, zero_records=False)
         expected = self._end_iteration()
@@ -420,7 +420,7 @@ class Migration:
             elapsed_ms = int((time.monotonic() - self._started) * 1000)
             remaining = self.stats.remaining_bytes
             decision = self.policy.decide(len(self.stats.iterations), remaining, expected, elapsed_ms)
-            stalled = self._stalled(remaining)
+            stalled = self.steering.stalled(remaining)
             if stalled and decision is Decision.CONTINUE:
                 decision = Decision.FORCE_SWITCHOVER if self.request.force_on_timeout else Decision.GIVE_UP
             if decision is Decision.GIVE_UP:
@@ -437,11 +437,11 @@ class Migration:
                 break
             dirty = self.dirty_log.collect()
             dirty_bytes = sum(r.length for r in dirty)
-            self._dirty_rate.collected(dirty_bytes)
+            self.steering.collected(dirty_bytes)
             self.stats.begin_iteration(dirty_bytes, dirty_bytes // self.request.page_size)
             pool.send(dirty, zero_records=True)
             expected = self._end_iteration()
-        self._release_throttle()  # the pause is the migration's: no duty cycle may continue the guest
+        self.steering.release()  # the pause is the migration's: no duty cycle may continue the guest
         self._set(phase="switchover")
         pause_started = time.monotonic()
         self._pause_guest()
@@ -473,22 +473,14 @@ class Migration:
         )
         self.stats.bandwidth, self.stats.bandwidth_source = bandwidth, source
         iteration = self.stats.end_iteration(remaining, expected)
-        dirty_rate = self._dirty_rate.value
-        metrics.iteration_ended(self.migration_id, remaining, dirty_rate, expected)
-        if self.request.auto_converge and iteration.index:
-            self._steer(dirty_rate, bandwidth)
-        if iteration.index >= 2 and not self.convergence_forecast:
-            self._forecast(dirty_rate, bandwidth)
-        now = time.monotonic()
-        if now - self._logged_at < LOG_INTERVAL_SECONDS:
-            self._unlogged += 1
+        metrics.iteration_ended(self.migration_id, remaining, self.steering.dirty_rate.value, expected)
+        fixed = min((i.seconds() for i in self.stats.iterations[1:] if i.ended is not None), default=0.0)
+        self.steering.iteration_ended(
+            iteration.index, bandwidth, fixed, 2 * self._round_trip + (self._verify_seconds or 0.0)
+        )
+        if not self.steering.log_now():
             self._set()
             return expected
-        if self._unlogged:
-            self._log.info(
-                "migration %s: %d iterations not logged (one line a second)", self.migration_id, self._unlogged
-            )
-        self._logged_at, self._unlogged = now, 0
         self._log.info(
             "migration %s: iteration %d sent %s of %s dirty in %.0f ms; %s dirty, expected downtime %d ms at %s/s (%s)",
             self.migration_id,
@@ -503,60 +495,6 @@ class Migration:
         )
         self._set()  # wake watchers: a new iteration is in the statistics
         return expected
-
-    def _steer(self, dirty_rate: float, bandwidth: float) -> None:
-        """Auto-converge: the throttle for the next iteration (sender/throttle.py)."""
-        percent = self._auto_converge.after_iteration(dirty_rate, bandwidth)
-        if percent != self.throttle_percent:
-            self._log.info(
-                "migration %s: auto-converge throttles the guest to %d %% (dirty %s/s, link %s/s)",
-                self.migration_id,
-                percent,
-                format_bytes(dirty_rate),
-                format_bytes(bandwidth),
-            )
-            if percent and not self.throttle_percent and (record := self.guest.pause_record()) is not None:
-                # A sender that dies mid-cycle must not leave the guest stopped: the record
-                # lets the next one (or `livemig guest resume`) continue it.
-                self.pause_records.write(record)
-            self.throttle_percent = percent
-            self._throttle.set(percent)
-            metrics.throttle_changed(self.migration_id, percent)
-
-    def _release_throttle(self) -> None:
-        self._throttle.release()
-        self._throttle = NoThrottle()
-        if self.throttle_percent:
-            self.throttle_percent = 0
-            metrics.throttle_changed(self.migration_id, 0)
-            if self.guest.state != "paused":  # a pause keeps its record until it is settled
-                self.pause_records.remove(self.migration_id)
-
-    def _forecast(self, dirty_rate: float, bandwidth: float) -> None:
-        """Say once, with numbers, when the downtime target cannot be met."""
-        iterations = self.stats.iterations[1:]
-        fixed = min((i.seconds() for i in iterations if i.ended is not None), default=0.0)
-        forecast = convergence_forecast(
-            self.request.downtime_ms,
-            dirty_rate,
-            bandwidth,
-            fixed,
-            2 * self._round_trip + (self._verify_seconds or 0.0),
-        )
-        if forecast:
-            if self.request.auto_converge:
-                forecast += " (auto-converge is on: the throttle may still bring it there)"
-            self.convergence_forecast = forecast
-            self._log.warning("migration %s: %s", self.migration_id, forecast)
-            metrics.will_not_converge(self.migration_id)
-
-    def _stalled(self, remaining: int) -> bool:
-        """No new low of the dirty bytes left for stall_timeout_ms (KubeVirt's progress timeout)."""
-        now = time.monotonic()
-        if self._lowest_remaining is None or remaining < self._lowest_remaining:
-            self._lowest_remaining, self._lowest_at = remaining, now
-            return False
-        return bool(self.request.stall_timeout_ms) and (now - self._lowest_at) * 1000 >= self.request.stall_timeout_ms
 
     def _digest(self) -> tuple[bytes, float]:
         if not self.request.verify:
@@ -627,70 +565,3 @@ def iteration_progress(stats: pb.MigrationStats, iterations: list[pb.IterationSt
         return stats.processed_bytes
     before = stats.total_bytes + sum(i.dirty_bytes for i in iterations[1:-1])
     return max(0, min(iterations[-1].dirty_bytes, stats.processed_bytes - before))
-
-
-def convergence_forecast(
-    target_ms: int, dirty_rate: float, bandwidth: float, iteration_seconds: float, overhead_seconds: float
-) -> str:
-    """'' when the target can be met; else why not, with numbers.
-
-    Each iteration sends what the guest dirtied during the previous one, so with a
-    dirty rate D below the bandwidth B the dirty set settles where an iteration of
-    fixed cost c (its shortest so far: collection, scan, round trips) and R/B of
-    sending leaves R = D (c + R/B) behind: R = D c / (1 - D/B). The downtime cannot
-    fall below R/B plus the switchover's own overhead (two round trips, verify).
-    """
-    if bandwidth <= 0:
-        return ""
-    if dirty_rate >= bandwidth:
-        return (
-            f"will not converge: the guest dirties {format_bytes(dirty_rate)}/s and the link sends "
-            f"{format_bytes(bandwidth)}/s; needs more bandwidth than the dirty rate, or auto-converge"
-        )
-    settled = dirty_rate * iteration_seconds / (1 - dirty_rate / bandwidth)
-    floor_ms = (settled / bandwidth + overhead_seconds) * 1000
-    if floor_ms <= target_ms:
-        return ""
-    return (
-        f"will not converge: needs a downtime of at least {floor_ms:.0f} ms, the target is {target_ms} ms "
-        f"(floor at {format_bytes(bandwidth)}/s with the guest dirtying {format_bytes(dirty_rate)}/s)"
-    )
-
-
-# What gRPC's TLS handshake errors mean to an operator (the raw text follows).
-_TLS_REASONS = (
-    ("Hostname Verification", "its certificate does not name the host dialled (subjectAltName)"),
-    ("Peer name", "its certificate does not name the host dialled (subjectAltName)"),
-    ("CERTIFICATE_VERIFY_FAILED", "its certificate is not signed by the CA given with --tls-ca"),
-    ("WRONG_VERSION_NUMBER", "it does not speak TLS (a plaintext receiver?)"),
-)
-
-
-def _unreachable(destination: str, details: str) -> str:
-    if any(marker in details for marker in ("andshake failed", "Peer name", "Hostname Verification")):
-        reason = next((meaning for marker, meaning in _TLS_REASONS if marker in details), "the TLS handshake failed")
-        return f"receiver at {destination} failed TLS verification: {reason}: {details}"
-    return f"receiver at {destination} is unavailable: {details}"
-
-
-def describe_failure(error: BaseException, destination: str) -> str:
-    """One human sentence for the status's error field."""
-    if isinstance(error, ConnectionFailed):
-        details = str(error)
-        if error.code in ("UNAVAILABLE", "CANCELLED", "INTERNAL"):
-            return _unreachable(destination, details)
-        if error.code == "DEADLINE_EXCEEDED":
-            return f"receiver at {destination} did not answer in time: {details}"
-        if error.code:
-            return f"receiver refused ({error.code}): {details}"
-        return details
-    cause = error if isinstance(error, grpc.RpcError) else error.__cause__
-    if isinstance(cause, grpc.RpcError):
-        code = cause.code()
-        details = str(error) if cause is not error else (cause.details() or "")
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL):
-            return _unreachable(destination, details)
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return f"receiver at {destination} did not answer in time: {details}"
-        return f"receiver refused ({code.name}): {details}"
-    return f"{type(error).__name__}: {error}"

@@ -29,7 +29,8 @@ from livemig.common.zeropages import scan_guest_range
 from livemig.sender.claims import GuestClaims, migration_holdings
 from livemig.sender.config import SenderConfig
 from livemig.sender.errors import SenderError
-from livemig.sender.migration import CONTROL_TIMEOUT_SECONDS, describe_failure
+from livemig.sender.failures import describe_failure
+from livemig.sender.migration import CONTROL_TIMEOUT_SECONDS
 from livemig.sender.requests import validate_start
 from livemig.sender.resources import MigrationResources, acquire
 

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 from livemig.common.proto import livemig_pb2 as pb
+from livemig.sender.convergence import convergence_forecast
 from livemig.sender.dirty_rate import DirtyRate
-from livemig.sender.migration import convergence_forecast, iteration_progress
+from livemig.sender.migration import iteration_progress
 from livemig.sender.throttle import AutoConverge, PidThrottle
 
 MIB = 1 << 20
@@ -81,3 +82,18 @@ def test_a_pid_throttle_holds_the_guest_for_its_share_and_release_leaves_it_runn
         os.close(pidfd)
         child.send_signal(signal.SIGKILL)
         child.wait()
+
+
+def test_a_hook_guest_is_told_each_share_and_zero_at_release(tmp_path):
+    from livemig.sender.throttle import HookThrottle
+
+    told = tmp_path / "told"
+    hook = tmp_path / "throttle.sh"
+    hook.write_text(f'#!/bin/sh\necho "$LIVEMIG_MIGRATION_ID $LIVEMIG_THROTTLE_PERCENT" >> {told}\n')
+    hook.chmod(0o755)
+    throttle = HookThrottle(str(hook), "m1", guest_pid=0)
+    throttle.set(20)
+    throttle.set(20)  # unchanged: not told again
+    throttle.set(30)
+    throttle.release()
+    assert told.read_text().split("\n")[:-1] == ["m1 20", "m1 30", "m1 0"]
