@@ -12,6 +12,12 @@ class TimeoutStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TIMEOUT_STRATEGY_CANCEL: _ClassVar[TimeoutStrategy]
     TIMEOUT_STRATEGY_FORCE: _ClassVar[TimeoutStrategy]
 
+class Compression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COMPRESSION_NONE: _ClassVar[Compression]
+    COMPRESSION_ZSTD: _ClassVar[Compression]
+    COMPRESSION_LZ4: _ClassVar[Compression]
+
 class MigrationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MIGRATION_STATE_UNSPECIFIED: _ClassVar[MigrationState]
@@ -22,6 +28,9 @@ class MigrationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CANCELLED: _ClassVar[MigrationState]
 TIMEOUT_STRATEGY_CANCEL: TimeoutStrategy
 TIMEOUT_STRATEGY_FORCE: TimeoutStrategy
+COMPRESSION_NONE: Compression
+COMPRESSION_ZSTD: Compression
+COMPRESSION_LZ4: Compression
 MIGRATION_STATE_UNSPECIFIED: MigrationState
 PENDING: MigrationState
 RUNNING: MigrationState
@@ -54,7 +63,7 @@ class GuestMemoryRegion(_message.Message):
     def __init__(self, gpa: _Optional[int] = ..., path: _Optional[str] = ..., dirty_log: _Optional[str] = ...) -> None: ...
 
 class StartMigrationRequest(_message.Message):
-    __slots__ = ("destination", "regions", "connections", "skip_zero_pages", "page_size", "verify", "max_batch_bytes", "downtime_ms", "timeout_ms", "timeout_strategy", "max_iterations", "guest_pid", "available_bandwidth_bytes_per_second", "qmp_socket", "auto_converge", "stall_timeout_ms")
+    __slots__ = ("destination", "regions", "connections", "skip_zero_pages", "page_size", "verify", "max_batch_bytes", "downtime_ms", "timeout_ms", "timeout_strategy", "max_iterations", "guest_pid", "available_bandwidth_bytes_per_second", "qmp_socket", "auto_converge", "stall_timeout_ms", "compression", "max_bandwidth_bytes_per_second")
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     REGIONS_FIELD_NUMBER: _ClassVar[int]
     CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +80,8 @@ class StartMigrationRequest(_message.Message):
     QMP_SOCKET_FIELD_NUMBER: _ClassVar[int]
     AUTO_CONVERGE_FIELD_NUMBER: _ClassVar[int]
     STALL_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_BANDWIDTH_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     destination: str
     regions: _containers.RepeatedCompositeFieldContainer[GuestMemoryRegion]
     connections: int
@@ -87,7 +98,21 @@ class StartMigrationRequest(_message.Message):
     qmp_socket: str
     auto_converge: bool
     stall_timeout_ms: int
-    def __init__(self, destination: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[GuestMemoryRegion, _Mapping]]] = ..., connections: _Optional[int] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., verify: _Optional[bool] = ..., max_batch_bytes: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., timeout_strategy: _Optional[_Union[TimeoutStrategy, str]] = ..., max_iterations: _Optional[int] = ..., guest_pid: _Optional[int] = ..., available_bandwidth_bytes_per_second: _Optional[float] = ..., qmp_socket: _Optional[str] = ..., auto_converge: _Optional[bool] = ..., stall_timeout_ms: _Optional[int] = ...) -> None: ...
+    compression: Compression
+    max_bandwidth_bytes_per_second: float
+    def __init__(self, destination: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[GuestMemoryRegion, _Mapping]]] = ..., connections: _Optional[int] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., verify: _Optional[bool] = ..., max_batch_bytes: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., timeout_strategy: _Optional[_Union[TimeoutStrategy, str]] = ..., max_iterations: _Optional[int] = ..., guest_pid: _Optional[int] = ..., available_bandwidth_bytes_per_second: _Optional[float] = ..., qmp_socket: _Optional[str] = ..., auto_converge: _Optional[bool] = ..., stall_timeout_ms: _Optional[int] = ..., compression: _Optional[_Union[Compression, str]] = ..., max_bandwidth_bytes_per_second: _Optional[float] = ...) -> None: ...
+
+class MigrationLimits(_message.Message):
+    __slots__ = ("migration_id", "downtime_ms", "max_bandwidth_bytes_per_second", "max_iterations")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BANDWIDTH_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    downtime_ms: int
+    max_bandwidth_bytes_per_second: float
+    max_iterations: int
+    def __init__(self, migration_id: _Optional[str] = ..., downtime_ms: _Optional[int] = ..., max_bandwidth_bytes_per_second: _Optional[float] = ..., max_iterations: _Optional[int] = ...) -> None: ...
 
 class StartMigrationResponse(_message.Message):
     __slots__ = ("migration_id",)
@@ -112,7 +137,7 @@ class ListMigrationsResponse(_message.Message):
     def __init__(self, migrations: _Optional[_Iterable[_Union[MigrationStatus, _Mapping]]] = ...) -> None: ...
 
 class MigrationStats(_message.Message):
-    __slots__ = ("total_bytes", "scanned_bytes", "zero_bytes", "zero_pages", "normal_pages", "transmitted_bytes", "wire_bytes", "throughput_bytes_per_second", "duration_ms", "verified", "batches", "processed_bytes", "transfer_ms", "connections", "iterations", "remaining_bytes", "dirty_rate_bytes_per_second", "expected_downtime_ms", "downtime_ms", "setup_ms", "bandwidth_bytes_per_second", "bandwidth_source", "verify_ms", "zeroed_bytes", "throttle_percent", "iteration_processed_bytes")
+    __slots__ = ("total_bytes", "scanned_bytes", "zero_bytes", "zero_pages", "normal_pages", "transmitted_bytes", "wire_bytes", "throughput_bytes_per_second", "duration_ms", "verified", "batches", "processed_bytes", "transfer_ms", "connections", "iterations", "remaining_bytes", "dirty_rate_bytes_per_second", "expected_downtime_ms", "downtime_ms", "setup_ms", "bandwidth_bytes_per_second", "bandwidth_source", "verify_ms", "zeroed_bytes", "throttle_percent", "iteration_processed_bytes", "compressed_raw_bytes", "compressed_bytes")
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SCANNED_BYTES_FIELD_NUMBER: _ClassVar[int]
     ZERO_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +164,8 @@ class MigrationStats(_message.Message):
     ZEROED_BYTES_FIELD_NUMBER: _ClassVar[int]
     THROTTLE_PERCENT_FIELD_NUMBER: _ClassVar[int]
     ITERATION_PROCESSED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSED_RAW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSED_BYTES_FIELD_NUMBER: _ClassVar[int]
     total_bytes: int
     scanned_bytes: int
     zero_bytes: int
@@ -165,7 +192,9 @@ class MigrationStats(_message.Message):
     zeroed_bytes: int
     throttle_percent: int
     iteration_processed_bytes: int
-    def __init__(self, total_bytes: _Optional[int] = ..., scanned_bytes: _Optional[int] = ..., zero_bytes: _Optional[int] = ..., zero_pages: _Optional[int] = ..., normal_pages: _Optional[int] = ..., transmitted_bytes: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., throughput_bytes_per_second: _Optional[float] = ..., duration_ms: _Optional[int] = ..., verified: _Optional[bool] = ..., batches: _Optional[int] = ..., processed_bytes: _Optional[int] = ..., transfer_ms: _Optional[int] = ..., connections: _Optional[int] = ..., iterations: _Optional[int] = ..., remaining_bytes: _Optional[int] = ..., dirty_rate_bytes_per_second: _Optional[float] = ..., expected_downtime_ms: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., setup_ms: _Optional[int] = ..., bandwidth_bytes_per_second: _Optional[float] = ..., bandwidth_source: _Optional[str] = ..., verify_ms: _Optional[int] = ..., zeroed_bytes: _Optional[int] = ..., throttle_percent: _Optional[int] = ..., iteration_processed_bytes: _Optional[int] = ...) -> None: ...
+    compressed_raw_bytes: int
+    compressed_bytes: int
+    def __init__(self, total_bytes: _Optional[int] = ..., scanned_bytes: _Optional[int] = ..., zero_bytes: _Optional[int] = ..., zero_pages: _Optional[int] = ..., normal_pages: _Optional[int] = ..., transmitted_bytes: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., throughput_bytes_per_second: _Optional[float] = ..., duration_ms: _Optional[int] = ..., verified: _Optional[bool] = ..., batches: _Optional[int] = ..., processed_bytes: _Optional[int] = ..., transfer_ms: _Optional[int] = ..., connections: _Optional[int] = ..., iterations: _Optional[int] = ..., remaining_bytes: _Optional[int] = ..., dirty_rate_bytes_per_second: _Optional[float] = ..., expected_downtime_ms: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., setup_ms: _Optional[int] = ..., bandwidth_bytes_per_second: _Optional[float] = ..., bandwidth_source: _Optional[str] = ..., verify_ms: _Optional[int] = ..., zeroed_bytes: _Optional[int] = ..., throttle_percent: _Optional[int] = ..., iteration_processed_bytes: _Optional[int] = ..., compressed_raw_bytes: _Optional[int] = ..., compressed_bytes: _Optional[int] = ...) -> None: ...
 
 class IterationStats(_message.Message):
     __slots__ = ("iteration", "dirty_bytes", "dirty_pages", "scanned_bytes", "zero_bytes", "zero_pages", "normal_pages", "transmitted_bytes", "wire_bytes", "duration_ms", "wire_bandwidth_bytes_per_second", "dirty_rate_bytes_per_second", "remaining_bytes", "expected_downtime_ms", "zeroed_bytes", "final")
@@ -214,7 +243,7 @@ class DestinationRegion(_message.Message):
     def __init__(self, gpa: _Optional[int] = ..., length: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class MigrationStatus(_message.Message):
-    __slots__ = ("migration_id", "state", "error", "stats", "destination_regions", "destination", "skip_zero_pages", "page_size", "iterations", "phase", "live", "guest_state", "guest_run_state", "convergence_forecast")
+    __slots__ = ("migration_id", "state", "error", "stats", "destination_regions", "destination", "skip_zero_pages", "page_size", "iterations", "phase", "live", "guest_state", "guest_run_state", "convergence_forecast", "downtime_limit_ms", "max_bandwidth_bytes_per_second", "max_iterations", "compression")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +258,10 @@ class MigrationStatus(_message.Message):
     GUEST_STATE_FIELD_NUMBER: _ClassVar[int]
     GUEST_RUN_STATE_FIELD_NUMBER: _ClassVar[int]
     CONVERGENCE_FORECAST_FIELD_NUMBER: _ClassVar[int]
+    DOWNTIME_LIMIT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BANDWIDTH_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     state: MigrationState
     error: str
@@ -243,7 +276,11 @@ class MigrationStatus(_message.Message):
     guest_state: str
     guest_run_state: str
     convergence_forecast: str
-    def __init__(self, migration_id: _Optional[str] = ..., state: _Optional[_Union[MigrationState, str]] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[MigrationStats, _Mapping]] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., destination: _Optional[str] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., iterations: _Optional[_Iterable[_Union[IterationStats, _Mapping]]] = ..., phase: _Optional[str] = ..., live: _Optional[bool] = ..., guest_state: _Optional[str] = ..., guest_run_state: _Optional[str] = ..., convergence_forecast: _Optional[str] = ...) -> None: ...
+    downtime_limit_ms: int
+    max_bandwidth_bytes_per_second: float
+    max_iterations: int
+    compression: Compression
+    def __init__(self, migration_id: _Optional[str] = ..., state: _Optional[_Union[MigrationState, str]] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[MigrationStats, _Mapping]] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., destination: _Optional[str] = ..., skip_zero_pages: _Optional[bool] = ..., page_size: _Optional[int] = ..., iterations: _Optional[_Iterable[_Union[IterationStats, _Mapping]]] = ..., phase: _Optional[str] = ..., live: _Optional[bool] = ..., guest_state: _Optional[str] = ..., guest_run_state: _Optional[str] = ..., convergence_forecast: _Optional[str] = ..., downtime_limit_ms: _Optional[int] = ..., max_bandwidth_bytes_per_second: _Optional[float] = ..., max_iterations: _Optional[int] = ..., compression: _Optional[_Union[Compression, str]] = ...) -> None: ...
 
 class MigrationCheck(_message.Message):
     __slots__ = ("problems", "total_bytes", "send_bytes", "zero_bytes", "bandwidth_bytes_per_second", "bandwidth_source", "forecast_ms", "receiver_max_batch_bytes", "receiver_data_ports")
@@ -292,7 +329,7 @@ class PrepareMigrationResponse(_message.Message):
     def __init__(self, session_token: _Optional[str] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., max_batch_bytes: _Optional[int] = ..., data_ports: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PageBatch(_message.Message):
-    __slots__ = ("session_token", "batch_id", "ranges", "zero_ranges", "padding", "attempt", "settled_below", "data")
+    __slots__ = ("session_token", "batch_id", "ranges", "zero_ranges", "padding", "attempt", "settled_below", "compression", "raw_length", "data")
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     RANGES_FIELD_NUMBER: _ClassVar[int]
@@ -300,6 +337,8 @@ class PageBatch(_message.Message):
     PADDING_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     SETTLED_BELOW_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    RAW_LENGTH_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     session_token: str
     batch_id: int
@@ -308,8 +347,10 @@ class PageBatch(_message.Message):
     padding: bytes
     attempt: int
     settled_below: int
+    compression: Compression
+    raw_length: int
     data: bytes
-    def __init__(self, session_token: _Optional[str] = ..., batch_id: _Optional[int] = ..., ranges: _Optional[bytes] = ..., zero_ranges: _Optional[bytes] = ..., padding: _Optional[bytes] = ..., attempt: _Optional[int] = ..., settled_below: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, session_token: _Optional[str] = ..., batch_id: _Optional[int] = ..., ranges: _Optional[bytes] = ..., zero_ranges: _Optional[bytes] = ..., padding: _Optional[bytes] = ..., attempt: _Optional[int] = ..., settled_below: _Optional[int] = ..., compression: _Optional[_Union[Compression, str]] = ..., raw_length: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PageBatchAck(_message.Message):
     __slots__ = ("batch_id", "bytes_written")

@@ -44,6 +44,11 @@ class SenderStub:
                 request_serializer=livemig_dot_v1_dot_livemig__pb2.StartMigrationRequest.SerializeToString,
                 response_deserializer=livemig_dot_v1_dot_livemig__pb2.MigrationCheck.FromString,
                 _registered_method=True)
+        self.SetMigrationLimits = channel.unary_unary(
+                '/livemig.v1.Sender/SetMigrationLimits',
+                request_serializer=livemig_dot_v1_dot_livemig__pb2.MigrationLimits.SerializeToString,
+                response_deserializer=livemig_dot_v1_dot_livemig__pb2.MigrationStatus.FromString,
+                _registered_method=True)
         self.GetMigration = channel.unary_unary(
                 '/livemig.v1.Sender/GetMigration',
                 request_serializer=livemig_dot_v1_dot_livemig__pb2.MigrationRequest.SerializeToString,
@@ -79,6 +84,13 @@ class SenderServicer:
     def CheckMigration(self, request, context):
         """A preflight of the same request: files, dirty maps, the guest, the receiver (TLS,
         limits, free space), zero pages; nothing is paused and no page is sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMigrationLimits(self, request, context):
+        """Changes a running migration's downtime target, bandwidth cap or iteration limit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +133,11 @@ def add_SenderServicer_to_server(servicer, server):
                     servicer.CheckMigration,
                     request_deserializer=livemig_dot_v1_dot_livemig__pb2.StartMigrationRequest.FromString,
                     response_serializer=livemig_dot_v1_dot_livemig__pb2.MigrationCheck.SerializeToString,
+            ),
+            'SetMigrationLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMigrationLimits,
+                    request_deserializer=livemig_dot_v1_dot_livemig__pb2.MigrationLimits.FromString,
+                    response_serializer=livemig_dot_v1_dot_livemig__pb2.MigrationStatus.SerializeToString,
             ),
             'GetMigration': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMigration,
@@ -197,6 +214,33 @@ class Sender:
             '/livemig.v1.Sender/CheckMigration',
             livemig_dot_v1_dot_livemig__pb2.StartMigrationRequest.SerializeToString,
             livemig_dot_v1_dot_livemig__pb2.MigrationCheck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMigrationLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/livemig.v1.Sender/SetMigrationLimits',
+            livemig_dot_v1_dot_livemig__pb2.MigrationLimits.SerializeToString,
+            livemig_dot_v1_dot_livemig__pb2.MigrationStatus.FromString,
             options,
             channel_credentials,
             insecure,
