@@ -47,6 +47,7 @@ class ConnectionSpec:
     page_size: int
     chunk_bytes: int
     skip_zero_pages: bool
+    compression: int = 0  # pb.Compression; NONE: every batch raw, framed in place
 
 
 # -- parent -> child ------------------------------------------------------------------

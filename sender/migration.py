@@ -73,6 +73,7 @@ class MigrationRequest:
     available_bandwidth: float = 0.0
     auto_converge: bool = False
     stall_timeout_ms: int = 0
+    compression: int = 0  # pb.Compression: each batch compressed if it shrinks enough
 
 
 class MigrationCancelled(Exception):
@@ -188,6 +189,7 @@ class Migration:
                 guest_state=self.guest.state,
                 guest_run_state=self.guest.run_state,
                 convergence_forecast=self.steering.forecast,
+                compression=self.request.compression,
             )
 
     def wait_for_change(self, last: tuple[int, str, int], timeout: float) -> None:
@@ -348,6 +350,7 @@ class Migration:
                 page_size=self.request.page_size,
                 chunk_bytes=chunk_bytes,
                 skip_zero_pages=self.request.skip_zero_pages,
+                compression=self.request.compression,
             )
             for index in range(self.request.connections)
         ]
