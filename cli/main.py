@@ -393,6 +393,13 @@ def _sender_option(command):
 )
 @click.option("--connections", type=click.IntRange(1, MAX_CONNECTIONS), default=1, show_default=True)
 @click.option("--skip-zero-pages", is_flag=True, help="Do not send all-zero pages.")
+@click.option(
+    "--compress",
+    type=click.Choice(["none", "zstd", "lz4"]),
+    default="none",
+    show_default=True,
+    help="Compress page batches; adaptive: a batch that does not shrink by 10 % goes out raw.",
+)
 @click.option("--page-size", type=PAGE_SIZE, default="4K", show_default=True, help="Guest page size (K/M/G).")
 @click.option(
     "--max-batch-bytes",
@@ -481,6 +488,7 @@ def send_migration(
     memory: tuple[str, ...],
     connections: int,
     skip_zero_pages: bool,
+    compress: str,
     page_size: int,
     max_batch_bytes: int,
     verify: bool,
@@ -525,6 +533,7 @@ def send_migration(
         regions=client.request_regions(args, dirty_log),
         connections=connections,
         skip_zero_pages=skip_zero_pages,
+        compression=pb.Compression.Value(f"COMPRESSION_{compress.upper()}"),
         page_size=page_size,
         verify=verify,
         max_batch_bytes=max_batch_bytes,
