@@ -172,3 +172,12 @@ def check_migration(sender: str, request: pb.StartMigrationRequest, security: Se
     else:
         report.print_check(response)
     return client.EXIT_COMPLETED if not response.problems else client.EXIT_FAILED
+
+
+def set_limits(sender: str, limits: pb.MigrationLimits, security: Security, as_json: bool) -> int:
+    """`migrations set`: the new limits, then the status with them in force."""
+    status, code = _call(sender, security, lambda stub: stub.SetMigrationLimits(limits, timeout=30))
+    if status is None:
+        return code
+    _print_final(status, as_json)
+    return client.EXIT_COMPLETED

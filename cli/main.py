@@ -289,6 +289,13 @@ def receiver(
     "(default: /run/livemig/sender, or none where it cannot be made).",
 )
 @click.option(
+    "--max-bandwidth",
+    "default_max_bandwidth",
+    type=Size(),
+    default="0",
+    help="Bandwidth cap (wire bytes/s, K/M/G) of every migration that sets none; 0: none.",
+)
+@click.option(
     "--max-watch-streams",
     type=click.IntRange(1, 24),
     default=sender_defaults.DEFAULT_MAX_WATCH_STREAMS,
@@ -327,6 +334,7 @@ def sender(
     dirty_log_dir: str | None,
     qmp_dir: str | None,
     state_dir: str | None,
+    default_max_bandwidth: int,
     max_watch_streams: int,
     max_watch_streams_per_client: int,
     max_migrations: int,
@@ -348,6 +356,7 @@ def sender(
         dirty_log_dir=Path(dirty_log_dir).resolve() if dirty_log_dir else None,
         qmp_dir=Path(qmp_dir).resolve() if qmp_dir else None,
         state_dir=_sender_state_dir(state_dir),
+        max_bandwidth=float(default_max_bandwidth),
         max_watch_streams=max_watch_streams,
         max_watch_streams_per_client=max_watch_streams_per_client,
         max_migrations=max_migrations,
@@ -481,6 +490,13 @@ def _sender_option(command):
     default="0",
     help="Bytes/s to assume for the downtime estimate, K/M/G (0: measured).",
 )
+@click.option(
+    "--max-bandwidth",
+    type=Size(),
+    default="0",
+    help="Cap on the wire bytes/s of all connections together, K/M/G per second (100M: 100 MiB/s; "
+    "0: the sender's --max-bandwidth). `livemig migrations set` changes it while it runs.",
+)
 @tls_options(server=False)
 def send_migration(
     sender_address: str,
@@ -507,6 +523,7 @@ def send_migration(
     stall_timeout: float,
     max_iterations: int,
     available_bandwidth: int,
+    max_bandwidth: int,
     security,
 ) -> None:
     """Migrate guest memory and follow it to the end; exits 0 only when COMPLETED.
@@ -546,6 +563,7 @@ def send_migration(
         available_bandwidth_bytes_per_second=float(available_bandwidth),
         auto_converge=auto_converge,
         stall_timeout_ms=round(stall_timeout * 1000),
+        max_bandwidth_bytes_per_second=float(max_bandwidth),
     )
     from livemig.cli.follow import check_migration, start_and_follow
 
@@ -721,6 +739,43 @@ def migrations_watch(sender_address: str, migration_id: str, as_json: bool, secu
     from livemig.cli.follow import watch_migration
 
     sys.exit(watch_migration(sender_address, migration_id, security, as_json))
+
+
+@migrations.command("set")
+@_sender_option
+@click.argument("migration_id")
+@click.option(
+    "--downtime",
+    type=Duration("ms", min_seconds=0.001, max_seconds=3600),
+    default=None,
+    help="New downtime target (bare number: ms).",
+)
+@click.option("--max-bandwidth", type=Size(), default=None, help="New bandwidth cap, K/M/G per second (0: none).")
+@click.option("--max-iterations", type=click.IntRange(1, 100_000), default=None, help="New iteration limit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
+@tls_options(server=False)
+def migrations_set(
+    sender_address: str,
+    migration_id: str,
+    downtime: float | None,
+    max_bandwidth: int | None,
+    max_iterations: int | None,
+    as_json: bool,
+    security,
+) -> None:
+    """Change a running migration's limits; they take effect within one iteration or one second."""
+    from livemig.cli.follow import set_limits
+
+    if downtime is None and max_bandwidth is None and max_iterations is None:
+        raise click.UsageError("give --downtime, --max-bandwidth or --max-iterations")
+    limits = pb.MigrationLimits(migration_id=migration_id)
+    if downtime is not None:
+        limits.downtime_ms = max(1, round(downtime * 1000))
+    if max_bandwidth is not None:
+        limits.max_bandwidth_bytes_per_second = float(max_bandwidth)
+    if max_iterations is not None:
+        limits.max_iterations = max_iterations
+    sys.exit(set_limits(sender_address, limits, security, as_json))
 
 
 @migrations.command("cancel")

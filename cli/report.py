@@ -166,6 +166,8 @@ def print_status(status: pb.MigrationStatus, console: Console | None = None) -> 
         rows.append(
             ("downtime", f"{stats.downtime_ms} ms" + (f" (verify {stats.verify_ms} ms)" if stats.verify_ms else ""))
         )
+    if status.max_bandwidth_bytes_per_second:
+        rows.append(("bandwidth cap", f"{human_bytes(status.max_bandwidth_bytes_per_second)}/s"))
     if status.convergence_forecast:
         rows.append(("forecast", status.convergence_forecast))
     if status.guest_state:

@@ -28,6 +28,8 @@ class SenderConfig:
     qmp_dir: Path | None = None
     # Records of paused guests (sender/pause_records.py); None: none are kept.
     state_dir: Path | None = None
+    # The bandwidth cap of a migration whose request sets none (wire bytes/s); 0: none.
+    max_bandwidth: float = 0.0
     max_watch_streams: int = DEFAULT_MAX_WATCH_STREAMS
     max_watch_streams_per_client: int = DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT
     # Running migrations, and their connections (processes) together; 0: 32 per core,

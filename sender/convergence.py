@@ -34,8 +34,15 @@ class ConvergencePolicy:
     max_iterations: int
     available_bandwidth: float  # 0: measured
     connections: int
+    max_bandwidth: float = 0.0  # the cap (sender/bandwidth_cap.py): no estimate assumes more
 
     def bandwidth(self, sample: Counters) -> tuple[float, str]:
+        bandwidth, source = self._uncapped(sample)
+        if self.max_bandwidth > 0 and (bandwidth <= 0 or bandwidth > self.max_bandwidth):
+            return self.max_bandwidth, "cap"
+        return bandwidth, source
+
+    def _uncapped(self, sample: Counters) -> tuple[float, str]:
         if math.isfinite(self.available_bandwidth) and self.available_bandwidth > 0:
             return self.available_bandwidth, "available"
         if sample.busy_seconds > 0 and sample.wire_bytes:

@@ -13,6 +13,7 @@ and the receiver's half-written destination aborted.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import threading
@@ -35,6 +36,7 @@ from livemig.common.tls import INSECURE, Security
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES, channel_options
 from livemig.common.wire import to_pb_ranges
 from livemig.sender import metrics
+from livemig.sender.bandwidth_cap import WireBudget
 from livemig.sender.connection_process import ConnectionSpec, source_regions
 from livemig.sender.convergence import ConvergencePolicy, Decision
 from livemig.sender.dirty_log import DirtyLog
@@ -73,6 +75,7 @@ class MigrationRequest:
     available_bandwidth: float = 0.0
     auto_converge: bool = False
     stall_timeout_ms: int = 0
+    max_bandwidth: float = 0.0  # wire bytes/s of all connections together; 0: no cap
     compression: int = 0  # pb.Compression: each batch compressed if it shrinks enough
 
 
@@ -114,8 +117,10 @@ class Migration:
             max_iterations=request.max_iterations,
             available_bandwidth=request.available_bandwidth,
             connections=request.connections,
+            max_bandwidth=request.max_bandwidth,
         )
         self.destination_regions: list[pb.DestinationRegion] = []
+        self.budget = WireBudget(request.max_bandwidth)  # the bandwidth cap, changeable while it runs
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._cancel_requested = False
@@ -159,6 +164,46 @@ class Migration:
             self._cancel_requested = True
         self._stop.set()
 
+    def set_limits(
+        self, downtime_ms: int | None = None, max_bandwidth: float | None = None, max_iterations: int | None = None
+    ) -> None:
+        """New limits while it runs (SetMigrationLimits): the cap at once, the downtime target
+        and the iteration limit at the next decision (within one iteration), and the
+        downtime estimate is worked out again with them now."""
+        with self._changed:
+            changes = {
+                name: value
+                for name, value in (("downtime_ms", downtime_ms), ("max_iterations", max_iterations))
+                if value is not None
+            }
+            if max_bandwidth is not None:
+                changes["max_bandwidth"] = max_bandwidth
+                self.budget.set_rate(max_bandwidth)
+            self.policy = dataclasses.replace(self.policy, **changes)
+            if downtime_ms is not None:
+                self.steering.downtime_ms = downtime_ms
+            self._log.info(
+                "migration %s: limits now: downtime %d ms, bandwidth cap %s, at most %d iterations",
+                self.migration_id,
+                self.policy.downtime_ms,
+                f"{format_bytes(self.budget.rate)}/s" if self.budget.rate else "none",
+                self.policy.max_iterations,
+            )
+            self._estimate_again()
+            self._changed.notify_all()
+
+    def _estimate_again(self) -> None:
+        """The downtime estimate with the limits in force (called under the lock)."""
+        if not self.live or not self.stats.iterations:
+            return
+        latest = self.stats.iterations[-1]
+        sample = latest.counters if latest.index and latest.counters.chunk_bytes else self.stats.totals
+        expected, bandwidth, source = self.policy.expected_downtime_ms(
+            self.stats.remaining_bytes, sample, self._chunk_bytes, self._round_trip, self._verify_seconds or 0.0
+        )
+        self.stats.expected_downtime_ms = expected
+        self.stats.bandwidth, self.stats.bandwidth_source = bandwidth, source
+
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
@@ -189,6 +234,9 @@ class Migration:
                 guest_state=self.guest.state,
                 guest_run_state=self.guest.run_state,
                 convergence_forecast=self.steering.forecast,
+                downtime_limit_ms=self.policy.downtime_ms,
+                max_bandwidth_bytes_per_second=self.budget.rate,
+                max_iterations=self.policy.max_iterations,
                 compression=self.request.compression,
             )
 
@@ -264,6 +312,7 @@ class Migration:
                 self._stop,
                 self.layout.split_at_regions,
                 {"migration_id": self.migration_id},
+                budget=self.budget,
             )
             token, chunk_bytes, data_ports = self._prepare(receiver)
             pool.begin(self._connection_specs(token, chunk_bytes, data_ports))

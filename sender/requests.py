@@ -164,6 +164,11 @@ START_MIGRATION_RULES: tuple[Rule, ...] = (
         Reason.GUEST,
     ),
     Rule(
+        "max_bandwidth_bytes_per_second",
+        f"must be 0 (the sender's default) or a finite number between {MIN_BANDWIDTH:g} and {MAX_BANDWIDTH:g}",
+        lambda r, c: bandwidth_ok(r.max_bandwidth_bytes_per_second),
+    ),
+    Rule(
         "available_bandwidth_bytes_per_second",
         f"must be 0 (measured) or a finite number between {MIN_BANDWIDTH:g} and {MAX_BANDWIDTH:g}",
         lambda r, c: bandwidth_ok(r.available_bandwidth_bytes_per_second),
@@ -187,6 +192,24 @@ REGION_RULES: tuple[Rule, ...] = (
         "must be empty or the region's own map: <region path>.dirty, "
         "or <--dirty-log-dir>/<region file name>.dirty when the sender sets one",
         dirty_log_ok,
+    ),
+)
+
+LIMITS_RULES: tuple[Rule, ...] = (
+    Rule(
+        "downtime_ms",
+        f"must be between 1 and {MAX_DOWNTIME_MS}",
+        lambda m, c: not m.HasField("downtime_ms") or 1 <= m.downtime_ms <= MAX_DOWNTIME_MS,
+    ),
+    Rule(
+        "max_bandwidth_bytes_per_second",
+        f"must be 0 (no cap) or a finite number between {MIN_BANDWIDTH:g} and {MAX_BANDWIDTH:g}",
+        lambda m, c: not m.HasField("max_bandwidth_bytes_per_second") or bandwidth_ok(m.max_bandwidth_bytes_per_second),
+    ),
+    Rule(
+        "max_iterations",
+        f"must be between 1 and {MAX_ITERATIONS}",
+        lambda m, c: not m.HasField("max_iterations") or 1 <= m.max_iterations <= MAX_ITERATIONS,
     ),
 )
 
@@ -235,9 +258,25 @@ def validate_start(request: pb.StartMigrationRequest, config: SenderConfig) -> M
         available_bandwidth=request.available_bandwidth_bytes_per_second,
         auto_converge=request.auto_converge,
         stall_timeout_ms=request.stall_timeout_ms,
+        max_bandwidth=request.max_bandwidth_bytes_per_second or config.max_bandwidth,
     )
 
 
 def validate_migration_id(request: pb.MigrationRequest, config: SenderConfig) -> str:
     check(request, MIGRATION_ID_RULES, config)
     return request.migration_id
+
+
+def validate_limits(request: pb.MigrationLimits, config: SenderConfig) -> tuple[str, dict[str, float | int]]:
+    """The migration id and the limits a SetMigrationLimits call changes (unset: unchanged)."""
+    check(request, MIGRATION_ID_RULES, config)
+    check(request, LIMITS_RULES, config)
+    names = ("downtime_ms", "max_bandwidth_bytes_per_second", "max_iterations")
+    changes = {name: getattr(request, name) for name in names if request.HasField(name)}
+    if not changes:
+        raise SenderError(
+            Reason.INVALID, "no limit given: set downtime_ms, max_bandwidth_bytes_per_second or max_iterations"
+        )
+    if "max_bandwidth_bytes_per_second" in changes:
+        changes["max_bandwidth"] = changes.pop("max_bandwidth_bytes_per_second")
+    return request.migration_id, changes

@@ -27,7 +27,7 @@ from livemig.sender.migration import FINAL_STATES, Migration
 from livemig.sender.pause_records import PauseRecords
 from livemig.sender.preflight import check_migration
 from livemig.sender.registry import MigrationRegistry
-from livemig.sender.requests import validate_migration_id, validate_start
+from livemig.sender.requests import validate_limits, validate_migration_id, validate_start
 from livemig.sender.resources import acquire
 from livemig.sender.watch import WatchGate
 
@@ -125,6 +125,17 @@ class SenderService(pb_grpc.SenderServicer):
     def CheckMigration(self, request: pb.StartMigrationRequest, context: grpc.ServicerContext):
         """A preflight of the same request (sender/preflight.py): problems are the answer, not errors."""
         return check_migration(request, self.config, self.security, self.claims)
+
+    def SetMigrationLimits(self, request: pb.MigrationLimits, context: grpc.ServicerContext):
+        try:
+            migration_id, changes = validate_limits(request, self.config)
+            migration = self._find(pb.MigrationRequest(migration_id=migration_id))
+            if migration.finished:
+                raise SenderError(Reason.FINISHED, f"migration already ended {pb.MigrationState.Name(migration.state)}")
+        except SenderError as error:
+            _abort(context, error)
+        migration.set_limits(**changes)
+        return migration.status()
 
     def _find(self, request: pb.MigrationRequest) -> Migration:
         migration_id = validate_migration_id(request, self.config)

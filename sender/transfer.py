@@ -39,6 +39,7 @@ import numpy as np
 from livemig.common.ranges import MemoryRange, RangeTable
 from livemig.common.retry_budget import RetryBudget
 from livemig.common.worker_processes import UnknownMessage, WorkerLog, read_reports, relog
+from livemig.sender.bandwidth_cap import WireBudget
 from livemig.sender.batch_builder import Chunk
 from livemig.sender.connection_messages import (
     Begin,
@@ -111,8 +112,10 @@ class TransferPool:
         split: Callable[[Iterable[MemoryRange]], list[MemoryRange]],
         log_extra: dict[str, str] | None = None,
         processes: ConnectionProcessPool | None = None,
+        budget: WireBudget | None = None,
     ) -> None:
         self.stats = stats
+        self.budget = budget or WireBudget()  # the bandwidth cap (sender/bandwidth_cap.py); none by default
         self._split = split  # cuts ranges where guest memory regions (files) meet
         self.stop = stop
         self._log_extra = log_extra or {}
@@ -205,6 +208,7 @@ class TransferPool:
                     outstanding = report.chunk_id in connection.outstanding
                 if outstanding:
                     self.stats.add_chunk(report)  # before the chunk leaves: send()'s barrier waits for it
+                self.budget.spent(report.outcome.wire_bytes + report.resent_wire_bytes)
                 with self._changed:
                     connection.outstanding.pop(report.chunk_id, None)
                     connection.restarts.progressed()
@@ -262,6 +266,8 @@ class TransferPool:
         chunk_bytes = first.chunk_bytes
         pieces = self._split(RangeTable.of(ranges))
         for table in RangeTable(tuple(pieces)).partition(chunk_bytes):
+            if not self.budget.wait(self.stop):  # the bandwidth cap: what the wire took so far
+                raise TransferStopped()
             chunk_id = next(self._chunk_ids)
             with self._changed:
                 while True:

@@ -16,9 +16,11 @@ from livemig.common.proto import livemig_pb2 as pb
 from livemig.sender.config import SenderConfig
 from livemig.sender.errors import Reason, SenderError
 from livemig.sender.requests import (
+    LIMITS_RULES,
     MIGRATION_ID_RULES,
     REGION_RULES,
     START_MIGRATION_RULES,
+    validate_limits,
     validate_migration_id,
     validate_start,
 )
@@ -37,6 +39,8 @@ def refusal(message, config: SenderConfig = CONFIG) -> SenderError:
     with pytest.raises(SenderError) as raised:
         if isinstance(message, pb.MigrationRequest):
             validate_migration_id(message, config)
+        elif isinstance(message, pb.MigrationLimits):
+            validate_limits(message, config)
         else:
             validate_start(message, config)
     return raised.value
@@ -85,6 +89,8 @@ REFUSED = [
     (request(qmp_socket="v\nm"), "qmp_socket"),
     (request(qmp_socket="v" * 256), "qmp_socket"),
     (request(qmp_socket="vm", guest_pid=12345), "qmp_socket"),
+    (request(max_bandwidth_bytes_per_second=math.nan), "max_bandwidth_bytes_per_second"),
+    (request(max_bandwidth_bytes_per_second=1.0), "max_bandwidth_bytes_per_second"),
     (request(available_bandwidth_bytes_per_second=math.nan), "available_bandwidth_bytes_per_second"),
     (request(available_bandwidth_bytes_per_second=math.inf), "available_bandwidth_bytes_per_second"),
     (request(available_bandwidth_bytes_per_second=1e-300), "available_bandwidth_bytes_per_second"),
@@ -99,6 +105,10 @@ REFUSED = [
     (request(regions=[pb.GuestMemoryRegion(gpa=0, path="/" + "a" * 5000)]), "regions[0].path"),
     (request(regions=[dirty(IMAGE, "/etc/passwd")]), "regions[0].dirty_log"),
     (request(regions=[dirty(IMAGE, "/dev/shm/other.img.dirty")]), "regions[0].dirty_log"),
+    (pb.MigrationLimits(migration_id="m", downtime_ms=0), "downtime_ms"),
+    (pb.MigrationLimits(migration_id="m", max_bandwidth_bytes_per_second=math.inf), "max_bandwidth_bytes_per_second"),
+    (pb.MigrationLimits(migration_id="m", max_iterations=0), "max_iterations"),
+    (pb.MigrationLimits(migration_id="m"), "no limit given"),
     (pb.MigrationRequest(), "migration_id"),
     (pb.MigrationRequest(migration_id="x" * 65), "migration_id"),
     (pb.MigrationRequest(migration_id="id\nforged log line"), "migration_id"),
@@ -118,7 +128,7 @@ def test_each_rule_refuses_with_invalid_argument_naming_its_field(message, field
 def test_every_rule_of_every_table_is_exercised():
     """A rule without a refusal case above would be untested."""
     fields = {f.split("[0].")[-1] for _, f in REFUSED}
-    for rule in (*START_MIGRATION_RULES, *REGION_RULES, *MIGRATION_ID_RULES):
+    for rule in (*START_MIGRATION_RULES, *REGION_RULES, *MIGRATION_ID_RULES, *LIMITS_RULES):
         assert rule.field.rsplit(".", 1)[-1] in fields, rule.field
 
 
