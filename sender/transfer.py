@@ -205,10 +205,10 @@ class TransferPool:
                 # Counted once: a chunk is outstanding until its first report (this thread
                 # alone removes chunks), and a restart resends only outstanding ones.
                 with self._changed:
-                    outstanding = report.chunk_id in connection.outstanding
-                if outstanding:
+                    chunk = connection.outstanding.get(report.chunk_id)
+                if chunk is not None:
                     self.stats.add_chunk(report)  # before the chunk leaves: send()'s barrier waits for it
-                self.budget.spent(report.outcome.wire_bytes + report.resent_wire_bytes)
+                    self.budget.settle(chunk.length, report.outcome.wire_bytes + report.resent_wire_bytes)
                 with self._changed:
                     connection.outstanding.pop(report.chunk_id, None)
                     connection.restarts.progressed()
@@ -266,7 +266,7 @@ class TransferPool:
         chunk_bytes = first.chunk_bytes
         pieces = self._split(RangeTable.of(ranges))
         for table in RangeTable(tuple(pieces)).partition(chunk_bytes):
-            if not self.budget.wait(self.stop):  # the bandwidth cap: what the wire took so far
+            if not self.budget.wait(self.stop, table.total_bytes):  # the bandwidth cap (sender/bandwidth_cap.py)
                 raise TransferStopped()
             chunk_id = next(self._chunk_ids)
             with self._changed:
@@ -278,6 +278,7 @@ class TransferPool:
                         break
                     self._changed.wait(_POLL_SECONDS)
                 chunk = Chunk(chunk_id, table.ranges, zero_records, settled_below=self._settled_below(chunk_id))
+                self.budget.reserve(chunk.length)
                 target.outstanding[chunk.chunk_id] = chunk
                 self._send_chunk(target, chunk)  # under the lock: a restart resends outstanding chunks
         with self._changed:
