@@ -9,7 +9,9 @@ on receipt slices the payload out as a memoryview. A connection process goes one
 step further (FrameInPlace): it reads guest memory straight into the message it
 sends, after a `padding` field that puts the payload on an 8-byte boundary (the
 zero-page scan reads pages as 64-bit words). Messages from other encoders (data
-neither first nor after padding) are parsed the ordinary way.
+neither first nor after padding) are parsed the ordinary way. A compressed batch
+(`compression`, `raw_length`) is framed by encode_batch with its compressed payload;
+the in-place frame is the raw path only.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ def _header(
     zero_ranges: np.ndarray | Sequence[MemoryRange],
     attempt: int,
     settled_below: int,
+    compression: int = pb.COMPRESSION_NONE,
+    raw_length: int = 0,
 ) -> bytes:
     """Every field of a PageBatch but data (and padding), serialized."""
     return pb.PageBatch(
@@ -102,6 +106,8 @@ def _header(
         zero_ranges=pack_ranges(zero_ranges),
         attempt=attempt,
         settled_below=settled_below,
+        compression=compression,
+        raw_length=raw_length,
     ).SerializeToString()
 
 
@@ -113,9 +119,12 @@ def encode_batch(
     zero_ranges: np.ndarray | Sequence[MemoryRange] = (),
     attempt: int = 0,
     settled_below: int = 0,
+    compression: int = pb.COMPRESSION_NONE,
+    raw_length: int = 0,
 ) -> bytes:
-    """Serialize a PageBatch whose data is the concatenation of `payload`, copying it once."""
-    header = _header(session_token, batch_id, ranges, zero_ranges, attempt, settled_below)
+    """Serialize a PageBatch whose data is the concatenation of `payload`, copying it once.
+    A compressed payload (common/compression.py) gives its method and the ranges' total."""
+    header = _header(session_token, batch_id, ranges, zero_ranges, attempt, settled_below, compression, raw_length)
     data_length = sum(len(part) for part in payload)
     return b"".join((_DATA_TAG, encode_varint(data_length), *payload, header))
 

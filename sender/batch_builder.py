@@ -11,6 +11,10 @@ FrameInPlace), framed as if every page held data. When that is so (always
 without skipping, and for every chunk of a fully written guest) the frame is
 ready as read. A chunk with zero pages instead gets a second, smaller frame of
 only its data pages, copied out of the first (which is dropped unsent).
+
+With compression on (TransferPlan.compression) a chunk's payload is compressed
+when that pays (common/compression.py) and framed anew around the compressed
+bytes; one that does not shrink enough goes out raw as above.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from livemig.common.compression import PayloadCompressor
 from livemig.common.guest_memory import MemoryLayout
+from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.wire import GRPC_MESSAGE_PREFIX, FrameInPlace, encode_batch
 from livemig.common.zeropages import (
     EMPTY_RANGES,
@@ -42,6 +48,7 @@ class TransferPlan:
     page_size: int
     chunk_bytes: int
     skip_zero_pages: bool
+    compression: int = pb.COMPRESSION_NONE
 
 
 @dataclass(slots=True)
@@ -59,6 +66,7 @@ class BatchBuilder:
     def __init__(self, plan: TransferPlan) -> None:
         self.plan = plan
         self._region_starts = plan.layout.region_starts()
+        self._compressor = PayloadCompressor(plan.compression) if plan.compression else None
 
     def build(self, chunk: Chunk) -> BuiltBatch:
         """Read and scan one chunk. Errors reading guest memory propagate (fatal)."""
@@ -90,7 +98,23 @@ class BatchBuilder:
                 outcome.zeroed_bytes = outcome.zero_bytes
             else:
                 zero_ranges = EMPTY_RANGES
-            if outcome.zero_pages == 0 and chunk.length:
+            packed = self._compress(payload, outcome.transmitted_bytes)
+            if packed is not None:
+                payload.clear()  # views into the in-place frame, dropped unsent
+                frame = encode_batch(
+                    plan.session_token,
+                    chunk.chunk_id,
+                    data_ranges,
+                    [packed],
+                    zero_ranges,
+                    chunk.attempt,
+                    chunk.settled_below,
+                    plan.compression,
+                    outcome.transmitted_bytes,
+                )
+                outcome.compressed_raw_bytes = outcome.transmitted_bytes
+                outcome.compressed_bytes = len(packed)
+            elif outcome.zero_pages == 0 and chunk.length:
                 payload.clear()  # views into the frame: none may outlive finish()
                 frame: bytes | None = in_place.finish()  # every page read and non-zero: complete
             elif len(data_ranges) or len(zero_ranges) or chunk.attempt:
@@ -115,6 +139,12 @@ class BatchBuilder:
         outcome.wire_bytes = len(frame) + GRPC_MESSAGE_PREFIX
         outcome.batches = 1
         return BuiltBatch(chunk, frame, outcome)
+
+    def _compress(self, payload: list[memoryview], raw_length: int) -> bytes | None:
+        """The payload compressed, or None: compression off, nothing to send, or it did not pay."""
+        if self._compressor is None or not raw_length:
+            return None
+        return self._compressor.compress(payload, raw_length)
 
     def _read_all(self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview) -> list[memoryview]:
         """No skipping: every byte goes out as it is (the chunk's ranges are the data ranges)."""

@@ -52,6 +52,8 @@ class ChunkOutcome:
     wire_bytes: int = 0
     batches: int = 0
     zeroed_bytes: int = 0  # zero-range records sent
+    compressed_raw_bytes: int = 0  # payload of a batch that went out compressed (its transmitted bytes)
+    compressed_bytes: int = 0  # that payload compressed (wire_bytes counts the whole frame)
     scan_seconds: float = 0.0
 
 

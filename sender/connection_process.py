@@ -138,7 +138,9 @@ class _ConnectionRun:
         channel = None
         try:
             layout = open_pinned_layout(spec.regions, spec.page_size)
-            plan = TransferPlan(spec.session_token, layout, spec.page_size, spec.chunk_bytes, spec.skip_zero_pages)
+            plan = TransferPlan(
+                spec.session_token, layout, spec.page_size, spec.chunk_bytes, spec.skip_zero_pages, spec.compression
+            )
             channel = spec.security.channel(spec.endpoint, channel_options(spec.chunk_bytes, spec.index))
             stream = ConnectionStream(
                 spec.index,

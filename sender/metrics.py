@@ -24,6 +24,14 @@ NORMAL_PAGES = Counter("livemig_sender_normal_pages", "Pages transmitted with th
 TRANSMITTED_BYTES = Counter("livemig_sender_transmitted_bytes", "Page payload bytes transmitted")
 WIRE_BYTES = Counter("livemig_sender_wire_bytes", "Bytes written to page streams, payload and framing")
 BATCHES = Counter("livemig_sender_batches", "Page batches sent")
+COMPRESSED_RAW_BYTES = Counter(
+    "livemig_sender_compressed_raw_bytes",
+    "Page payload bytes of batches sent compressed (raw size; also in transmitted_bytes)",
+)
+COMPRESSED_BYTES = Counter(
+    "livemig_sender_compressed_bytes",
+    "What the payload of batches sent compressed took compressed (ratio: compressed_raw_bytes over this)",
+)
 MIGRATIONS_STARTED = Counter("livemig_sender_migrations_started", "Migrations accepted by StartMigration")
 MIGRATIONS = Counter("livemig_sender_migrations", "Migrations by final state", ["outcome"])
 for _outcome in ("completed", "failed", "cancelled"):

@@ -40,6 +40,7 @@ MAX_BANDWIDTH = 1e13  # 10 TB/s, beyond any link
 
 _HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})$")
 _STRATEGIES = frozenset(pb.TimeoutStrategy.values())
+_COMPRESSIONS = frozenset(pb.Compression.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,11 @@ START_MIGRATION_RULES: tuple[Rule, ...] = (
         "timeout_strategy",
         "must be TIMEOUT_STRATEGY_CANCEL or TIMEOUT_STRATEGY_FORCE",
         lambda r, c: r.timeout_strategy in _STRATEGIES,
+    ),
+    Rule(
+        "compression",
+        "must be COMPRESSION_NONE, COMPRESSION_ZSTD or COMPRESSION_LZ4",
+        lambda r, c: r.compression in _COMPRESSIONS,
     ),
     Rule("max_iterations", f"must be at most {MAX_ITERATIONS}", lambda r, c: r.max_iterations <= MAX_ITERATIONS),
     Rule(
@@ -259,6 +265,7 @@ def validate_start(request: pb.StartMigrationRequest, config: SenderConfig) -> M
         auto_converge=request.auto_converge,
         stall_timeout_ms=request.stall_timeout_ms,
         max_bandwidth=request.max_bandwidth_bytes_per_second or config.max_bandwidth,
+        compression=request.compression,
     )
 
 

@@ -7,7 +7,9 @@ every byte written to the streams; zero counts only bytes found zero and not
 sent; totals are the sums of the iterations. Bandwidth is wire bytes over the
 time batches were in flight, so neither skipped bytes (which never reach the
 wire) nor time spent scanning zero pages (when nothing is in flight) bends it. With
-skip_zero_pages off nothing is inspected, so scanned and zero stay 0.
+skip_zero_pages off nothing is inspected, so scanned and zero stay 0. With
+compression, transmitted stays the raw payload and wire what went on the wire
+(compressed); compressed_raw and compressed count only batches sent compressed.
 """
 
 from __future__ import annotations
@@ -202,6 +204,8 @@ class MigrationStats:
         metrics.TRANSMITTED_BYTES.inc(outcome.transmitted_bytes)
         metrics.WIRE_BYTES.inc(wire)
         metrics.BATCHES.inc(outcome.batches)
+        metrics.COMPRESSED_RAW_BYTES.inc(outcome.compressed_raw_bytes)
+        metrics.COMPRESSED_BYTES.inc(outcome.compressed_bytes)
         if wire:
             metrics.CONNECTION_WIRE_BYTES.labels(str(report.connection)).inc(wire)
 
@@ -246,6 +250,8 @@ class MigrationStats:
                 bandwidth_source=self.bandwidth_source,
                 verify_ms=self.verify_ms,
                 zeroed_bytes=t.zeroed_bytes,
+                compressed_raw_bytes=t.compressed_raw_bytes,
+                compressed_bytes=t.compressed_bytes,
             )
             if last is not None and last.index and last.seconds() > 0:
                 snapshot.dirty_rate_bytes_per_second = last.dirty_bytes / last.seconds()

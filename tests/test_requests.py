@@ -75,6 +75,7 @@ REFUSED = [
     (request(downtime_ms=2**32 - 1), "downtime_ms"),
     (request(timeout_ms=2**64 - 1), "timeout_ms"),
     (request(timeout_strategy=7), "timeout_strategy"),
+    (request(compression=7), "compression"),
     (request(max_iterations=2**32 - 1), "max_iterations"),
     (request(stall_timeout_ms=2**64 - 1), "stall_timeout_ms"),
     (request(guest_pid=-5), "guest_pid"),
@@ -166,3 +167,8 @@ def test_accepted_extremes():
         CONFIG,
     )
     assert validate_migration_id(pb.MigrationRequest(migration_id="a" * 64), CONFIG) == "a" * 64
+
+
+def test_compression_is_carried_into_the_migration_request():
+    assert validate_start(request(), SenderConfig()).compression == pb.COMPRESSION_NONE
+    assert validate_start(request(compression=pb.COMPRESSION_LZ4), SenderConfig()).compression == pb.COMPRESSION_LZ4
