@@ -136,6 +136,20 @@ def progress(
         yield on_update
 
 
+def compressed_text(status: pb.MigrationStatus) -> str:
+    """The compression row: method, raw to compressed bytes of the batches that went out
+    compressed, their ratio, and their share of what was transmitted (the rest went raw)."""
+    stats = status.stats
+    method = pb.Compression.Name(status.compression).removeprefix("COMPRESSION_").lower()
+    if not stats.compressed_bytes:
+        return f"{method}: none (every batch went raw)"
+    share = stats.compressed_raw_bytes / stats.transmitted_bytes if stats.transmitted_bytes else 0.0
+    return (
+        f"{method}: {human_bytes(stats.compressed_raw_bytes)} to {human_bytes(stats.compressed_bytes)} "
+        f"(ratio {stats.compressed_raw_bytes / stats.compressed_bytes:.2f}; {share:.0%} of transmitted)"
+    )
+
+
 def print_status(status: pb.MigrationStatus, console: Console | None = None) -> None:
     console = console or console_for()
     stats = status.stats
@@ -168,6 +182,8 @@ def print_status(status: pb.MigrationStatus, console: Console | None = None) -> 
         )
     if status.max_bandwidth_bytes_per_second:
         rows.append(("bandwidth cap", f"{human_bytes(status.max_bandwidth_bytes_per_second)}/s"))
+    if status.compression:
+        rows.append(("compressed", compressed_text(status)))
     if status.convergence_forecast:
         rows.append(("forecast", status.convergence_forecast))
     if status.guest_state:

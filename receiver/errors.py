@@ -24,6 +24,7 @@ class Reason(enum.Enum):
     STORAGE = "storage"
     LIMIT = "limit"
     EXPIRED = "expired"
+    COMPRESSION = "compression"  # unknown method, wrong raw_length, bomb, corrupt payload
 
 
 STATUS_OF_REASON: dict[Reason, grpc.StatusCode] = {
@@ -42,6 +43,7 @@ STATUS_OF_REASON: dict[Reason, grpc.StatusCode] = {
     Reason.STORAGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.LIMIT: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.EXPIRED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Reason.COMPRESSION: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 

@@ -18,6 +18,11 @@ pwrite(2), with the session's writers taking turns per file on a sleeping lock
 allocated first with madvise(MADV_POPULATE_WRITE), which reports a full tmpfs or
 an empty huge-page pool as an error (turned into ENOSPC) where a plain store
 would raise SIGBUS.
+
+A compressed batch (common/compression.py) is validated like a raw one against
+its declared raw_length (a known method, within the batch limit, equal to the
+ranges' total), then decompressed, bounded to that length, before anything is
+written.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import threading
 
 import numpy as np
 
+from livemig.common.compression import KNOWN, CompressionError, decompress
+from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.wire import DecodedBatch
 from livemig.receiver.errors import Reason, ReceiverError, refusal_for_state, storage_error
 from livemig.receiver.session_record import ACTIVE, SessionRecord
@@ -173,11 +180,16 @@ class SessionWriter:
             raise ReceiverError(
                 Reason.OVERSIZED, f"batch payload {len(data)} bytes exceeds the limit {self.max_batch_bytes}"
             )
+        raw_length = self._raw_length(batch)
         ranges, zero_ranges = batch.ranges, batch.zero_ranges
         lengths = ranges[:, 1]
         # Bound each length before summing, so a hostile table cannot wrap the sum.
-        if (lengths > len(data)).any() or int(lengths.sum()) != len(data):
+        if (lengths > raw_length).any() or int(lengths.sum()) != raw_length:
             declared = sum(int(x) for x in lengths.tolist())
+            if batch.header.compression:
+                raise ReceiverError(
+                    Reason.COMPRESSION, f"ranges describe {declared} bytes but raw_length declares {raw_length}"
+                )
             raise ReceiverError(
                 Reason.LENGTH_MISMATCH, f"ranges describe {declared} bytes but the payload has {len(data)}"
             )
@@ -191,6 +203,11 @@ class SessionWriter:
         batch_id, attempt, settled = batch.header.batch_id, batch.header.attempt, batch.header.settled_below
         if settled > batch_id:
             raise ReceiverError(Reason.MALFORMED, f"settled_below {settled} is above the batch's own id {batch_id}")
+        if batch.header.compression:  # last: every cheap check first, then the CPU
+            try:
+                data = memoryview(decompress(batch.header.compression, data, raw_length))
+            except CompressionError as error:
+                raise ReceiverError(Reason.COMPRESSION, str(error)) from error
         with self._lock:
             self.check_active()  # an end may have raced this batch
             if batch_id:
@@ -224,6 +241,26 @@ class SessionWriter:
                 self._applying.discard(batch_id)
                 self._lock.notify_all()
         return len(data), zeroed, True
+
+    def _raw_length(self, batch: DecodedBatch) -> int:
+        """The payload's length once decoded: its own when raw; a compressed batch's declared
+        raw_length, refused unless its method is known and it fits one batch (so that
+        decompression never allocates more than a batch)."""
+        header = batch.header
+        if header.compression == pb.COMPRESSION_NONE:
+            if header.raw_length not in (0, len(batch.data)):
+                raise ReceiverError(
+                    Reason.COMPRESSION, f"raw batch of {len(batch.data)} bytes declares raw_length {header.raw_length}"
+                )
+            return len(batch.data)
+        if header.compression not in KNOWN:
+            raise ReceiverError(Reason.COMPRESSION, f"unknown compression method {header.compression}")
+        if header.raw_length > self.max_batch_bytes:
+            raise ReceiverError(
+                Reason.COMPRESSION,
+                f"compressed batch declares raw_length {header.raw_length}, above the limit {self.max_batch_bytes}",
+            )
+        return header.raw_length
 
     def _write(self, data: memoryview, regions: list[int], offsets: list[int], lengths: list[int]) -> None:
         position = 0
