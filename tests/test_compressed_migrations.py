@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from livemig.cli.images import make_image
+from livemig.cli.processes import ServiceProcess
 from livemig.common import compression as codec
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
@@ -18,6 +20,7 @@ from livemig.common.wire import encode_batch
 from tests.helpers import assert_destination_equals_source, migrate, receiver_stub, run_cli
 from tests.test_bad_input import LAYOUT, allocated, destination_is_zero, prepare, send_raw
 from tests.test_compression import text_pages, zstd_frame_declaring
+from tests.test_metrics import scrape
 
 pytestmark = pytest.mark.e2e
 MIB = 1 << 20
@@ -177,3 +180,34 @@ def test_a_hostile_compressed_batch_is_refused_and_writes_nothing(receiver, sess
     assert EXPECTED[name] in raised.value.details()
     assert allocated(session) == 0 and destination_is_zero(session)
     assert sum(r.length for r in LAYOUT) == 2 * MIB  # the layout these ranges were made for
+
+
+@pytest.fixture(scope="module")
+def metered(module_dir: Path) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+    with (
+        ServiceProcess("receiver", ["--memory-dir", str(module_dir / "metered"), "--metrics-port", "0"]) as rx,
+        ServiceProcess("sender", ["--metrics-port", "0"]) as tx,
+    ):
+        yield tx, rx
+
+
+def test_prometheus_counts_compressed_bytes_and_refusals(metered, shm_dir):
+    sender, receiver = metered
+    image = shm_dir / "guest.img"
+    compressible_image(image, 8 * MIB)
+    status = migrate(sender.address, receiver.address, [(0, image)], compression=pb.COMPRESSION_LZ4)
+    assert status.state == pb.COMPLETED, status.error
+    stats = status.stats
+    _, tx = scrape(sender)
+    assert tx[("livemig_sender_compressed_raw_bytes_total", ())] == stats.compressed_raw_bytes == 8 * MIB
+    assert tx[("livemig_sender_compressed_bytes_total", ())] == stats.compressed_bytes < 4 * MIB
+    assert tx[("livemig_sender_transmitted_bytes_total", ())] == stats.transmitted_bytes == 8 * MIB
+    assert tx[("livemig_sender_wire_bytes_total", ())] == stats.wire_bytes < 4 * MIB
+    channel, stub = receiver_stub(receiver.address)
+    with channel:
+        prepared = prepare(stub)
+        with pytest.raises(grpc.RpcError):
+            send_raw(receiver.data_address, [hostile_batches(prepared.session_token)["unknown method"]])
+    _, rx = scrape(receiver)
+    assert rx[("livemig_receiver_rejected_batches_total", (("reason", "compression"),))] == 1
+    assert rx[("livemig_receiver_written_bytes_total", ())] == 8 * MIB  # raw bytes, as the sender counts
