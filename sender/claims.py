@@ -62,25 +62,25 @@ class GuestClaims:
 
     def conflict(self, files: Iterable[FileIdentity], pid: int = 0) -> str:
         """What a start with these holdings would be refused for ("" when nothing), claiming nothing."""
-        holdings = GuestHoldings(frozenset(files), pid)
         with self._lock:
-            for other_id, other in self._held.items():
-                what = _overlap(holdings, other)
-                if what:
-                    return f"{what} already in running migration {other_id}: one migration per guest"
-        return ""
+            return self._conflict(GuestHoldings(frozenset(files), pid))
 
     def claim(self, migration_id: str, files: Iterable[FileIdentity], pid: int = 0) -> Claim:
         holdings = GuestHoldings(frozenset(files), pid)
         with self._lock:
-            for other_id, other in self._held.items():
-                what = _overlap(holdings, other)
-                if what:
-                    raise SenderError(
-                        Reason.GUEST, f"{what} already in running migration {other_id}: one migration per guest"
-                    )
+            refusal = self._conflict(holdings)
+            if refusal:
+                raise SenderError(Reason.GUEST, refusal)
             self._held[migration_id] = holdings
         return Claim(self, migration_id, holdings)
+
+    def _conflict(self, holdings: GuestHoldings) -> str:
+        """Under the lock: the first running migration these holdings overlap, in words."""
+        for other_id, other in self._held.items():
+            what = _overlap(holdings, other)
+            if what:
+                return f"{what} already in running migration {other_id}: one migration per guest"
+        return ""
 
     def _release(self, claim: Claim) -> None:
         with self._lock:
