@@ -641,7 +641,7 @@ def migrate_vm_command(
     then QEMU migrates device state with x-ignore-shared into a destination QEMU
     started from --destination-command on the receiver's files. Exits 0 when the
     destination runs; on any failure the source runs again and no destination is
-    left (exit 1). Ctrl-C or SIGTERM roll back the same way and exit 130.
+    left (exit 1). Ctrl-C, SIGTERM or SIGHUP roll back the same way and exit 130, 143 or 129.
     """
     from livemig.cli import client
     from livemig.cli import migrate_vm as vm
@@ -660,12 +660,14 @@ def migrate_vm_command(
         start_timeout=start_timeout,
         destination_log=destination_log,
     )
-    vm.interrupt_safely()
+    from livemig.cli.follow import exit_code_of, handle_termination
+
+    handle_termination()  # SIGTERM and SIGHUP roll back as Ctrl-C does
     try:
         outcome = vm.migrate_vm(plan, security)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         click.echo("interrupted: the memory migration was cancelled and the source guest resumed", err=True)
-        sys.exit(client.EXIT_INTERRUPTED)
+        sys.exit(exit_code_of(interrupt))
     vm.print_report(outcome, as_json)
     sys.exit(client.EXIT_COMPLETED if outcome.ok else client.EXIT_FAILED)
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import tempfile
@@ -354,11 +353,6 @@ def _roll_back(
             report.error += f"; the source guest could not be resumed: {error}"
     else:
         report.source_state = _state(source_qmp)
-
-
-def interrupt_safely() -> None:
-    """SIGTERM behaves as Ctrl-C (roll back, then exit)."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def print_report(report: VmMigrationReport, as_json: bool = False) -> None:

@@ -362,3 +362,36 @@ def test_the_qemu_demo_script_migrates_a_booted_guest():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "== OK: the guest runs on at the destination" in result.stdout
     assert not list(Path("/dev/shm").glob("livemig-qemu-demo.*"))  # everything removed
+
+
+def test_sigterm_to_migrate_vm_rolls_back(hosts, shm_dir):
+    """SIGTERM while migrate-vm waits for the destination (memory already moved): the source
+    runs again, the half-started destination is stopped, exit 143."""
+    rx, tx, qmp_dir = hosts
+    source, _memory = firmware_guest(shm_dir, qmp_dir)
+    with source:
+        slow = "sh -c " + shlex.quote("sleep 60; exec " + destination_template(None, shm_dir))
+        command = [sys.executable, "-m", "livemig.cli.main", *migrate_vm_args(rx, tx, qmp_dir, slow)]
+        cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            channel, stub = sender_stub(tx.address)
+            with channel:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    migrations = stub.ListMigrations(pb.ListMigrationsRequest()).migrations
+                    if migrations and migrations[0].state == pb.COMPLETED:
+                        break
+                    time.sleep(0.02)
+                else:
+                    pytest.fail("the memory migration never completed")
+            time.sleep(0.3)  # migrate-vm is waiting for its destination now
+            cli.send_signal(signal.SIGTERM)
+            _stdout, stderr = cli.communicate(timeout=60)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+        assert cli.returncode == 143, stderr
+        assert "interrupted" in stderr and "Traceback" not in stderr
+        assert source.run_state() == "running"
+        leftover = subprocess.run(["pgrep", "-f", "sleep 60; exec"], capture_output=True, text=True).stdout.split()
+        assert not leftover  # the destination's start was stopped
