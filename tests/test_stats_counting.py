@@ -7,6 +7,7 @@ import threading
 from hypothesis import given
 from hypothesis import strategies as st
 
+from livemig.sender.bandwidth_cap import WireBudget
 from livemig.sender.chunks import Chunk, ChunkOutcome, ChunkReport
 from livemig.sender.connection_messages import ChunkDone
 from livemig.sender.stats import BusyTime, MigrationStats
@@ -56,7 +57,7 @@ def test_a_chunk_reported_twice_counts_once():
     stats = MigrationStats(total_bytes=4096, connections=1)
     stats.begin_iteration(4096, 1)
     pool = object.__new__(TransferPool)
-    pool.stats, pool._changed = stats, threading.Condition()
+    pool.stats, pool._changed, pool.budget = stats, threading.Condition(), WireBudget()
     connection = _Connection(0, None, None, outstanding={1: Chunk(1, (), False)})
     report = ChunkReport(0, 1, outcome(4096, 0, 4200), sent_at=10.0, acked_at=11.0)
     pool._handle(connection, ChunkDone(report))
