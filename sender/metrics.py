@@ -91,7 +91,12 @@ WILL_NOT_CONVERGE = Gauge(
     "1 once a running migration's downtime target is below what its bandwidth and dirty rate allow",
     ["migration_id"],
 )
-_PER_MIGRATION = (REMAINING_BYTES, DIRTY_RATE, EXPECTED_DOWNTIME, THROTTLE, WILL_NOT_CONVERGE)
+BANDWIDTH_CAP = Gauge(
+    "livemig_sender_migration_bandwidth_cap_bytes_per_second",
+    "A running migration's bandwidth cap (wire bytes/s of all its connections; 0: none)",
+    ["migration_id"],
+)
+_PER_MIGRATION = (REMAINING_BYTES, DIRTY_RATE, EXPECTED_DOWNTIME, THROTTLE, WILL_NOT_CONVERGE, BANDWIDTH_CAP)
 
 
 def migration_started(migration_id: str, total_bytes: int) -> None:
@@ -125,6 +130,10 @@ def iteration_ended(migration_id: str, remaining_bytes: int, dirty_rate: float, 
     REMAINING_BYTES.labels(migration_id).set(remaining_bytes)
     DIRTY_RATE.labels(migration_id).set(dirty_rate)
     EXPECTED_DOWNTIME.labels(migration_id).set(expected_downtime_ms / 1000)
+
+
+def bandwidth_cap_set(migration_id: str, bytes_per_second: float) -> None:
+    BANDWIDTH_CAP.labels(migration_id).set(bytes_per_second)
 
 
 def throttle_changed(migration_id: str, percent: int) -> None:

@@ -155,6 +155,7 @@ class Migration:
         self._on_exit = on_exit
         self._on_final = on_final
         metrics.migration_started(self.migration_id, self.layout.total_bytes)
+        metrics.bandwidth_cap_set(self.migration_id, self.budget.rate)
         self._thread.start()
 
     def cancel(self) -> None:
@@ -179,6 +180,7 @@ class Migration:
             if max_bandwidth is not None:
                 changes["max_bandwidth"] = max_bandwidth
                 self.budget.set_rate(max_bandwidth)
+                metrics.bandwidth_cap_set(self.migration_id, max_bandwidth)
             self.policy = dataclasses.replace(self.policy, **changes)
             if downtime_ms is not None:
                 self.steering.downtime_ms = downtime_ms

@@ -109,6 +109,11 @@ def test_a_new_downtime_target_is_used_at_once(sender, receiver, shm_dir):
                 timeout=10,
             ).migration_id
             wait_for(stub, migration_id, lambda status: status.stats.iterations >= 2, timeout=60)
+            with pytest.raises(grpc.RpcError) as invalid:  # refused whole: the old values stay
+                stub.SetMigrationLimits(pb.MigrationLimits(migration_id=migration_id, downtime_ms=0, max_iterations=7))
+            assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            kept = stub.GetMigration(pb.MigrationRequest(migration_id=migration_id))
+            assert kept.downtime_limit_ms == 1 and kept.max_iterations == 100_000
             status = stub.SetMigrationLimits(
                 pb.MigrationLimits(migration_id=migration_id, downtime_ms=3_600_000, max_iterations=50_000)
             )

@@ -170,6 +170,8 @@ def test_every_panel_has_data_during_a_real_migration(prometheus, shm_dir):
                     timeout_ms=4000,
                     max_iterations=1000,
                     timeout_strategy=pb.TIMEOUT_STRATEGY_FORCE,
+                    compression=pb.COMPRESSION_ZSTD,  # for the compression panel
+                    max_bandwidth_bytes_per_second=1 << 30,  # for the cap panel (far above loopback here)
                 )
             ).migration_id
             # One that fails (no receiver there) and a refused batch, for the outcome and rejection panels.
