@@ -13,7 +13,8 @@ the benchmarks' VM.
   must go on counting with the same md5.
 
 Kernel command line knobs (`livemig.*`): blob=MiB of the checked blob, fill=MiB of
-page cache to fill (a file in the rootfs), hold=MiB for memdirty to hold,
+page cache to fill (a file in the rootfs; random bytes, or with files=1 copies of
+the busybox program and text, as a page cache of files holds), hold=MiB for memdirty to hold,
 dirty=MiB/s it dirties.
 
 QEMU runs with TCG: nested KVM stalls during kernel boot on the machines this was
@@ -23,6 +24,7 @@ built on, and TCG boots this guest in about 10 s.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import re
@@ -49,10 +51,14 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 arg() { sed -n "s/.*livemig\.$1=\([0-9]*\).*/\1/p" /proc/cmdline; }
-blob=$(arg blob); fill=$(arg fill); hold=$(arg hold); dirty=$(arg dirty)
+blob=$(arg blob); fill=$(arg fill); hold=$(arg hold); dirty=$(arg dirty); files=$(arg files)
 dd if=/dev/urandom of=/blob bs=1M count=${blob:-8} 2>/dev/null
 if [ -n "$fill" ] && [ "$fill" -gt 0 ]; then
-  dd if=/dev/urandom of=/seed bs=1M count=16 2>/dev/null
+  if [ "$files" = 1 ]; then  # file contents a page cache holds: programs and text, not noise
+    i=0; while [ $i -lt 8 ]; do cat /bin/busybox /init; busybox --help; i=$((i + 1)); done | head -c 16777216 > /seed
+  else
+    dd if=/dev/urandom of=/seed bs=1M count=16 2>/dev/null
+  fi
   i=0; while [ $i -lt $((fill / 16)) ]; do cat /seed; i=$((i + 1)); done > /fill
   echo "livemig-guest: filled ${fill} MiB of page cache"
 fi
@@ -207,7 +213,9 @@ class GuestImage:
 
 def prepare_guest(cache: Path | None = None) -> GuestImage:
     cache = cache or cache_dir()
-    return GuestImage(fetch_kernel(cache), build_initramfs(cache / "initramfs.gz", cache))
+    # Named by what goes in, so that a changed init script or busybox is never served stale.
+    content = hashlib.sha256(INIT_SCRIPT.encode() + MEMDIRTY_C.encode() + BUSYBOX.read_bytes()).hexdigest()[:16]
+    return GuestImage(fetch_kernel(cache), build_initramfs(cache / f"initramfs-{content}.gz", cache))
 
 
 @dataclass(slots=True)
@@ -216,13 +224,14 @@ class GuestOptions:
 
     blob_mib: int = 8
     fill_mib: int = 0
+    fill_with_files: bool = False  # the page cache holds program and text bytes, not random ones
     hold_mib: int = 0
     dirty_mib_per_second: int = 0
 
     def cmdline(self) -> str:
         return (
             "console=ttyS0 panic=-1 quiet "
-            f"livemig.blob={self.blob_mib} livemig.fill={self.fill_mib} "
+            f"livemig.blob={self.blob_mib} livemig.fill={self.fill_mib} livemig.files={int(self.fill_with_files)} "
             f"livemig.hold={self.hold_mib} livemig.dirty={self.dirty_mib_per_second}"
         )
 
