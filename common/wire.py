@@ -208,3 +208,13 @@ def decode_batch(raw: bytes) -> DecodedBatch:
     data = memoryview(message.data)
     message.ClearField("data")
     return _decoded(message, data)
+
+
+def is_heartbeat(batch: DecodedBatch) -> bool:
+    """A sender's "still here" on a stream with nothing to send: batch id 0 (never a real
+    batch's: ids start at 1), no ranges, no zero ranges, no data."""
+    return batch.header.batch_id == 0 and not len(batch.ranges) and not len(batch.zero_ranges) and not len(batch.data)
+
+
+def encode_heartbeat(session_token: str) -> bytes:
+    return pb.PageBatch(session_token=session_token).SerializeToString()

@@ -24,7 +24,7 @@ import grpc
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.read_ahead import ReadAhead
 from livemig.common.transfer_rpc import SESSION_METADATA
-from livemig.common.wire import BatchDecodeError, decode_batch
+from livemig.common.wire import BatchDecodeError, decode_batch, is_heartbeat
 from livemig.receiver.errors import STATUS_OF_REASON, Reason, ReceiverError, check_owner
 from livemig.receiver.stream_activity import StreamActivity
 from livemig.receiver.writer import SessionWriter
@@ -100,7 +100,7 @@ class DataService:
                 self.reports.stream_changed(bound.session_id, +1)
             # The next batch is received while this one is written (common/read_ahead.py).
             requests = ReadAhead(request_iterator, name="transfer-read-ahead")
-            opened = time.monotonic()
+            opened = last_traffic = time.monotonic()
             while True:
                 try:
                     if bound is None:
@@ -114,6 +114,12 @@ class DataService:
                     if bound is not None:
                         try:
                             bound.check_active()  # its session ended: the stream goes, its slot is free
+                            silent = time.monotonic() - last_traffic
+                            if silent >= self.unbound_stream_seconds:  # not even a heartbeat: the sender is gone
+                                raise ReceiverError(
+                                    Reason.EXPIRED,
+                                    f"stream carried nothing for {silent:.1f} s (no batch, no heartbeat); closed",
+                                )
                         except ReceiverError as error:
                             self._refuse(error, bound, context)
                         continue
@@ -125,6 +131,7 @@ class DataService:
                         None,
                         context,
                     )
+                last_traffic = time.monotonic()
                 try:
                     try:
                         batch = decode_batch(raw)
@@ -136,6 +143,8 @@ class DataService:
                     if bound is None:
                         bound = writer
                         self.reports.stream_changed(writer.session_id, +1)
+                    if is_heartbeat(batch):
+                        continue  # the sender is there, with nothing to send: neither written nor acknowledged
                     written, zeroed, wrote = writer.apply(batch)
                 except ReceiverError as error:
                     self._refuse(error, bound, context)

@@ -73,6 +73,7 @@ class ReceiverService(pb_grpc.ReceiverServicer):
             ],
             max_batch_bytes=session.max_batch_bytes,
             data_ports=data_ports,
+            idle_timeout_ms=int(self.registry.limits.idle_timeout_seconds * 1000),
         )
 
     def CompleteMigration(self, request: pb.CompleteMigrationRequest, context: grpc.ServicerContext):

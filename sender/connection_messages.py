@@ -48,6 +48,7 @@ class ConnectionSpec:
     chunk_bytes: int
     skip_zero_pages: bool
     compression: int = 0  # pb.Compression; NONE: every batch raw, framed in place
+    heartbeat_seconds: float = 0.0  # a stream with nothing to send says "still here" this often (0: never)
 
 
 # -- parent -> child ------------------------------------------------------------------

@@ -150,6 +150,7 @@ class _ConnectionRun:
                 self.inbox,
                 _PipeReporter(self.to_parent),
                 self.stop,
+                spec.heartbeat_seconds,
             )
             stream.run()
             outcome: FromConnection = Finished(stream.reconnects)

@@ -138,6 +138,7 @@ class Migration:
         self._outcome_counted = False  # metrics.migration_finished done (once, whatever happens)
         self._round_trip = 0.0
         self._chunk_bytes = 0
+        self._heartbeat_seconds = 0.0
         self._on_final: Callable[[Migration], None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"migration-{self.migration_id[:8]}", daemon=True)
 
@@ -402,6 +403,7 @@ class Migration:
                 chunk_bytes=chunk_bytes,
                 skip_zero_pages=self.request.skip_zero_pages,
                 compression=self.request.compression,
+                heartbeat_seconds=self._heartbeat_seconds,
             )
             for index in range(self.request.connections)
         ]
@@ -435,6 +437,8 @@ class Migration:
         page_size = self.request.page_size
         chunk_bytes = align_down(batch_bytes, page_size) if batch_bytes >= page_size else batch_bytes
         self._chunk_bytes = chunk_bytes
+        # A quarter of the receiver's idle timeout: a long all-zero scan never looks like a gone sender.
+        self._heartbeat_seconds = response.idle_timeout_ms / 4000
         self._log.info(
             "migration %s: session prepared on %s, %d connections, chunks of %s, live=%s",
             self.migration_id,

@@ -32,7 +32,7 @@ from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.read_ahead import ReadAhead
 from livemig.common.retry_budget import RetryBudget
 from livemig.common.transfer_rpc import SESSION_METADATA, TRANSFER_METHOD
-from livemig.common.wire import GRPC_MESSAGE_PREFIX
+from livemig.common.wire import GRPC_MESSAGE_PREFIX, encode_heartbeat
 from livemig.sender.batch_builder import BatchBuilder, BuiltBatch
 from livemig.sender.chunks import Chunk, ChunkOutcome, ChunkReport
 
@@ -101,8 +101,12 @@ class ConnectionStream:
         inbox: queue.Queue[Chunk | None],
         reporter: ChunkReporter,
         stop: threading.Event,
+        heartbeat_seconds: float = 0.0,
     ) -> None:
         self.index = index
+        # With nothing to send for this long (a long all-zero scan), say "still here": the
+        # receiver closes a stream that carries nothing for its idle timeout (0: never).
+        self.heartbeat_seconds = heartbeat_seconds
         self.channel = channel
         self.session_token = session_token
         self.builder = builder
@@ -295,10 +299,16 @@ class ConnectionStream:
                 self._set_producing(True)
             if self._built is None:
                 self._built = ReadAhead(self._build_batches(), name=f"connection-{self.index}-build")
+            last_sent = time.monotonic()
             while self._current(epoch) and not self._input_done:
                 try:
                     built = self._built.next(timeout=_POLL_SECONDS)
                 except queue.Empty:
+                    if self.heartbeat_seconds and time.monotonic() - last_sent >= self.heartbeat_seconds:
+                        last_sent = time.monotonic()
+                        self._set_producing(False)
+                        yield encode_heartbeat(self.session_token)
+                        self._set_producing(True)
                     continue
                 except StopIteration:
                     self._input_done = not self.stop.is_set()
@@ -313,6 +323,7 @@ class ConnectionStream:
                 frame = self._emit(pending)
                 self._set_producing(False)
                 yield frame
+                last_sent = time.monotonic()
                 self._set_producing(True)
         finally:
             self._set_producing(False)

@@ -25,7 +25,7 @@ from livemig.cli.processes import GuestProcess, ServiceProcess, children_of
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
 from livemig.common.transport import channel_options
-from livemig.common.wire import encode_batch
+from livemig.common.wire import encode_batch, encode_heartbeat
 from tests.helpers import (
     SMALL_BATCH_BYTES,
     assert_destination_equals_source,
@@ -284,24 +284,38 @@ def test_hundreds_of_idle_streams_neither_delay_control_nor_park(shm_dir):
 
 def test_open_stream_with_nothing_to_send_keeps_its_session(shm_dir):
     """The idle timeout measures the sender's silence, not the absence of data: a stream bound
-    by its session metadata keeps the session while the sender scans all-zero memory."""
+    by its session metadata that sends heartbeats (the sender's "still here" while it scans
+    all-zero memory) keeps the session; a bound stream that says nothing at all is closed
+    after the idle timeout, its worker slot freed (issue 20: such streams held slots)."""
     with ServiceProcess("receiver", ["--memory-dir", str(shm_dir / "dst"), "--idle-timeout", "0.5"]) as rx:
         channel, stub = receiver_stub(rx.address)
         with channel:
             session = prepare(stub, [MemoryRange(0, MIB)])
             token = session.session_token
+            assert session.idle_timeout_ms == 500  # what the sender paces its heartbeats by
             frame = encode_batch(token, 1, [MemoryRange(0, 4)], [b"late"])
 
-            def quiet_then_one_batch() -> Iterator[bytes]:
-                time.sleep(2.0)  # four idle timeouts with the stream open and nothing sent
+            def heartbeats_then_one_batch() -> Iterator[bytes]:
+                for _ in range(20):  # four idle timeouts with nothing to send, saying so
+                    time.sleep(0.1)
+                    yield encode_heartbeat(token)
                 yield frame
 
+            def silent_then_one_batch() -> Iterator[bytes]:
+                time.sleep(3.0)
+                yield frame
+
+            metadata = (("livemig-session", token),)
             with grpc.insecure_channel(f"127.0.0.1:{session.data_ports[0]}") as data:
                 transfer = data.stream_stream(
                     TRANSFER, request_serializer=None, response_deserializer=pb.PageBatchAck.FromString
                 )
-                acks = list(transfer(quiet_then_one_batch(), timeout=30, metadata=(("livemig-session", token),)))
-            assert acks[0].bytes_written == 4
+                acks = list(transfer(heartbeats_then_one_batch(), timeout=30, metadata=metadata))
+                assert [ack.batch_id for ack in acks] == [1] and acks[0].bytes_written == 4  # heartbeats: no ack
+                with pytest.raises(grpc.RpcError) as closed:
+                    list(transfer(silent_then_one_batch(), timeout=30, metadata=metadata))
+                assert closed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert "no batch, no heartbeat" in closed.value.details()
             stub.CompleteMigration(
                 pb.CompleteMigrationRequest(session_token=token, transmitted_bytes=4, batches=1), timeout=30
             )

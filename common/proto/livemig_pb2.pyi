@@ -317,16 +317,18 @@ class PrepareMigrationRequest(_message.Message):
     def __init__(self, layout: _Optional[_Union[MemoryRangeTable, _Mapping]] = ..., page_size: _Optional[int] = ..., migration_id: _Optional[str] = ..., connections: _Optional[int] = ...) -> None: ...
 
 class PrepareMigrationResponse(_message.Message):
-    __slots__ = ("session_token", "destination_regions", "max_batch_bytes", "data_ports")
+    __slots__ = ("session_token", "destination_regions", "max_batch_bytes", "data_ports", "idle_timeout_ms")
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_REGIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_BYTES_FIELD_NUMBER: _ClassVar[int]
     DATA_PORTS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     session_token: str
     destination_regions: _containers.RepeatedCompositeFieldContainer[DestinationRegion]
     max_batch_bytes: int
     data_ports: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_token: _Optional[str] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., max_batch_bytes: _Optional[int] = ..., data_ports: _Optional[_Iterable[int]] = ...) -> None: ...
+    idle_timeout_ms: int
+    def __init__(self, session_token: _Optional[str] = ..., destination_regions: _Optional[_Iterable[_Union[DestinationRegion, _Mapping]]] = ..., max_batch_bytes: _Optional[int] = ..., data_ports: _Optional[_Iterable[int]] = ..., idle_timeout_ms: _Optional[int] = ...) -> None: ...
 
 class PageBatch(_message.Message):
     __slots__ = ("session_token", "batch_id", "ranges", "zero_ranges", "padding", "attempt", "settled_below", "compression", "raw_length", "data")
