@@ -146,3 +146,29 @@ def _listening(pid: int) -> str:
                 if fields[9] in inodes and fields[3] == "0A":  # LISTEN
                     words.append(f":{int(fields[1].rpartition(':')[2], 16)}")
     return " ".join(words)
+
+
+def test_a_migration_in_flight_survives_a_worker_whose_port_is_held_for_a_while(sender, shm_dir):
+    """Defect 2 in flight: the connection to the killed worker reconnects to its port (the
+    retry budget is 30 s), and once the port is free the worker is back and the migration
+    completes, byte-exact; it does not fail for a worker that recovers."""
+    from tests.helpers import sender_stub, start_mid_transfer, watch
+
+    image = shm_dir / "guest.img"
+    make_image(image, 32 * MIB, 1.0, seed=5)
+    args = ["--memory-dir", str(shm_dir / "dst"), "--data-workers", "2"]
+    with ServiceProcess("receiver", args) as rx:
+        first = rx.data_ports[0]
+        victim = next(pid for pid in fork_server_children(rx.pid) if f":{first}" in _listening(pid).split())
+        channel, stub = sender_stub(sender.address)
+        with channel:
+            migration_id = start_mid_transfer(stub, rx.address, image, batches=3, connections=2, verify=True)
+            with stopped(rx.pid):
+                os.kill(victim, signal.SIGKILL)
+                held = hold(first)
+            time.sleep(1.5)  # the worker cannot listen, its stream cannot reconnect
+            held.close()
+            status = watch(stub, migration_id)
+    assert status.state == pb.COMPLETED, status.error
+    assert status.stats.verified
+    assert_destination_equals_source(status, [(0, image)])
