@@ -7,11 +7,7 @@ folder. The data workers write into those files (receiver/writer.py) and report
 each batch here; this object keeps the session's state (active, completed,
 aborted, expired), its ledger (totals counted once per batch id, open streams,
 last traffic), and checks totals and digest at completion with its own file
-handles.
-
-`apply()` writes a batch in this process (through the same SessionWriter the
-data workers use): the tests exercise validation and writes through it without
-starting workers.
+handles. (Tests apply batches in their own process through tests/local_data_plane.py.)
 """
 
 from __future__ import annotations
@@ -29,7 +25,6 @@ import numpy as np
 from livemig.common.digest import memory_digest
 from livemig.common.guest_memory import LayoutError, MemoryLayout, RegionFile
 from livemig.common.ranges import MemoryRange
-from livemig.common.wire import DecodedBatch
 from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES
 from livemig.receiver.errors import Reason, ReceiverError, os_error_text, refusal_for_state, storage_error
 from livemig.receiver.ledger import SessionLedger
@@ -37,7 +32,6 @@ from livemig.receiver.orphans import mark_finished, mark_unfinished
 from livemig.receiver.session_record import ACTIVE, RecordRegion, SessionRecord
 from livemig.receiver.shared_batch_ids import create_table
 from livemig.receiver.write_mode import WriteMode, file_write_mode
-from livemig.receiver.writer import SessionWriter
 
 
 class SessionState(enum.Enum):
@@ -73,7 +67,6 @@ class Session:
         self.ledger = SessionLedger(record.max_unsettled_batches)
         self.expired_after = 0.0
         self.lock = threading.RLock()  # one end at a time: complete, abort or expiry
-        self._local_writer: SessionWriter | None = None
 
     @classmethod
     def create(
@@ -177,29 +170,9 @@ class Session:
 
     # -- in this process (tests) ---------------------------------------------------
 
-    def apply(self, batch: DecodedBatch) -> tuple[int, int]:
-        """Validate and write a batch here, and count it; returns (bytes written, zeroed)."""
-        self.check_active()
-        if self._local_writer is None:
-            self._local_writer = SessionWriter(self.record)
-        written, zeroed, _now = self._local_writer.apply(batch)
-        header = batch.header
-        self.ledger.record_batch(header.batch_id, written, zeroed, header.attempt, header.settled_below)
-        self.ledger.settle(self.ledger.pending_mark())  # one process: every report is in
-        return written, zeroed
-
-    def _end_local_writer(self) -> None:
-        if self._local_writer is not None:
-            self._local_writer.end(self.state.value if not self.active else "completing")
-            self._local_writer.release()
-            self._local_writer = None
-
-    # -- the end (call after every data worker has ended the session) ---------------
-
     def complete(self, transmitted_bytes: int, batches: int, digest: bytes) -> tuple[bool, int]:
         """Check the sender's totals (and digest); returns (verified, allocated bytes)."""
         self.check_active()
-        self._end_local_writer()
         if self.ledger.overflowed:
             raise ReceiverError(
                 Reason.LIMIT,
@@ -252,7 +225,6 @@ class Session:
         self.check_active()
         self.state = state
         self.expired_after = idle_seconds
-        self._end_local_writer()
         self.layout.close()
         shutil.rmtree(self.directory, ignore_errors=True)
         shutil.rmtree(self.state_directory, ignore_errors=True)

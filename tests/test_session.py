@@ -15,6 +15,7 @@ from livemig.common.ranges import MemoryRange
 from livemig.common.wire import decode_batch, encode_batch
 from livemig.receiver.errors import Reason, ReceiverError
 from livemig.receiver.session import Session
+from tests.local_data_plane import apply as apply_here
 
 PAGE = 4096
 WRITE_MODE = "pwrite"
@@ -42,7 +43,7 @@ def apply(
     session: Session, ranges, payload, zero_ranges=(), batch_id: int | None = None, attempt: int = 0
 ) -> tuple[int, int]:
     batch_id = next(BATCH_IDS) if batch_id is None else batch_id
-    return session.apply(decode_batch(encode_batch("token", batch_id, ranges, payload, zero_ranges, attempt)))
+    return apply_here(session, decode_batch(encode_batch("token", batch_id, ranges, payload, zero_ranges, attempt)))
 
 
 def region_bytes(session: Session, index: int = 0) -> bytes:

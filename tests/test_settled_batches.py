@@ -25,6 +25,7 @@ from livemig.receiver.errors import Reason, ReceiverError
 from livemig.receiver.ledger import SessionLedger
 from livemig.receiver.session import Session
 from tests.helpers import SMALL_BATCH_BYTES, assert_destination_equals_source, migrate, receiver_stub
+from tests.local_data_plane import apply
 from tests.test_data_plane_processes import prepare, send_raw
 
 PAGE = 4096
@@ -159,9 +160,9 @@ def test_a_late_copy_of_a_settled_batch_is_acknowledged_without_writing(shm_dir)
     """An old stream's leftover, applied after a later iteration wrote its pages again,
     would put old bytes over new ones."""
     session = new_session(shm_dir)
-    session.apply(batch(1, page=3, fill=0xAA))
-    session.apply(batch(9, page=3, fill=0xBB, settled_below=9))  # a later iteration: 1..8 settled
-    assert session.apply(batch(1, page=3, fill=0xAA)) == (PAGE, 0)  # acknowledged as applied
+    apply(session, batch(1, page=3, fill=0xAA))
+    apply(session, batch(9, page=3, fill=0xBB, settled_below=9))  # a later iteration: 1..8 settled
+    assert apply(session, batch(1, page=3, fill=0xAA)) == (PAGE, 0)  # acknowledged as applied
     assert page_bytes(session, 3) == bytes([0xBB]) * PAGE
     assert session.ledger.totals() == (2 * PAGE, 2)
     session.complete(2 * PAGE, 2, b"")
@@ -170,7 +171,7 @@ def test_a_late_copy_of_a_settled_batch_is_acknowledged_without_writing(shm_dir)
 def test_a_mark_above_the_batch_itself_is_malformed(shm_dir):
     session = new_session(shm_dir)
     with pytest.raises(ReceiverError) as raised:
-        session.apply(batch(4, page=0, fill=1, settled_below=5))
+        apply(session, batch(4, page=0, fill=1, settled_below=5))
     assert raised.value.reason is Reason.MALFORMED
     assert page_bytes(session, 0) == bytes(PAGE)
 
@@ -178,9 +179,9 @@ def test_a_mark_above_the_batch_itself_is_malformed(shm_dir):
 def test_a_session_that_never_settles_is_refused_at_the_limit(shm_dir):
     session = new_session(shm_dir, limit=64)
     for batch_id in range(1, 65):
-        session.apply(batch(batch_id, page=batch_id % 16, fill=batch_id))
+        apply(session, batch(batch_id, page=batch_id % 16, fill=batch_id))
     with pytest.raises(ReceiverError) as raised:
-        session.apply(batch(65, page=0, fill=65))
+        apply(session, batch(65, page=0, fill=65))
     assert raised.value.reason is Reason.LIMIT
     assert "--max-unsettled-batches" in raised.value.message
 
@@ -188,7 +189,7 @@ def test_a_session_that_never_settles_is_refused_at_the_limit(shm_dir):
 def test_a_session_that_settles_sends_far_more_batches_than_the_limit(shm_dir):
     session = new_session(shm_dir, limit=64)
     for batch_id in range(1, 5001):
-        session.apply(batch(batch_id, page=batch_id % 16, fill=batch_id % 251, settled_below=max(0, batch_id - 8)))
+        apply(session, batch(batch_id, page=batch_id % 16, fill=batch_id % 251, settled_below=max(0, batch_id - 8)))
     assert session.ledger.totals() == (5000 * PAGE, 5000)
     assert session.ledger.remembered_ids() <= 64
     session.complete(5000 * PAGE, 5000, b"")

@@ -24,6 +24,7 @@ from livemig.receiver.session import Session
 from livemig.receiver.shared_batch_ids import HEADER_BYTES, PID_BITS, SLOT, SharedBatchIds, Verdict, create_table
 from livemig.receiver.writer import SessionWriter
 from tests.helpers import receiver_stub
+from tests.local_data_plane import apply
 from tests.test_data_plane_processes import prepare, send_raw
 
 MIB = 1 << 20
@@ -121,12 +122,12 @@ def test_two_writers_of_one_session_share_attempts_and_the_mark(shm_dir: Path):
 def test_the_window_is_counted_from_the_mark_before_the_batch(shm_dir: Path):
     session = new_session(shm_dir, limit=64)
     with pytest.raises(ReceiverError) as raised:
-        session.apply(batch(U64_MAX, 1, settled_below=U64_MAX))
+        apply(session, batch(U64_MAX, 1, settled_below=U64_MAX))
     assert raised.value.reason is Reason.LIMIT
     with pytest.raises(ReceiverError):
-        session.apply(batch(65, 1, settled_below=65))  # 1 + 64: one beyond
-    session.apply(batch(64, 1, settled_below=60))
-    session.apply(batch(123, 2))  # 60 + 64 - 1: the last id of the window
+        apply(session, batch(65, 1, settled_below=65))  # 1 + 64: one beyond
+    apply(session, batch(64, 1, settled_below=60))
+    apply(session, batch(123, 2))  # 60 + 64 - 1: the last id of the window
 
 
 def test_a_claim_left_by_a_dead_process_is_taken_over(shm_dir: Path):
