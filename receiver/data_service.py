@@ -145,14 +145,17 @@ class DataService:
                         self.reports.stream_changed(writer.session_id, +1)
                     if is_heartbeat(batch):
                         continue  # the sender is there, with nothing to send: neither written nor acknowledged
-                    written, zeroed, wrote = writer.apply(batch)
+                    written, zeroed, _wrote = writer.apply(batch)
                 except ReceiverError as error:
                     self._refuse(error, bound, context)
-                if wrote:  # a copy acknowledged without writing was reported by its first writing
-                    header = batch.header
-                    self.reports.batch_applied(
-                        writer.session_id, header.batch_id, header.attempt, written, zeroed, header.settled_below
-                    )
+                # Reported before it is acknowledged, also a copy acknowledged without writing
+                # (`wrote` False): its first writing's report may have died with that worker
+                # (killed after its write, its report still in a pipe the restart dropped),
+                # and the ledger counts an id and attempt once however often it hears of it.
+                header = batch.header
+                self.reports.batch_applied(
+                    writer.session_id, header.batch_id, header.attempt, written, zeroed, header.settled_below
+                )
                 yield pb.PageBatchAck(batch_id=batch.header.batch_id, bytes_written=written)
         finally:
             if requests is not None:
