@@ -199,13 +199,20 @@ class Migration:
         """The downtime estimate with the limits in force (called under the lock)."""
         if not self.live or not self.stats.iterations:
             return
+        self.stats.expected_downtime_ms = self._estimate(self.stats.remaining_bytes)[0]
+
+    def _estimate(self, remaining: int) -> tuple[int, float]:
+        """(expected downtime ms, bandwidth used) for pausing with `remaining` dirty bytes,
+        with the limits in force; the statistics keep the bandwidth and where it came from."""
         latest = self.stats.iterations[-1]
         sample = latest.counters if latest.index and latest.counters.chunk_bytes else self.stats.totals
+        if self._verify_seconds is None:
+            self._verify_seconds = expected_verify_seconds(self.layout) if self.request.verify else 0.0
         expected, bandwidth, source = self.policy.expected_downtime_ms(
-            self.stats.remaining_bytes, sample, self._chunk_bytes, self._round_trip, self._verify_seconds or 0.0
+            remaining, sample, self._chunk_bytes, self._round_trip, self._verify_seconds
         )
-        self.stats.expected_downtime_ms = expected
         self.stats.bandwidth, self.stats.bandwidth_source = bandwidth, source
+        return expected, bandwidth
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -522,14 +529,7 @@ class Migration:
         """Close the iteration with the remaining dirty bytes and the downtime estimate."""
         assert self.dirty_log is not None
         remaining = self.dirty_log.dirty_bytes()
-        latest = self.stats.iterations[-1]
-        sample = latest.counters if latest.index and latest.counters.chunk_bytes else self.stats.totals
-        if self._verify_seconds is None:
-            self._verify_seconds = expected_verify_seconds(self.layout) if self.request.verify else 0.0
-        expected, bandwidth, source = self.policy.expected_downtime_ms(
-            remaining, sample, self._chunk_bytes, self._round_trip, self._verify_seconds
-        )
-        self.stats.bandwidth, self.stats.bandwidth_source = bandwidth, source
+        expected, bandwidth = self._estimate(remaining)
         iteration = self.stats.end_iteration(remaining, expected)
         metrics.iteration_ended(self.migration_id, remaining, self.steering.dirty_rate.value, expected)
         fixed = min((i.seconds() for i in self.stats.iterations[1:] if i.ended is not None), default=0.0)
@@ -549,7 +549,7 @@ class Migration:
             format_bytes(remaining),
             expected,
             format_bytes(bandwidth),
-            source,
+            self.stats.bandwidth_source,
         )
         self._set()  # wake watchers: a new iteration is in the statistics
         return expected
