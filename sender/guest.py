@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import signal
 import subprocess
 import time
@@ -29,13 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from livemig.common.process_identity import process_start
+from livemig.sender.hooks import run_hook
 from livemig.sender.pause_records import PauseRecord
 from livemig.sender.throttle import HookThrottle, NoThrottle, PidThrottle, Throttle
 
 log = logging.getLogger("livemig.sender")
 
 STOP_WAIT_SECONDS = 5.0
-HOOK_TIMEOUT_SECONDS = 30.0
 
 
 class GuestControlError(RuntimeError):
@@ -171,9 +170,8 @@ class GuestControl:
         raise GuestControlError(f"guest process {self.pid} did not stop within {STOP_WAIT_SECONDS} s")
 
     def _run_hook(self, command: str) -> None:
-        env = {**os.environ, "LIVEMIG_MIGRATION_ID": self.migration_id, "LIVEMIG_GUEST_PID": str(self.pid)}
         try:
-            subprocess.run(shlex.split(command), env=env, check=True, timeout=HOOK_TIMEOUT_SECONDS)
+            run_hook(command, self.migration_id, self.pid)
         except (OSError, subprocess.SubprocessError) as error:
             raise GuestControlError(f"hook {command!r} failed: {error}") from error
 

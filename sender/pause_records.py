@@ -25,7 +25,6 @@ import contextlib
 import json
 import logging
 import os
-import shlex
 import signal
 import subprocess
 import tempfile
@@ -34,12 +33,12 @@ from pathlib import Path
 
 from livemig.common.process_identity import alive, process_start
 from livemig.common.qmp import QmpFailure, qmp_connection
+from livemig.sender.hooks import run_hook
 
 log = logging.getLogger("livemig.sender")
 
 DEFAULT_STATE_DIR = Path("/run/livemig/sender")
 SUFFIX = ".paused.json"
-HOOK_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +75,7 @@ def resume(record: PauseRecord) -> str:
                 qmp.execute("cont")
             return f"QEMU guest at {record.qmp_socket} resumed (cont)"
         if record.kind == "hook":
-            env = {**os.environ, "LIVEMIG_MIGRATION_ID": record.migration_id, "LIVEMIG_GUEST_PID": str(record.pid)}
-            subprocess.run(shlex.split(record.hook), env=env, check=True, timeout=HOOK_TIMEOUT_SECONDS)
+            run_hook(record.hook, record.migration_id, record.pid)
             return f"resume hook {record.hook!r} ran"
         return f"unknown kind of record {record.kind!r}: left"
     except (OSError, subprocess.SubprocessError, QmpFailure) as error:

@@ -21,17 +21,16 @@ migration's, not the throttle's).
 from __future__ import annotations
 
 import logging
-import os
-import shlex
 import signal
 import subprocess
 import threading
 from dataclasses import dataclass
 
+from livemig.sender.hooks import run_hook
+
 log = logging.getLogger("livemig.sender")
 
 PERIOD_SECONDS = 0.1
-HOOK_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -117,7 +116,8 @@ class HookThrottle:
 
     def __init__(self, command: str, migration_id: str, guest_pid: int) -> None:
         self._command = command
-        self._env = {**os.environ, "LIVEMIG_MIGRATION_ID": migration_id, "LIVEMIG_GUEST_PID": str(guest_pid)}
+        self._migration_id = migration_id
+        self._guest_pid = guest_pid
         self._percent = 0
 
     def set(self, percent: int) -> None:
@@ -125,12 +125,7 @@ class HookThrottle:
             return
         self._percent = percent
         try:
-            subprocess.run(
-                shlex.split(self._command),
-                env={**self._env, "LIVEMIG_THROTTLE_PERCENT": str(percent)},
-                check=True,
-                timeout=HOOK_TIMEOUT_SECONDS,
-            )
+            run_hook(self._command, self._migration_id, self._guest_pid, LIVEMIG_THROTTLE_PERCENT=str(percent))
         except (OSError, subprocess.SubprocessError) as error:
             log.error("throttle hook %r failed at %d %%: %s", self._command, percent, error)
 
