@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from rich.console import Console
 from livemig.cli.bench import GIB, cpu_per_gib, measure_case, receiver_args
 from livemig.cli.ceiling import Ceiling
 from livemig.cli.images import files_equal, make_image, tmpfs_dir
+from livemig.cli.migrate_vm import free_port
 from livemig.cli.processes import ServiceProcess, tree_cpu_seconds
 from livemig.cli.report import human_bytes, print_table
 from livemig.cli.units import Size
@@ -63,12 +63,6 @@ MIGRATION_TIMEOUT_SECONDS = 600.0
 
 def accelerator() -> str:
     return "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class QemuGuest:
@@ -147,7 +141,7 @@ def qemu_migrate(binary: str, source_memory: Path, size: int, channels: int, fol
     destination = None
     try:
         destination = QemuGuest(binary, destination_memory, size, folder, "destination", incoming=True)
-        port = free_port()
+        port = free_port("127.0.0.1")
         for guest in (source, destination):
             guest.multifd(channels)
         destination.qmp.execute("migrate-incoming", uri=f"tcp:127.0.0.1:{port}")

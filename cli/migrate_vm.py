@@ -45,7 +45,7 @@ import grpc
 from livemig.cli import client
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.proto import livemig_pb2_grpc as pb_grpc
-from livemig.common.qmp import MemoryBackend, QmpConnection, QmpFailure, qmp_connection
+from livemig.common.qmp import MemoryBackend, QmpConnection, QmpFailure, qmp_connection, wait_for_qmp
 from livemig.common.tls import INSECURE, Security
 
 DEVICE_STATE_TIMEOUT_SECONDS = 300.0
@@ -128,24 +128,22 @@ class DestinationVm:
         self._ready.start()
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = self.started + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.error = f"the destination QEMU exited with status {self.process.returncode}"
-                return
-            if os.path.exists(self.qmp):
-                try:
-                    with qmp_connection(self.qmp, 5.0) as qmp:
-                        state = qmp.run_state()
-                    if state != "inmigrate":
-                        self.error = f"the destination QEMU is {state!r}, not waiting for a migration (-incoming)"
-                        return
-                    self.ready_at = time.monotonic()
-                    return
-                except QmpFailure:
-                    pass
-            time.sleep(0.01)
-        self.error = f"the destination QEMU's QMP socket did not answer within {timeout:g} s"
+        try:
+            wait_for_qmp(self.qmp, timeout, alive=lambda: self.process.poll() is None)
+            with qmp_connection(self.qmp, 5.0) as qmp:
+                state = qmp.run_state()
+        except QmpFailure as error:
+            code = self.process.poll()
+            self.error = (
+                f"the destination QEMU exited with status {code}"
+                if code is not None
+                else f"the destination QEMU's QMP socket: {error}"
+            )
+            return
+        if state != "inmigrate":
+            self.error = f"the destination QEMU is {state!r}, not waiting for a migration (-incoming)"
+            return
+        self.ready_at = time.monotonic()
 
     def wait_ready(self, timeout: float) -> float:
         self._ready.join(timeout)
