@@ -25,6 +25,11 @@ the batch size, from one buffer already in memory, and count it; nothing is
 read, scanned or written. Its time against QEMU's, in the same interleaved
 run, says how much of the way to QEMU gRPC alone already takes.
 
+Floor side (issue 25): the same process pairs doing the I/O any data plane must
+do, nothing else: each client preads its messages from the image, each server
+pwrites them into a fresh tmpfs file (cli/ceiling.Floor). livemig's distance to
+this row, per end, is what the product itself costs.
+
 Skips with a message (exit 0) where qemu-system-x86_64 is missing; without
 /dev/kvm it uses TCG (nothing executes in an -S guest, so the accelerator does
 not change what migration does).
@@ -45,7 +50,7 @@ from pathlib import Path
 from rich.console import Console
 
 from livemig.cli.bench import GIB, cpu_per_gib, measure_case, receiver_args
-from livemig.cli.ceiling import Ceiling
+from livemig.cli.ceiling import Ceiling, Floor
 from livemig.cli.images import files_equal, make_image, tmpfs_dir
 from livemig.cli.migrate_vm import free_port
 from livemig.cli.processes import ServiceProcess, tree_cpu_seconds
@@ -206,6 +211,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-mib", type=int, default=DEFAULT_MAX_BATCH_BYTES >> 20)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--sides", default="qemu,livemig,bare,floor", help="which sides to run; default all four")
     args = parser.parse_args()
     console = Console(width=200)
     binary = shutil.which(QEMU)
@@ -223,6 +229,7 @@ def main() -> None:
     qemu_runs: dict[tuple[float, int], list[Run]] = {}
     livemig_runs: dict[tuple[float, int], list[Run]] = {}
     bare_runs: dict[tuple[float, int], list[Run]] = {}
+    floor_runs: dict[tuple[float, int], list[Run]] = {}
     notes: dict[tuple[float, int], str] = {}
     try:
         destination = workdir / "livemig-destination"
@@ -231,6 +238,7 @@ def main() -> None:
             ServiceProcess("receiver", receiver_args(destination, batch_bytes, None)) as rx,
             ServiceProcess("sender", []) as tx,
             Ceiling(max(connections), batch_bytes) as ceiling,
+            Floor(max(connections), batch_bytes) as floor,
         ):
             for ratio in touched:
                 image = workdir / "guest.img"  # livemig's source
@@ -241,14 +249,15 @@ def main() -> None:
                 for repeat in range(args.repeat):
                     for count in connections:
                         key = (ratio, count)
-                        sides = ("qemu", "livemig", "bare")
+                        sides = tuple(args.sides.split(","))
                         for side in sides if repeat % 2 == 0 else sides[::-1]:
-                            if side == "bare":
+                            if side in ("bare", "floor"):
+                                pairs, runs = (ceiling, bare_runs) if side == "bare" else (floor, floor_runs)
                                 payload = max(int(size * ratio), batch_bytes)
-                                rate = ceiling.measure(payload, count)
-                                client, server = ceiling.cpu_per_gib[count]
+                                rate = pairs.measure(payload, count, image)
+                                client, server = pairs.cpu_per_gib[count]
                                 streamed = payload / GIB
-                                bare_runs.setdefault(key, []).append(
+                                runs.setdefault(key, []).append(
                                     Run(payload / rate * 1000, client * streamed, server * streamed, True)
                                 )
                             elif side == "qemu":
@@ -263,11 +272,19 @@ def main() -> None:
                                 livemig_runs.setdefault(key, []).append(
                                     Run(case.duration_ms, case.sender_cpu, case.receiver_cpu, case.ok)
                                 )
+                            runs = {"qemu": qemu_runs, "livemig": livemig_runs, "bare": bare_runs, "floor": floor_runs}
+                            last = runs[side][key][-1]
+                            console.print(
+                                f"run {repeat + 1}: {ratio:.0%} touched, {count} conn., {side}: {last.ms:.0f} ms, "
+                                f"CPU s/GiB {cpu_per_gib(last.cpu_source, size):.2f} + "
+                                f"{cpu_per_gib(last.cpu_destination, size):.2f}",
+                                soft_wrap=True,
+                            )
                 image.unlink()
                 qemu_source.unlink()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    _print(console, size, qemu_runs, livemig_runs, bare_runs, notes, args.repeat, args.markdown)
+    _print(console, size, qemu_runs, livemig_runs, bare_runs, floor_runs, notes, args.repeat, args.markdown)
 
 
 def _print(
@@ -276,6 +293,7 @@ def _print(
     qemu_runs: dict[tuple[float, int], list[Run]],
     livemig_runs: dict[tuple[float, int], list[Run]],
     bare_runs: dict[tuple[float, int], list[Run]],
+    floor_runs: dict[tuple[float, int], list[Run]],
     notes: dict[tuple[float, int], str],
     repeat: int,
     markdown: bool,
@@ -297,6 +315,8 @@ def _print(
     ]
     rows = []
     for key, qemu in qemu_runs.items():
+        if key not in livemig_runs or key not in bare_runs:
+            continue  # --sides left one out
         ratio, count = key
         ours = livemig_runs[key]
         q_cpu = median([r.cpu_source + r.cpu_destination for r in qemu])
@@ -329,6 +349,62 @@ def _print(
     print_table(console, title, headers, rows, markdown)
     for (ratio, count), note in notes.items():
         console.print(f"QEMU, {ratio:.0%} touched, {count} channels, first run: {note}", soft_wrap=True)
+    _print_floor(console, size, qemu_runs, livemig_runs, floor_runs, repeat, markdown)
+
+
+def _print_floor(
+    console: Console,
+    size: int,
+    qemu_runs: dict[tuple[float, int], list[Run]],
+    livemig_runs: dict[tuple[float, int], list[Run]],
+    floor_runs: dict[tuple[float, int], list[Run]],
+    repeat: int,
+    markdown: bool,
+) -> None:
+    """livemig against the floor (pread + bare gRPC + pwrite into fresh pages), per end."""
+    headers = [
+        "image, connections",
+        "floor ms",
+        "livemig ms",
+        "livemig / floor time",
+        "floor / QEMU time",
+        "floor client CPU s/GiB",
+        "livemig sender CPU s/GiB",
+        "floor server CPU s/GiB",
+        "livemig receiver CPU s/GiB",
+        "livemig / floor CPU (both ends)",
+        "floor / QEMU CPU",
+    ]
+    rows = []
+    for key, floor in floor_runs.items():
+        if key not in livemig_runs or key not in qemu_runs:
+            continue  # --sides left one out
+        ratio, count = key
+        ours, qemu = livemig_runs[key], qemu_runs[key]
+        f_ms, l_ms, q_ms = (median([r.ms for r in runs]) for runs in (floor, ours, qemu))
+        f_cpu, l_cpu, q_cpu = (median([r.cpu_source + r.cpu_destination for r in runs]) for runs in (floor, ours, qemu))
+        rows.append(
+            [
+                f"{human_bytes(size)}, {ratio:.0%} touched, {count}",
+                f"{f_ms:.0f}",
+                f"{l_ms:.0f}",
+                f"{l_ms / max(f_ms, 1):.2f}",
+                f"{f_ms / max(q_ms, 1):.2f}",
+                f"{cpu_per_gib(median([r.cpu_source for r in floor]), size):.2f}",
+                f"{cpu_per_gib(median([r.cpu_source for r in ours]), size):.2f}",
+                f"{cpu_per_gib(median([r.cpu_destination for r in floor]), size):.2f}",
+                f"{cpu_per_gib(median([r.cpu_destination for r in ours]), size):.2f}",
+                f"{l_cpu / f_cpu:.2f}" if f_cpu else "-",
+                f"{f_cpu / q_cpu:.2f}" if q_cpu else "-",
+            ]
+        )
+    title = (
+        f"livemig against the floor (pread + bare gRPC + pwrite into fresh tmpfs pages, same process pairs), "
+        f"medians of {repeat}, same run; CPU per GiB of guest"
+    )
+    if markdown:
+        console.print(f"\n**{title}**\n", soft_wrap=True)
+    print_table(console, title, headers, rows, markdown)
 
 
 if __name__ == "__main__":

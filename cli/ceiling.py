@@ -10,18 +10,30 @@ anything is measured; `measure()` starts the clients, lets each connect, then
 releases them together and times until the last one has its final
 acknowledgement. The ratio of livemig's payload throughput to this figure says
 how much the product itself costs.
+
+The floor (issue 25) is the same pairs doing the I/O no data plane can avoid:
+each client `pread`s its messages from the guest image (as a connection process
+reads guest memory) and each server `pwrite`s them into a fresh file of its own
+on tmpfs (as a data worker fills destination memory, pages allocated by the
+write). `Floor` starts such servers, each with its own empty folder; the files
+are removed after each measurement, outside the servers' measured CPU.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 
+from livemig.cli.images import tmpfs_dir
 from livemig.cli.processes import cpu_seconds
 from livemig.common.transport import ServiceHost, channel_options, message_limit
 from livemig.sender.stream import WINDOW_BATCHES
@@ -35,24 +47,53 @@ def _handler(request_iterator: Iterator[bytes], _context: grpc.ServicerContext) 
         yield len(message).to_bytes(8, "little")
 
 
-def serve(batch_bytes: int) -> None:
+def _writing_handler(folder: Path) -> grpc.RpcMethodHandler:
+    """Every message pwritten, one after another, into a new file of `folder` (fresh pages)."""
+    streams = iter(range(1 << 62))
+
+    def handler(request_iterator: Iterator[bytes], _context: grpc.ServicerContext) -> Iterator[bytes]:
+        fd = os.open(folder / f"stream-{next(streams)}", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            offset = 0
+            for message in request_iterator:
+                done = os.pwrite(fd, message, offset)
+                while done < len(message):
+                    done += os.pwrite(fd, memoryview(message)[done:], offset + done)
+                offset += len(message)
+                yield len(message).to_bytes(8, "little")
+        finally:
+            os.close(fd)
+
+    return grpc.stream_stream_rpc_method_handler(handler)
+
+
+def serve(batch_bytes: int, write_folder: str = "") -> None:
     host = ServiceHost([], max_workers=160, max_message_bytes=message_limit(batch_bytes))
-    handlers = {"Stream": grpc.stream_stream_rpc_method_handler(_handler)}
+    method = _writing_handler(Path(write_folder)) if write_folder else grpc.stream_stream_rpc_method_handler(_handler)
+    handlers = {"Stream": method}
     host.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("livemig.bench.Ceiling", handlers),))
     port = host.start("127.0.0.1:0")
     print(f"livemig ceiling listening on 127.0.0.1:{port}", flush=True)
     host.serve_until_signalled()
 
 
-def stream(address: str, messages: int, batch_bytes: int, index: int) -> None:
-    """One client process: connect, say "ready", wait for "go" on stdin, stream, say "done"."""
+def stream(address: str, messages: int, batch_bytes: int, index: int, read_path: str = "") -> None:
+    """One client process: connect, say "ready", wait for "go" on stdin, stream, say "done".
+    With `read_path`, each message is pread from that file (this client's share of it,
+    wrapping round), as a connection process reads guest memory; else one buffer is
+    sent again and again."""
     message = b"\x01" * batch_bytes
     window = threading.Semaphore(WINDOW_BATCHES)
+    source = os.open(read_path, os.O_RDONLY | os.O_CLOEXEC) if read_path else -1
+    source_batches = max(os.fstat(source).st_size // batch_bytes, 1) if read_path else 1
 
     def produce() -> Iterator[bytes]:
-        for _ in range(messages):
+        for number in range(messages):
             window.acquire()
-            yield message
+            if source >= 0:
+                yield os.pread(source, batch_bytes, (index * messages + number) % source_batches * batch_bytes)
+            else:
+                yield message
 
     with grpc.insecure_channel(address, options=channel_options(batch_bytes, index)) as channel:
         grpc.channel_ready_future(channel).result(timeout=START_TIMEOUT_SECONDS)
@@ -76,16 +117,23 @@ def _read_line(process: subprocess.Popen[str], what: str) -> str:
 class Ceiling:
     """`count` ceiling server processes, started before anything is measured."""
 
+    floor = False  # Floor: clients read the image, servers write fresh files
+
     def __init__(self, count: int, batch_bytes: int) -> None:
         self.batch_bytes = batch_bytes
+        self.folders: list[Path] = []
         # connections -> (client, server) CPU seconds per GiB streamed: what gRPC itself costs
         self.cpu_per_gib: dict[int, tuple[float, float]] = {}
         self.servers: list[subprocess.Popen[str]] = []
         self.addresses: list[str] = []
         try:
             for _ in range(count):
+                command = [sys.executable, "-m", "livemig.cli.ceiling", "serve", str(batch_bytes)]
+                if self.floor:
+                    self.folders.append(Path(tempfile.mkdtemp(prefix="livemig-floor-", dir=tmpfs_dir())))
+                    command.append(str(self.folders[-1]))
                 server = subprocess.Popen(
-                    [sys.executable, "-m", "livemig.cli.ceiling", "serve", str(batch_bytes)],
+                    command,
                     stdout=subprocess.PIPE,
                     text=True,
                 )
@@ -95,8 +143,11 @@ class Ceiling:
             self.close()
             raise
 
-    def measure(self, total: int, connections: int) -> float:
-        """Aggregate payload bytes per second of `connections` concurrent process pairs."""
+    def measure(self, total: int, connections: int, image: Path | None = None) -> float:
+        """Aggregate payload bytes per second of `connections` concurrent process pairs
+        (a Floor reads its messages from `image`)."""
+        if self.floor and image is None:
+            raise ValueError("the floor reads its messages from an image")
         if connections > len(self.addresses):
             raise ValueError(f"{connections} connections but {len(self.addresses)} ceiling servers")
         per_connection = max(total // self.batch_bytes // connections, 1)
@@ -111,6 +162,7 @@ class Ceiling:
                     str(per_connection),
                     str(self.batch_bytes),
                     str(index),
+                    *([str(image)] if self.floor else []),
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -141,6 +193,9 @@ class Ceiling:
                 if client.poll() is None:
                     client.kill()
                 client.wait()
+            for folder in self.folders:  # written pages freed outside the servers' CPU
+                for written in folder.iterdir():
+                    written.unlink()
         gib = per_connection * connections * self.batch_bytes / (1 << 30)
         self.cpu_per_gib[connections] = (client_cpu / gib, server_cpu / gib)
         return per_connection * connections * self.batch_bytes / elapsed
@@ -151,6 +206,8 @@ class Ceiling:
                 server.terminate()
         for server in self.servers:
             server.wait()
+        for folder in self.folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def __enter__(self) -> Ceiling:
         return self
@@ -159,8 +216,14 @@ class Ceiling:
         self.close()
 
 
+class Floor(Ceiling):
+    """Ceiling pairs that also do the unavoidable I/O: pread of the image, pwrite into fresh pages."""
+
+    floor = True
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
-        serve(int(sys.argv[2]))
+        serve(int(sys.argv[2]), *sys.argv[3:4])
     elif sys.argv[1:2] == ["stream"]:
-        stream(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        stream(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), *sys.argv[6:7])
