@@ -35,6 +35,11 @@ KNOWN = frozenset(NAMES)
 # is the cheapest of all at a lower ratio.
 ZSTD_LEVEL = 1
 LZ4_LEVEL = 0
+# The levels a connection climbs while its link, not its CPU, holds it back
+# (sender/compression_pace.py), cheapest first: on a 1 Gbit/s link the CPU of a
+# core compresses text faster than the link carries it even at the top rung.
+ZSTD_LEVELS = (ZSTD_LEVEL, 2, 3, 5, 7, 9)
+LZ4_LEVELS = (LZ4_LEVEL, 3, 6, 9)
 # A batch goes out compressed only below this share of its raw size: a 10 % saving
 # pays for the receiver's decompression, less does not.
 WORTH_IT = 0.9
@@ -61,9 +66,25 @@ class PayloadCompressor:
         self.method = method
         self.threshold = threshold
         self.probe = probe
-        if method == pb.COMPRESSION_ZSTD:
-            self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL if level is None else level, write_checksum=True)
-        self._lz4_level = LZ4_LEVEL if level is None else level
+        # The rungs this compressor may use (one, when a level is given) and the one in use:
+        # another thread (the connection's pace) moves `rung`; a batch uses the level it finds.
+        if level is not None:
+            self.levels: tuple[int, ...] = (level,)
+        else:
+            self.levels = ZSTD_LEVELS if method == pb.COMPRESSION_ZSTD else LZ4_LEVELS
+        self.rung = 0
+        self._zstd_by_level: dict[int, zstandard.ZstdCompressor] = {}
+
+    @property
+    def level(self) -> int:
+        return self.levels[self.rung]
+
+    def _zstd(self, level: int) -> zstandard.ZstdCompressor:
+        compressor = self._zstd_by_level.get(level)
+        if compressor is None:
+            compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+            self._zstd_by_level[level] = compressor
+        return compressor
 
     def compress(self, parts: Sequence[Buffer], raw_length: int) -> bytes | None:
         """The compressed frame of the concatenated parts, or None: send them raw."""
@@ -83,12 +104,14 @@ class PayloadCompressor:
         return len(self._compress(sample, sampled)) <= self.threshold * sampled
 
     def _compress(self, parts: Sequence[Buffer], raw_length: int) -> bytes:
+        level = self.level
         if self.method == pb.COMPRESSION_ZSTD:
+            zstd = self._zstd(level)
             if len(parts) == 1:
-                return self._zstd.compress(parts[0])  # declares its content size
-            stream = self._zstd.compressobj(size=raw_length)
+                return zstd.compress(parts[0])  # declares its content size
+            stream = zstd.compressobj(size=raw_length)
             return b"".join([*(stream.compress(part) for part in parts), stream.flush()])
-        stream = lz4.frame.LZ4FrameCompressor(compression_level=self._lz4_level, content_checksum=True)
+        stream = lz4.frame.LZ4FrameCompressor(compression_level=level, content_checksum=True)
         head = stream.begin(source_size=raw_length)  # declares its content size
         return b"".join([head, *(stream.compress(part) for part in parts), stream.flush()])
 

@@ -66,7 +66,8 @@ class BatchBuilder:
     def __init__(self, plan: TransferPlan) -> None:
         self.plan = plan
         self._region_starts = plan.layout.region_starts()
-        self._compressor = PayloadCompressor(plan.compression) if plan.compression else None
+        # Its level is moved by the connection's pace (sender/compression_pace.py).
+        self.compressor = PayloadCompressor(plan.compression) if plan.compression else None
 
     def build(self, chunk: Chunk) -> BuiltBatch:
         """Read and scan one chunk. Errors reading guest memory propagate (fatal)."""
@@ -142,9 +143,9 @@ class BatchBuilder:
 
     def _compress(self, payload: list[memoryview], raw_length: int) -> bytes | None:
         """The payload compressed, or None: compression off, nothing to send, or it did not pay."""
-        if self._compressor is None or not raw_length:
+        if self.compressor is None or not raw_length:
             return None
-        return self._compressor.compress(payload, raw_length)
+        return self.compressor.compress(payload, raw_length)
 
     def _read_all(self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview) -> list[memoryview]:
         """No skipping: every byte goes out as it is (the chunk's ranges are the data ranges)."""

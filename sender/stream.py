@@ -35,6 +35,7 @@ from livemig.common.transfer_rpc import SESSION_METADATA, TRANSFER_METHOD
 from livemig.common.wire import GRPC_MESSAGE_PREFIX, encode_heartbeat
 from livemig.sender.batch_builder import BatchBuilder, BuiltBatch
 from livemig.sender.chunks import Chunk, ChunkOutcome, ChunkReport
+from livemig.sender.compression_pace import CompressionPace
 
 log = logging.getLogger("livemig.sender")
 
@@ -115,6 +116,8 @@ class ConnectionStream:
         self.stop = stop
         self.reconnects = 0
         self._window = threading.Semaphore(WINDOW_BATCHES)
+        compressor = builder.compressor
+        self._pace = CompressionPace(compressor, index) if compressor is not None else None
         self._in_flight: dict[int, Pending] = {}
         self._lock = threading.Condition()
         self._epoch = 0  # one per stream; a generator of an older stream stops producing
@@ -299,7 +302,7 @@ class ConnectionStream:
                 self._set_producing(True)
             if self._built is None:
                 self._built = ReadAhead(self._build_batches(), name=f"connection-{self.index}-build")
-            last_sent = time.monotonic()
+            last_sent = asked = time.monotonic()
             while self._current(epoch) and not self._input_done:
                 try:
                     built = self._built.next(timeout=_POLL_SECONDS)
@@ -317,13 +320,16 @@ class ConnectionStream:
                 pending = Pending(chunk, built.frame, built.outcome)
                 with self._lock:
                     self._in_flight[chunk.chunk_id] = pending  # from now on a broken stream resends it
+                built_at = time.monotonic()
                 if not self._acquire_window(epoch):
                     return
+                if self._pace is not None:  # what held this batch back: building it, or the link
+                    self._pace.batch_sent(built_at - asked, time.monotonic() - built_at)
                 pending.holds_window = True
                 frame = self._emit(pending)
                 self._set_producing(False)
                 yield frame
-                last_sent = time.monotonic()
+                last_sent = asked = time.monotonic()
                 self._set_producing(True)
         finally:
             self._set_producing(False)
