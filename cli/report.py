@@ -144,9 +144,11 @@ def compressed_text(status: pb.MigrationStatus) -> str:
     if not stats.compressed_bytes:
         return f"{method}: none (every batch went raw)"
     share = stats.compressed_raw_bytes / stats.transmitted_bytes if stats.transmitted_bytes else 0.0
+    low, high = stats.lowest_compression_level, stats.highest_compression_level
+    levels = f"level {low}" if low == high else f"levels {low}-{high}"
     return (
         f"{method}: {human_bytes(stats.compressed_raw_bytes)} to {human_bytes(stats.compressed_bytes)} "
-        f"(ratio {stats.compressed_raw_bytes / stats.compressed_bytes:.2f}; {share:.0%} of transmitted)"
+        f"(ratio {stats.compressed_raw_bytes / stats.compressed_bytes:.2f}; {share:.0%} of transmitted; {levels})"
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
@@ -32,7 +33,9 @@ class ReadAhead(Generic[T]):
 
     An exception raised by `items` is raised to the consumer, in order. close() (also on
     leaving a for loop over it early) stops the thread at its next step: it never waits
-    for good on a consumer that went away.
+    for good on a consumer that went away. After each next(), `producer_waited` holds
+    how long that item had been ready before the consumer took it: a long wait says the
+    consumer is the slower side.
     """
 
     def __init__(self, items: Iterator[T], depth: int = 1, name: str = "read-ahead") -> None:
@@ -40,13 +43,15 @@ class ReadAhead(Generic[T]):
         self._ready: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._stopped = threading.Event()
         self._ended = False
+        self.producer_waited = 0.0
         self._thread = threading.Thread(target=self._fetch, name=name, daemon=True)
         self._thread.start()
 
     def _put(self, item: object) -> bool:
+        made = (item, time.monotonic())  # when it was ready: the consumer works out how long it waited
         while not self._stopped.is_set():
             try:
-                self._ready.put(item, timeout=_POLL_SECONDS)
+                self._ready.put(made, timeout=_POLL_SECONDS)
                 return True
             except queue.Full:
                 continue
@@ -66,7 +71,8 @@ class ReadAhead(Generic[T]):
         """The next item; StopIteration at the end, queue.Empty if none came within `timeout`."""
         if self._ended:
             raise StopIteration
-        item = self._ready.get(timeout=timeout)
+        item, made = self._ready.get(timeout=timeout)  # type: ignore[misc]
+        self.producer_waited = time.monotonic() - made
         if item is _END:
             self._ended = True
             raise StopIteration

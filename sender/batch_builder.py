@@ -99,6 +99,7 @@ class BatchBuilder:
                 outcome.zeroed_bytes = outcome.zero_bytes
             else:
                 zero_ranges = EMPTY_RANGES
+            level = self.compressor.level if self.compressor is not None else None  # before it may move
             packed = self._compress(payload, outcome.transmitted_bytes)
             if packed is not None:
                 payload.clear()  # views into the in-place frame, dropped unsent
@@ -115,6 +116,7 @@ class BatchBuilder:
                 )
                 outcome.compressed_raw_bytes = outcome.transmitted_bytes
                 outcome.compressed_bytes = len(packed)
+                outcome.compression_level = level
             elif outcome.zero_pages == 0 and chunk.length:
                 payload.clear()  # views into the frame: none may outlive finish()
                 frame: bytes | None = in_place.finish()  # every page read and non-zero: complete

@@ -54,6 +54,7 @@ class ChunkOutcome:
     zeroed_bytes: int = 0  # zero-range records sent
     compressed_raw_bytes: int = 0  # payload of a batch that went out compressed (its transmitted bytes)
     compressed_bytes: int = 0  # that payload compressed (wire_bytes counts the whole frame)
+    compression_level: int | None = None  # the level it was compressed at (not summed: stats keep the range)
     scan_seconds: float = 0.0
 
 

@@ -1,13 +1,14 @@
 """One connection's compression level, chosen from what holds the connection back (zstd's --adapt).
 
 A connection builds batches (read, scan, compress) one ahead of its stream, and its
-stream sends them within a window of unacknowledged batches (sender/stream.py). Which
-of the two waits says where the bottleneck is:
+stream sends them within a window of unacknowledged batches (sender/stream.py); gRPC
+asks the stream for its next batch once the previous one is on its way. Which side
+waits for the other says where the bottleneck is:
 
-- a built batch that waits for window credit: the link (or the receiver) is slower
-  than this connection's CPU, so spending more CPU on a smaller payload is free time
-  turned into fewer bytes on the wire: one rung up the compressor's ladder
-  (common/compression.py, ZSTD_LEVELS / LZ4_LEVELS);
+- a built batch that waits, ready, for the stream to take it or for window credit:
+  the link (or the receiver) is slower than this connection's CPU, so spending more
+  CPU on a smaller payload is free time turned into fewer bytes on the wire: one rung
+  up the compressor's ladder (common/compression.py, ZSTD_LEVELS / LZ4_LEVELS);
 - a stream that waits for its next batch: compression (or reading) is the
   bottleneck: one rung down, at once.
 
@@ -40,16 +41,16 @@ class CompressionPace:
         self.connection = connection
         self._link_bound = 0  # batches in a row that waited for window credit only
 
-    def batch_sent(self, build_wait: float, window_wait: float) -> None:
+    def batch_sent(self, build_wait: float, link_wait: float) -> None:
         """One batch went out: `build_wait` seconds the stream waited for it to be built,
-        `window_wait` seconds it then waited for window credit."""
+        `link_wait` seconds it waited, built, for the stream to take it and for window credit."""
         compressor = self.compressor
         if build_wait >= WAITED_SECONDS:
             self._link_bound = 0
             if compressor.rung > 0:
                 self._move(-1, "the stream waited for the batch")
             return
-        if window_wait < WAITED_SECONDS:
+        if link_wait < WAITED_SECONDS:
             self._link_bound = 0
             return
         self._link_bound += 1

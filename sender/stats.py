@@ -23,7 +23,8 @@ from livemig.common.proto import livemig_pb2 as pb
 from livemig.sender import metrics
 from livemig.sender.chunks import ChunkOutcome, ChunkReport
 
-_OUTCOME_FIELDS = tuple(f.name for f in fields(ChunkOutcome))
+# Summed chunk by chunk; a batch's compression level is kept as a range instead.
+_OUTCOME_FIELDS = tuple(f.name for f in fields(ChunkOutcome) if f.name != "compression_level")
 
 
 @dataclass(slots=True)
@@ -123,6 +124,8 @@ class MigrationStats:
         self.processed_bytes = 0
         self.verified = False
         self.resent_batches = 0
+        # The lowest and highest level a batch went out compressed at (None: none did yet).
+        self.compression_levels: tuple[int, int] | None = None
         self.setup_ms = 0
         self.downtime_ms = 0
         self.verify_ms = 0
@@ -190,6 +193,10 @@ class MigrationStats:
                 counters.wire_bytes += report.resent_wire_bytes
             self.resent_batches += report.resends
             self.processed_bytes += outcome.chunk_bytes
+            level = outcome.compression_level
+            if level is not None:
+                low, high = self.compression_levels or (level, level)
+                self.compression_levels = (min(low, level), max(high, level))
             if report.sent_at is not None and report.acked_at is not None:
                 self._busy.add(report.sent_at, report.acked_at)
                 self.totals.busy_seconds = self._busy.seconds()
@@ -253,6 +260,8 @@ class MigrationStats:
                 compressed_raw_bytes=t.compressed_raw_bytes,
                 compressed_bytes=t.compressed_bytes,
             )
+            if self.compression_levels is not None:
+                snapshot.lowest_compression_level, snapshot.highest_compression_level = self.compression_levels
             if last is not None and last.index and last.seconds() > 0:
                 snapshot.dirty_rate_bytes_per_second = last.dirty_bytes / last.seconds()
         snapshot.transfer_ms = int(self.transfer_seconds() * 1000)

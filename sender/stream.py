@@ -324,7 +324,8 @@ class ConnectionStream:
                 if not self._acquire_window(epoch):
                     return
                 if self._pace is not None:  # what held this batch back: building it, or the link
-                    self._pace.batch_sent(built_at - asked, time.monotonic() - built_at)
+                    link_wait = self._built.producer_waited + (time.monotonic() - built_at)
+                    self._pace.batch_sent(built_at - asked, link_wait)
                 pending.holds_window = True
                 frame = self._emit(pending)
                 self._set_producing(False)

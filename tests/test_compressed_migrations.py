@@ -63,6 +63,9 @@ def test_compressed_migration_is_byte_exact(sender, receiver, shm_dir, method, i
         assert stats.compressed_raw_bytes == stats.transmitted_bytes  # every batch shrank
         assert stats.compressed_raw_bytes / stats.compressed_bytes > 1.5
         assert stats.wire_bytes < stats.transmitted_bytes / 1.5
+        levels = codec.ZSTD_LEVELS if method == pb.COMPRESSION_ZSTD else codec.LZ4_LEVELS
+        assert stats.lowest_compression_level in levels and stats.highest_compression_level in levels
+        assert stats.lowest_compression_level <= stats.highest_compression_level
     else:
         assert stats.compressed_raw_bytes == stats.compressed_bytes == 0  # every batch went raw
         assert stats.wire_bytes >= stats.transmitted_bytes
@@ -86,6 +89,7 @@ def test_send_migration_compress_shows_the_ratio(sender, receiver, shm_dir):
     )
     assert result.returncode == 0, result.stderr
     assert "compressed" in result.stdout and "zstd:" in result.stdout and "ratio" in result.stdout
+    assert "level" in result.stdout  # the level (or range of levels) the batches were made at
 
 
 @pytest.fixture

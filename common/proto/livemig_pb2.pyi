@@ -137,7 +137,7 @@ class ListMigrationsResponse(_message.Message):
     def __init__(self, migrations: _Optional[_Iterable[_Union[MigrationStatus, _Mapping]]] = ...) -> None: ...
 
 class MigrationStats(_message.Message):
-    __slots__ = ("total_bytes", "scanned_bytes", "zero_bytes", "zero_pages", "normal_pages", "transmitted_bytes", "wire_bytes", "throughput_bytes_per_second", "duration_ms", "verified", "batches", "processed_bytes", "transfer_ms", "connections", "iterations", "remaining_bytes", "dirty_rate_bytes_per_second", "expected_downtime_ms", "downtime_ms", "setup_ms", "bandwidth_bytes_per_second", "bandwidth_source", "verify_ms", "zeroed_bytes", "throttle_percent", "iteration_processed_bytes", "compressed_raw_bytes", "compressed_bytes")
+    __slots__ = ("total_bytes", "scanned_bytes", "zero_bytes", "zero_pages", "normal_pages", "transmitted_bytes", "wire_bytes", "throughput_bytes_per_second", "duration_ms", "verified", "batches", "processed_bytes", "transfer_ms", "connections", "iterations", "remaining_bytes", "dirty_rate_bytes_per_second", "expected_downtime_ms", "downtime_ms", "setup_ms", "bandwidth_bytes_per_second", "bandwidth_source", "verify_ms", "zeroed_bytes", "throttle_percent", "iteration_processed_bytes", "compressed_raw_bytes", "compressed_bytes", "lowest_compression_level", "highest_compression_level")
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SCANNED_BYTES_FIELD_NUMBER: _ClassVar[int]
     ZERO_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +166,8 @@ class MigrationStats(_message.Message):
     ITERATION_PROCESSED_BYTES_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_RAW_BYTES_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOWEST_COMPRESSION_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    HIGHEST_COMPRESSION_LEVEL_FIELD_NUMBER: _ClassVar[int]
     total_bytes: int
     scanned_bytes: int
     zero_bytes: int
@@ -194,7 +196,9 @@ class MigrationStats(_message.Message):
     iteration_processed_bytes: int
     compressed_raw_bytes: int
     compressed_bytes: int
-    def __init__(self, total_bytes: _Optional[int] = ..., scanned_bytes: _Optional[int] = ..., zero_bytes: _Optional[int] = ..., zero_pages: _Optional[int] = ..., normal_pages: _Optional[int] = ..., transmitted_bytes: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., throughput_bytes_per_second: _Optional[float] = ..., duration_ms: _Optional[int] = ..., verified: _Optional[bool] = ..., batches: _Optional[int] = ..., processed_bytes: _Optional[int] = ..., transfer_ms: _Optional[int] = ..., connections: _Optional[int] = ..., iterations: _Optional[int] = ..., remaining_bytes: _Optional[int] = ..., dirty_rate_bytes_per_second: _Optional[float] = ..., expected_downtime_ms: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., setup_ms: _Optional[int] = ..., bandwidth_bytes_per_second: _Optional[float] = ..., bandwidth_source: _Optional[str] = ..., verify_ms: _Optional[int] = ..., zeroed_bytes: _Optional[int] = ..., throttle_percent: _Optional[int] = ..., iteration_processed_bytes: _Optional[int] = ..., compressed_raw_bytes: _Optional[int] = ..., compressed_bytes: _Optional[int] = ...) -> None: ...
+    lowest_compression_level: int
+    highest_compression_level: int
+    def __init__(self, total_bytes: _Optional[int] = ..., scanned_bytes: _Optional[int] = ..., zero_bytes: _Optional[int] = ..., zero_pages: _Optional[int] = ..., normal_pages: _Optional[int] = ..., transmitted_bytes: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., throughput_bytes_per_second: _Optional[float] = ..., duration_ms: _Optional[int] = ..., verified: _Optional[bool] = ..., batches: _Optional[int] = ..., processed_bytes: _Optional[int] = ..., transfer_ms: _Optional[int] = ..., connections: _Optional[int] = ..., iterations: _Optional[int] = ..., remaining_bytes: _Optional[int] = ..., dirty_rate_bytes_per_second: _Optional[float] = ..., expected_downtime_ms: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., setup_ms: _Optional[int] = ..., bandwidth_bytes_per_second: _Optional[float] = ..., bandwidth_source: _Optional[str] = ..., verify_ms: _Optional[int] = ..., zeroed_bytes: _Optional[int] = ..., throttle_percent: _Optional[int] = ..., iteration_processed_bytes: _Optional[int] = ..., compressed_raw_bytes: _Optional[int] = ..., compressed_bytes: _Optional[int] = ..., lowest_compression_level: _Optional[int] = ..., highest_compression_level: _Optional[int] = ...) -> None: ...
 
 class IterationStats(_message.Message):
     __slots__ = ("iteration", "dirty_bytes", "dirty_pages", "scanned_bytes", "zero_bytes", "zero_pages", "normal_pages", "transmitted_bytes", "wire_bytes", "duration_ms", "wire_bandwidth_bytes_per_second", "dirty_rate_bytes_per_second", "remaining_bytes", "expected_downtime_ms", "zeroed_bytes", "final")
