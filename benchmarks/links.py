@@ -144,10 +144,21 @@ def main() -> None:
                 off = median(int(r["stats"]["duration_ms"]) for r in runs["none"])
                 on = median(int(r["stats"]["duration_ms"]) for r in runs[args.method])
                 last = runs[args.method][-1]["stats"]
-                ratio = int(last.get("compressed_raw_bytes", 0)) / max(int(last.get("compressed_bytes", 0)), 1)
+                packed = int(last.get("compressed_bytes", 0))
+                ratio = f"{int(last.get('compressed_raw_bytes', 0)) / packed:.2f}" if packed else "(all raw)"
+                levels = f"{last.get('lowest_compression_level', 0)}-{last.get('highest_compression_level', 0)}"
                 ok = all(r["state"] == "COMPLETED" for rs in runs.values() for r in rs)
                 rows.append(
-                    [args.rate, label, f"{off}", f"{on}", f"{on / off:.2f}", f"{ratio:.2f}", "yes" if ok else "NO"]
+                    [
+                        args.rate,
+                        label,
+                        f"{off}",
+                        f"{on}",
+                        f"{on / off:.2f}",
+                        ratio,
+                        levels if packed else "-",
+                        "yes" if ok else "NO",
+                    ]
                 )
         finally:
             for process in processes:
@@ -183,7 +194,7 @@ def main() -> None:
     print_table(
         console,
         f"Compression over a link (medians of {args.repeat}, interleaved; ms)",
-        ["link", "image", "off ms", f"{args.method} ms", f"{args.method} / off", "ratio", "ok"],
+        ["link", "image", "off ms", f"{args.method} ms", f"{args.method} / off", "ratio", "levels (last run)", "ok"],
         rows,
         args.markdown,
     )
