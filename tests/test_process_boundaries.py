@@ -26,6 +26,7 @@ DATA_PLANE = {
     "livemig.sender.connection_process": {
         "livemig.sender.batch_builder",
         "livemig.sender.chunks",
+        "livemig.sender.compression_pace",
         "livemig.sender.connection_messages",
         "livemig.sender.connection_process",
         "livemig.sender.stream",

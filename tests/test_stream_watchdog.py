@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import types
 
 import grpc
 import pytest
@@ -27,10 +28,14 @@ from livemig.sender.stream import (
 MIB = 1 << 20
 
 
+# Nothing is built in these tests (frames are put in flight by hand): a builder without compression.
+NO_BUILDER = types.SimpleNamespace(compressor=None)
+
+
 def stream_waiting_for(frames: dict[int, tuple[int, float | None]], last_ack_ago: float, started_ago: float):
     """A stream whose batches (id -> (frame bytes, seconds since first sent, None: built,
     not sent)) are unacknowledged."""
-    stream = ConnectionStream(0, None, "token", None, queue.Queue(), None, threading.Event())
+    stream = ConnectionStream(0, None, "token", NO_BUILDER, queue.Queue(), None, threading.Event())
     now = time.monotonic()
     stream._last_progress = stream._last_ack = now - last_ack_ago
     stream._stream_started = now - started_ago
@@ -97,7 +102,7 @@ class BreakingStream(ConnectionStream):
     acknowledgement (as a slow link leaves it), then one ends well."""
 
     def __init__(self, breaks: int, silent: float) -> None:
-        super().__init__(0, None, "token", None, queue.Queue(), None, threading.Event())
+        super().__init__(0, None, "token", NO_BUILDER, queue.Queue(), None, threading.Event())
         self.breaks, self.silent, self.streams = breaks, silent, 0
 
     def _stream(self, epoch: int) -> None:
