@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 LIVEMIG = [sys.executable, "-m", "livemig.cli.main"]
@@ -137,3 +138,19 @@ class TwoHosts:
     def close(self) -> None:
         for ns in (self.src, self.dst):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@contextlib.contextmanager
+def serving_hosts(rate: str, memory_dir: Path) -> Iterator[TwoHosts]:
+    """Two hosts joined by a link of `rate`, a receiver and a sender serving on them;
+    everything gone at the end."""
+    two = TwoHosts(rate=rate)
+    processes: list[subprocess.Popen] = []
+    try:
+        processes += two.start_services(memory_dir)
+        yield two
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+        two.close()

@@ -23,16 +23,8 @@ GUEST = ["--size", "8M", "--touch-ratio", "1", "--rate", "6M", "--threads", "1"]
 
 @pytest.fixture
 def hosts(shm_dir: Path) -> Iterator[netns.TwoHosts]:
-    two = netns.TwoHosts(rate=LINK)
-    processes = []
-    try:
-        processes += two.start_services(shm_dir / "dst")
+    with netns.serving_hosts(LINK, shm_dir / "dst") as two:
         yield two
-    finally:
-        for process in processes:
-            process.kill()
-            process.wait()
-        two.close()
 
 
 def migrate(hosts: netns.TwoHosts, guest: GuestProcess, *options: str) -> tuple[dict, str]:

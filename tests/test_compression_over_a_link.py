@@ -27,16 +27,8 @@ LINK = "40mbit"
 
 @pytest.fixture
 def hosts(shm_dir: Path) -> Iterator[netns.TwoHosts]:
-    two = netns.TwoHosts(rate=LINK)
-    processes = []
-    try:
-        processes += two.start_services(shm_dir / "dst")
+    with netns.serving_hosts(LINK, shm_dir / "dst") as two:
         yield two
-    finally:
-        for process in processes:
-            process.kill()
-            process.wait()
-        two.close()
 
 
 def words_image(path: Path, size: int) -> None:
