@@ -58,6 +58,7 @@ class BuiltBatch:
     chunk: Chunk
     frame: bytes | None
     outcome: ChunkOutcome
+    input_wait: float = 0.0  # seconds its connection waited for chunks to build it from (the stream sets it)
 
 
 class BatchBuilder:

@@ -10,7 +10,10 @@ waits for the other says where the bottleneck is:
   CPU on a smaller payload is free time turned into fewer bytes on the wire: one rung
   up the compressor's ladder (common/compression.py, ZSTD_LEVELS / LZ4_LEVELS);
 - a stream that waits for its next batch: compression (or reading) is the
-  bottleneck: one rung down, at once.
+  bottleneck: one rung down, at once; unless the builder itself was waiting for
+  chunks to build from: then what holds the connection back is upstream (a
+  bandwidth cap hands chunks out at its rate, and counts wire bytes), and a smaller
+  payload is again free: a vote up.
 
 A rung up needs UP_AFTER batches in a row that waited for the window and not for the
 builder, so a single hiccup does not climb; a rung down needs one starved batch, as
@@ -39,24 +42,26 @@ class CompressionPace:
     def __init__(self, compressor: PayloadCompressor, connection: int) -> None:
         self.compressor = compressor
         self.connection = connection
-        self._link_bound = 0  # batches in a row that waited for window credit only
+        self._link_bound = 0  # batches in a row that waited for the link or for chunks, not for the builder
 
-    def batch_sent(self, build_wait: float, link_wait: float) -> None:
+    def batch_sent(self, build_wait: float, link_wait: float, input_wait: float = 0.0) -> None:
         """One batch went out: `build_wait` seconds the stream waited for it to be built,
-        `link_wait` seconds it waited, built, for the stream to take it and for window credit."""
+        `link_wait` seconds it waited, built, for the stream to take it and for window
+        credit, `input_wait` seconds the builder waited for its chunks."""
         compressor = self.compressor
-        if build_wait >= WAITED_SECONDS:
+        starved = input_wait >= WAITED_SECONDS  # the connection had CPU to spare: chunks came slowly
+        if build_wait >= WAITED_SECONDS and not starved:
             self._link_bound = 0
             if compressor.rung > 0:
                 self._move(-1, "the stream waited for the batch")
             return
-        if link_wait < WAITED_SECONDS:
+        if link_wait < WAITED_SECONDS and not starved:
             self._link_bound = 0
             return
         self._link_bound += 1
         if self._link_bound >= UP_AFTER and compressor.rung + 1 < len(compressor.levels):
             self._link_bound = 0
-            self._move(+1, "batches waited for the link")
+            self._move(+1, "batches waited for the link" if not starved else "chunks came slower than they were built")
 
     def _move(self, step: int, why: str) -> None:
         before = self.compressor.level

@@ -325,7 +325,7 @@ class ConnectionStream:
                     return
                 if self._pace is not None:  # what held this batch back: building it, or the link
                     link_wait = self._built.producer_waited + (time.monotonic() - built_at)
-                    self._pace.batch_sent(built_at - asked, link_wait)
+                    self._pace.batch_sent(built_at - asked, link_wait, built.input_wait)
                 pending.holds_window = True
                 frame = self._emit(pending)
                 self._set_producing(False)
@@ -338,11 +338,15 @@ class ConnectionStream:
     def _build_batches(self) -> Iterator[BuiltBatch]:
         """Chunks from the inbox made into frames, in order, until the inbox closes (or the
         migration stops); chunks with nothing to send are reported here and then."""
+        input_wait = 0.0  # since the last batch: chunks came slower than they are built (a cap)
         while not self.stop.is_set():
+            waiting = time.monotonic()
             try:
                 chunk = self.inbox.get(timeout=_POLL_SECONDS)
             except queue.Empty:
+                input_wait += time.monotonic() - waiting
                 continue
+            input_wait += time.monotonic() - waiting
             if chunk is None:
                 return
             try:
@@ -355,4 +359,5 @@ class ConnectionStream:
                 self._last_progress = time.monotonic()  # scanned: progress, with nothing to acknowledge
                 self.reporter.chunk_done(ChunkReport(self.index, chunk.chunk_id, built.outcome, None, None))
                 continue
+            built.input_wait, input_wait = input_wait, 0.0
             yield built

@@ -19,7 +19,7 @@ from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 from livemig.common.wire import encode_batch
 from tests.helpers import assert_destination_equals_source, migrate, receiver_stub, run_cli
 from tests.test_bad_input import LAYOUT, allocated, destination_is_zero, prepare, send_raw
-from tests.test_compression import text_pages, zstd_frame_declaring
+from tests.test_compression import text_pages, words_image, zstd_frame_declaring
 from tests.test_metrics import scrape
 
 pytestmark = pytest.mark.e2e
@@ -215,3 +215,29 @@ def test_prometheus_counts_compressed_bytes_and_refusals(metered, shm_dir):
     _, rx = scrape(receiver)
     assert rx[("livemig_receiver_rejected_batches_total", (("reason", "compression"),))] == 1
     assert rx[("livemig_receiver_written_bytes_total", ())] == 8 * MIB  # raw bytes, as the sender counts
+
+
+def test_a_capped_migration_raises_the_compression_level(sender, receiver, shm_dir):
+    """The cap hands chunks out at its rate and counts wire bytes: connections that wait
+    for chunks compress harder (sender/compression_pace.py). Random words compress about
+    2.5x at hundreds of MiB/s a core; the cap, 4 MiB/s, is far below that on any load
+    (about 3 s here, past the first chunks the cap lets out at once)."""
+    image = shm_dir / "guest.img"
+    words_image(image, 32 * MIB)
+    regions = [(0, image)]
+    status = migrate(
+        sender.address,
+        receiver.address,
+        regions,
+        connections=2,
+        skip_zero_pages=True,
+        compression=pb.COMPRESSION_ZSTD,
+        max_batch_bytes=MIB,
+        max_bandwidth_bytes_per_second=4 * MIB,
+        verify=True,
+    )
+    assert status.state == pb.COMPLETED, status.error
+    assert_destination_equals_source(status, regions)
+    stats = status.stats
+    assert stats.lowest_compression_level == codec.ZSTD_LEVEL
+    assert stats.highest_compression_level > codec.ZSTD_LEVEL

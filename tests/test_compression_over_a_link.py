@@ -8,11 +8,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from livemig.common.compression import ZSTD_LEVEL, ZSTD_LEVELS
 from tests import netns
+from tests.test_compression import words_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(netns.unavailable() is not None, reason=str(netns.unavailable()))]
 
@@ -29,17 +29,6 @@ LINK = "40mbit"
 def hosts(shm_dir: Path) -> Iterator[netns.TwoHosts]:
     with netns.serving_hosts(LINK, shm_dir / "dst") as two:
         yield two
-
-
-def words_image(path: Path, size: int) -> None:
-    """Text of random words from a random vocabulary: about 3x at zstd level 1, a little more
-    higher up (text pages that repeat compress 20x and leave the link idle)."""
-    rng = np.random.default_rng(7)
-    vocabulary = [
-        bytes(rng.integers(97, 123, size=int(rng.integers(3, 11)), dtype=np.uint8)) + b" " for _ in range(4096)
-    ]
-    text = b"".join(vocabulary[i] for i in rng.integers(0, len(vocabulary), size=size // 5).tolist())
-    path.write_bytes((text * 2)[:size])
 
 
 def test_a_slow_link_raises_the_compression_level(hosts, shm_dir):

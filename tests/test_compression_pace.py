@@ -12,9 +12,10 @@ from livemig.common.compression import LZ4_LEVELS, ZSTD_LEVEL, ZSTD_LEVELS, Payl
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.sender.compression_pace import UP_AFTER, WAITED_SECONDS, CompressionPace
 
-LINK_BOUND = (0.0, 0.05)  # (build wait, window wait): built at once, then waited for credit
+LINK_BOUND = (0.0, 0.05)  # (build wait, link wait): built at once, then waited for the link
 CPU_BOUND = (0.05, 0.0)  # the stream waited for the batch to be built
 BALANCED = (0.0, 0.0)
+CAPPED = (0.05, 0.0, 0.05)  # the stream waited for the builder, which waited for chunks (a cap)
 
 
 def pace(method: int = pb.COMPRESSION_ZSTD) -> CompressionPace:
@@ -61,6 +62,18 @@ def test_hand_offs_and_interrupted_runs_do_not_climb() -> None:
             connection.batch_sent(*LINK_BOUND)
         connection.batch_sent(*BALANCED)
     assert connection.compressor.rung == 0
+
+
+def test_a_builder_that_waits_for_chunks_is_not_the_bottleneck_and_climbs() -> None:
+    """Under a bandwidth cap chunks are handed out at the cap's rate: the stream waits
+    for the builder, but the builder waits for chunks, with CPU to spare. The cap counts
+    wire bytes, so a smaller payload is worth it: up, not down."""
+    connection = pace()
+    for _ in range(UP_AFTER * 2):
+        connection.batch_sent(*CAPPED)
+    assert connection.compressor.rung == 2
+    connection.batch_sent(*CPU_BOUND)  # the builder busy and late: down at once
+    assert connection.compressor.rung == 1
 
 
 def test_a_given_level_is_the_only_rung() -> None:
