@@ -99,3 +99,20 @@ def test_every_rung_round_trips_and_the_top_shrinks_text_more(method: int) -> No
     assert sizes[-1] < sizes[0]
     compressor.rung = len(compressor.levels) - 1
     assert compressor.compress([os.urandom(1 << 20)], 1 << 20) is None  # random still goes raw
+
+
+def test_the_probe_runs_at_the_cheapest_level_on_any_rung() -> None:
+    """A random batch is rejected by its probe; at the top rung that probe would cost zstd 9's
+    price for the same answer, so it always runs at the bottom rung."""
+
+    class Recording(PayloadCompressor):
+        levels_used: list[int] = []
+
+        def _compress(self, parts, raw_length, level=None):
+            self.levels_used.append(self.level if level is None else level)
+            return super()._compress(parts, raw_length, level)
+
+    compressor = Recording(pb.COMPRESSION_ZSTD)
+    compressor.rung = len(compressor.levels) - 1
+    assert compressor.compress([os.urandom(1 << 20)], 1 << 20) is None
+    assert compressor.levels_used == [ZSTD_LEVELS[0]]  # the probe only, at the bottom
