@@ -86,13 +86,14 @@ class PayloadCompressor:
             self._zstd_by_level[level] = compressor
         return compressor
 
-    def compress(self, parts: Sequence[Buffer], raw_length: int) -> bytes | None:
-        """The compressed frame of the concatenated parts, or None: send them raw."""
+    def compress(self, parts: Sequence[Buffer], raw_length: int, level: int | None = None) -> bytes | None:
+        """The compressed frame of the concatenated parts at `level` (None: the current
+        rung's), or None: send them raw."""
         if not raw_length:
             return None
         if self.probe and raw_length >= PROBE_MIN_BYTES and not self._probe_shrinks(parts, raw_length):
             return None
-        packed = self._compress(parts, raw_length)
+        packed = self._compress(parts, raw_length, level)
         return packed if len(packed) <= self.threshold * raw_length else None
 
     def _probe_shrinks(self, parts: Sequence[Buffer], raw_length: int) -> bool:

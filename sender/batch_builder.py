@@ -100,8 +100,9 @@ class BatchBuilder:
                 outcome.zeroed_bytes = outcome.zero_bytes
             else:
                 zero_ranges = EMPTY_RANGES
-            level = self.compressor.level if self.compressor is not None else None  # before it may move
-            packed = self._compress(payload, outcome.transmitted_bytes)
+            # Read once: the connection's pace may move the rung meanwhile (another thread).
+            level = self.compressor.level if self.compressor is not None else None
+            packed = self._compress(payload, outcome.transmitted_bytes, level)
             if packed is not None:
                 payload.clear()  # views into the in-place frame, dropped unsent
                 frame = encode_batch(
@@ -144,11 +145,12 @@ class BatchBuilder:
         outcome.batches = 1
         return BuiltBatch(chunk, frame, outcome)
 
-    def _compress(self, payload: list[memoryview], raw_length: int) -> bytes | None:
-        """The payload compressed, or None: compression off, nothing to send, or it did not pay."""
+    def _compress(self, payload: list[memoryview], raw_length: int, level: int | None) -> bytes | None:
+        """The payload compressed at `level`, or None: compression off, nothing to send, or it
+        did not pay."""
         if self.compressor is None or not raw_length:
             return None
-        return self.compressor.compress(payload, raw_length)
+        return self.compressor.compress(payload, raw_length, level)
 
     def _read_all(self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview) -> list[memoryview]:
         """No skipping: every byte goes out as it is (the chunk's ranges are the data ranges)."""
