@@ -64,6 +64,7 @@ PAGE = 4096
 SEED = 7
 POLL_SECONDS = 0.005
 MIGRATION_TIMEOUT_SECONDS = 600.0
+SIDES = ("qemu", "livemig", "bare", "floor")
 
 
 def accelerator() -> str:
@@ -211,8 +212,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-mib", type=int, default=DEFAULT_MAX_BATCH_BYTES >> 20)
     parser.add_argument("--markdown", action="store_true")
-    parser.add_argument("--sides", default="qemu,livemig,bare,floor", help="which sides to run; default all four")
+    parser.add_argument("--sides", default=",".join(SIDES), help="which sides to run; default all four")
     args = parser.parse_args()
+    unknown = sorted(set(args.sides.split(",")) - set(SIDES))
+    if unknown:
+        parser.error(f"--sides: unknown {', '.join(unknown)} (choose from {', '.join(SIDES)})")
     console = Console(width=200)
     binary = shutil.which(QEMU)
     if binary is None:

@@ -21,6 +21,7 @@ are removed after each measurement, outside the servers' measured CPU.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -49,7 +50,7 @@ def _handler(request_iterator: Iterator[bytes], _context: grpc.ServicerContext) 
 
 def _writing_handler(folder: Path) -> grpc.RpcMethodHandler:
     """Every message pwritten, one after another, into a new file of `folder` (fresh pages)."""
-    streams = iter(range(1 << 62))
+    streams = itertools.count()
 
     def handler(request_iterator: Iterator[bytes], _context: grpc.ServicerContext) -> Iterator[bytes]:
         fd = os.open(folder / f"stream-{next(streams)}", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
