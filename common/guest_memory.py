@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from livemig.common.ranges import U64_MAX, MemoryRange, RangeTable, find_overlap
+from livemig.common.resident_window import ResidentWindow
 
 READ_BLOCK = 8 << 20
 
@@ -121,6 +122,15 @@ class MemoryLayout:
             if got <= 0:
                 raise OSError(f"short read from {region.path} at offset {offset + done}")
             done += got
+
+    def resident_window(self, gpa: int, length: int) -> ResidentWindow | None:
+        """[gpa, gpa+length) mapped in place when every page of it is in memory, else None
+        (read it with read_into then): see common/resident_window.py."""
+        located = self.locate(gpa, length)
+        if located is None:
+            raise LayoutError(f"range at gpa {gpa:#x} (+{length}) is outside guest memory")
+        region, offset = located
+        return ResidentWindow.open(region.fd, offset, length)
 
     def iter_blocks(self, block_size: int = READ_BLOCK) -> Iterator[memoryview]:
         """All guest memory in gpa order, block by block (for digests)."""

@@ -6,7 +6,10 @@ frames the rest as one PageBatch. It runs inside a connection process, so page
 data goes from the guest memory file to the socket without crossing processes;
 only the chunk's ranges come in and its outcome (counters) goes out.
 
-Pages are read straight into the message that will be sent (common/wire.py,
+Where every page of a chunk is in memory, it is scanned where it lies, through a
+read-only mapping of the guest's file (common/resident_window.py), and only its
+data pages are copied, once, into the frame; otherwise (holes, pages swapped out)
+pages are read straight into the message that will be sent (common/wire.py,
 FrameInPlace), framed as if every page held data. When that is so (always
 without skipping, and for every chunk of a fully written guest) the frame is
 ready as read. A chunk with zero pages instead gets a second, smaller frame of
@@ -27,6 +30,7 @@ import numpy as np
 from livemig.common.compression import PayloadCompressor
 from livemig.common.guest_memory import MemoryLayout
 from livemig.common.proto import livemig_pb2 as pb
+from livemig.common.resident_window import ResidentWindow
 from livemig.common.wire import GRPC_MESSAGE_PREFIX, FrameInPlace, encode_batch
 from livemig.common.zeropages import (
     EMPTY_RANGES,
@@ -35,8 +39,13 @@ from livemig.common.zeropages import (
     merge_contiguous,
     scan_guest_range,
     scan_pages,
+    scan_zero_pages,
 )
 from livemig.sender.chunks import Chunk, ChunkOutcome
+
+# Chunks of at most this many ranges are scanned in place when resident (a window each:
+# iteration 0 and runs of dirty pages); more (scattered dirty pages) are gathered by pread.
+MAPPED_MAX_RANGES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,16 +94,21 @@ class BatchBuilder:
             chunk.attempt,
             chunk.settled_below,
         )
+        windows: list[ResidentWindow] = []  # guest memory mapped in place (common/resident_window.py)
+        payload: list[memoryview] = []
         try:
             if not plan.skip_zero_pages:
                 payload = self._read_all(chunk, outcome, in_place.data)
                 data_ranges, zero_ranges = chunk_ranges, EMPTY_RANGES
-            elif len(chunk.ranges) > 1 and all(
+            elif len(chunk.ranges) > MAPPED_MAX_RANGES and all(
                 r.gpa % plan.page_size == 0 and r.length % plan.page_size == 0 for r in chunk.ranges
             ):
                 data_ranges, zero_ranges, payload = self._scan_gathered(chunk, outcome, in_place.data)
             else:
-                data_ranges, zero_ranges, payload = self._scan_each(chunk, outcome, in_place.data)
+                scanned = self._scan_mapped(chunk, outcome, windows)
+                if scanned is None:  # some page not in memory (a hole, swapped out): pread
+                    scanned = self._scan_each(chunk, outcome, in_place.data)
+                data_ranges, zero_ranges, payload = scanned
             outcome.transmitted_bytes = chunk.length - outcome.zero_bytes
             if chunk.zero_records:
                 outcome.zeroed_bytes = outcome.zero_bytes
@@ -120,6 +134,8 @@ class BatchBuilder:
                 outcome.compressed_bytes = len(packed)
                 outcome.compression_level = level
             elif outcome.zero_pages == 0 and chunk.length:
+                if windows:  # scanned in place: the frame is filled from the mapping, one copy
+                    _copy_into(payload, in_place.data)
                 payload.clear()  # views into the frame: none may outlive finish()
                 frame: bytes | None = in_place.finish()  # every page read and non-zero: complete
             elif len(data_ranges) or len(zero_ranges) or chunk.attempt:
@@ -138,6 +154,9 @@ class BatchBuilder:
                 frame = None
         finally:
             in_place.discard()  # unsent and dropped (no-op once finished)
+            payload.clear()  # views into the windows go before the windows
+            for window in windows:
+                window.close()
         outcome.scan_seconds = time.monotonic() - started
         if frame is None:
             return BuiltBatch(chunk, None, outcome)
@@ -162,6 +181,29 @@ class BatchBuilder:
             payload.append(buffer)
             outcome.normal_pages += count_pages(memory_range.gpa, memory_range.length, self.plan.page_size)
         return payload
+
+    def _scan_mapped(
+        self, chunk: Chunk, outcome: ChunkOutcome, windows: list[ResidentWindow]
+    ) -> tuple[np.ndarray, np.ndarray, list[memoryview]] | None:
+        """Range by range, scanned where the pages lie (a shared mapping, no copy); None,
+        with nothing counted, unless every page of every range is in memory."""
+        for memory_range in chunk.ranges:
+            window = self.plan.layout.resident_window(memory_range.gpa, memory_range.length)
+            if window is None:
+                for opened in windows:
+                    opened.close()
+                windows.clear()  # read with pread instead, into the frame
+                return None
+            windows.append(window)
+        data_parts, zero_parts, payload = [], [], []
+        for memory_range, window in zip(chunk.ranges, windows, strict=True):
+            scan = scan_zero_pages(memory_range.gpa, window.view, self.plan.page_size)
+            _count(outcome, scan, memory_range.length)
+            data_parts.append(scan.data)
+            zero_parts.append(scan.zero)
+            base = memory_range.gpa
+            payload.extend(window.view[gpa - base : gpa - base + length] for gpa, length in scan.data.tolist())
+        return np.concatenate(data_parts), np.concatenate(zero_parts), payload
 
     def _scan_each(
         self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview
@@ -196,6 +238,15 @@ class BatchBuilder:
             for offset, length in zip(offsets.tolist(), scan.data[:, 1].tolist(), strict=True)
         ]
         return scan.data, scan.zero, payload
+
+
+def _copy_into(parts: list[memoryview], into: memoryview) -> None:
+    """Parts one after another into `into` (numpy's copy lets go of the GIL)."""
+    target = np.frombuffer(into, dtype=np.uint8)
+    position = 0
+    for part in parts:
+        np.copyto(target[position : position + len(part)], np.frombuffer(part, dtype=np.uint8))
+        position += len(part)
 
 
 def _count(outcome: ChunkOutcome, scan: ZeroScan, scanned_bytes: int) -> None:
