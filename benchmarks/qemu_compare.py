@@ -49,7 +49,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from livemig.cli.bench import GIB, cpu_per_gib, measure_case, receiver_args
+from livemig.cli.bench import GIB, cpu_per_gib, measure_case, memory_state_line, receiver_args
 from livemig.cli.ceiling import Ceiling, Floor
 from livemig.cli.images import files_equal, make_image, tmpfs_dir
 from livemig.cli.migrate_vm import free_port
@@ -228,6 +228,7 @@ def main() -> None:
     batch_bytes = args.batch_mib << 20
     version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     console.print(f"{version}; accelerator {accelerator()}" + ("" if accelerator() == "kvm" else " (no /dev/kvm)"))
+    console.print(memory_state_line(tmpfs_dir()), soft_wrap=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="livemig-qemu-", dir=tmpfs_dir()))
     qemu_runs: dict[tuple[float, int], list[Run]] = {}

@@ -161,6 +161,34 @@ def run_bench(
 # Pure helpers for the tables (tested in tests/test_bench_tables.py).
 
 
+# Files left on tmpfs from earlier runs above this make a benchmark's figures untrue here.
+TMPFS_LEFTOVER_WARNING_BYTES = 1 << 30
+
+
+def memory_state(tmpfs: Path) -> tuple[int, int]:
+    """(bytes in use on the tmpfs holding images and destinations, MemAvailable bytes).
+
+    On this VM both ends' page allocation slows by a third when 6 GiB of old files sit on
+    /dev/shm (receiver 1.60 against 1.15 CPU s/GiB, docs/benchmarks.md, issue 25), so a
+    benchmark states them before it starts."""
+    usage = shutil.disk_usage(tmpfs)
+    available = 0
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    return usage.used, available
+
+
+def memory_state_line(tmpfs: Path) -> str:
+    """One line for a benchmark's header, with a warning where old files fill tmpfs."""
+    used, available = memory_state(tmpfs)
+    line = f"{tmpfs}: {human_bytes(used)} in use before the run; MemAvailable {human_bytes(available)}"
+    if used > TMPFS_LEFTOVER_WARNING_BYTES:
+        line += f" (warning: files left on {tmpfs} slow every side's page allocation here; remove them first)"
+    return line
+
+
 def gib_per_second(byte_count: float, seconds: float) -> float:
     return byte_count / GIB / max(seconds, 1e-9)
 

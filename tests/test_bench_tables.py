@@ -76,3 +76,16 @@ def test_summary_shows_what_bare_grpc_costs_per_gib() -> None:
 def test_receiver_data_workers_only_when_asked() -> None:
     assert "--data-workers" not in receiver_args(Path("/d"), 4 << 20, None)
     assert receiver_args(Path("/d"), 4 << 20, 3)[-2:] == ["--data-workers", "3"]
+
+
+def test_the_header_states_tmpfs_in_use_and_warns_of_old_files(tmp_path, monkeypatch):
+    """Old files on tmpfs slow page allocation on this VM: a benchmark says so before it runs."""
+    from livemig.cli import bench
+
+    used, available = bench.memory_state(tmp_path)
+    assert used > 0 and available > 0
+    monkeypatch.setattr(bench, "TMPFS_LEFTOVER_WARNING_BYTES", used + (1 << 40))
+    assert "warning" not in bench.memory_state_line(tmp_path)
+    monkeypatch.setattr(bench, "TMPFS_LEFTOVER_WARNING_BYTES", 0)
+    line = bench.memory_state_line(tmp_path)
+    assert line.startswith(f"{tmp_path}: ") and "MemAvailable" in line and "warning: files left" in line
