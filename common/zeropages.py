@@ -61,22 +61,29 @@ def unit_bounds(gpa: int, length: int, page_size: int) -> np.ndarray:
     return np.concatenate(([0], inner, [length])).astype(np.int64)
 
 
+GATHER_ROWS = 128  # 512 KiB of 4 KiB pages: a block stays in a core's L2 cache
+
+
 def page_flags(pages: np.ndarray) -> np.ndarray:
     """One flag per row of `pages` (one page, as words): True when any word is non-zero.
 
     A page that holds data almost always has a non-zero first word, so only the rows
     that start with a zero word are read in full (QEMU's buffer_is_zero also looks
     at a few words before the whole page): a chunk of written pages costs one cache
-    line a page instead of a pass over 4 KiB. When most rows start with zero (zero
-    pages: they must be read in full anyway) all rows are reduced in place, not
-    gathered first.
+    line a page instead of a pass over 4 KiB. The doubtful rows are gathered
+    GATHER_ROWS at a time, so each block is reduced from the cache it was just
+    copied into; when most rows are doubtful (mostly zero pages: they must be read
+    in full anyway) all rows are reduced in place instead, with no copy. Per 8 MiB
+    (ms): half the pages zero 0.60 against 0.76 reducing every row; all zero 0.77
+    either way.
     """
     flags = pages[:, 0] != 0
     doubtful = np.flatnonzero(~flags)
-    if len(doubtful) * 4 > len(flags):
+    if len(doubtful) * 3 > len(flags) * 2:
         return np.bitwise_or.reduce(pages, axis=1) != 0
-    if len(doubtful):
-        flags[doubtful] = np.bitwise_or.reduce(pages[doubtful], axis=1) != 0
+    for start in range(0, len(doubtful), GATHER_ROWS):
+        rows = doubtful[start : start + GATHER_ROWS]
+        flags[rows] = np.bitwise_or.reduce(pages[rows], axis=1) != 0
     return flags
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -205,3 +206,18 @@ def test_page_flags_reads_doubtful_pages_in_full(rows):
         if word >= 0:
             pages[index, word] = value
     assert page_flags(pages).tolist() == [word >= 0 for word, _value in rows]
+
+
+@pytest.mark.parametrize("zero_share", [0.0, 0.3, 0.5, 0.66, 0.7, 1.0])
+def test_page_flags_over_many_gathered_blocks(zero_share):
+    """A chunk of 2048 pages, gathered 128 doubtful rows at a time or reduced whole: every
+    page that holds a byte anywhere (first word zero or not) is found, no zero page is."""
+    from livemig.common.zeropages import GATHER_ROWS
+
+    rng = np.random.default_rng(7)
+    pages = np.zeros((2048, 512), dtype=np.uint64)
+    data = rng.random(2048) >= zero_share
+    pages[data, rng.integers(0, 512, size=int(data.sum()))] = 1  # one word, often not the first
+    pages[data & (rng.random(2048) < 0.5), 0] = 3
+    assert len(pages) > 4 * GATHER_ROWS
+    assert page_flags(pages).tolist() == data.tolist()
