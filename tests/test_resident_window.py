@@ -132,3 +132,29 @@ def test_in_place_and_pread_make_the_same_frame(tmp_path_factory, touched, spans
         return
     chunk_ranges = tuple(ranges)
     assert frames(path, chunk_ranges, True, zero_records) == frames(path, chunk_ranges, False, zero_records)
+
+
+def test_a_written_guest_is_framed_from_its_mapping(shm_dir):
+    """The in-place path is the one taken for a guest whose pages are all in memory: the
+    frame is built from windows, and it is the guest's bytes."""
+    path = shm_dir / "guest"
+    contents = bytes(range(256)) * (PAGES * PAGE // 256)
+    path.write_bytes(contents)
+    layout = open_source_layout([(0, str(path))], PAGE)
+    opened = []
+    real = layout.resident_window
+
+    def spy(gpa: int, length: int) -> ResidentWindow | None:
+        window = real(gpa, length)
+        opened.append(window)
+        return window
+
+    layout.resident_window = spy  # type: ignore[method-assign]
+    try:
+        built = BatchBuilder(TransferPlan("token", layout, PAGE, PAGES * PAGE, True)).build(
+            Chunk(1, (MemoryRange(0, PAGES * PAGE),), zero_records=False)
+        )
+    finally:
+        layout.close()
+    assert len(opened) == 1 and opened[0] is not None
+    assert contents in built.frame
