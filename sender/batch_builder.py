@@ -23,6 +23,7 @@ bytes; one that does not shrink enough goes out raw as above.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ import numpy as np
 from livemig.common.compression import PayloadCompressor
 from livemig.common.guest_memory import MemoryLayout
 from livemig.common.proto import livemig_pb2 as pb
+from livemig.common.ranges import MemoryRange
 from livemig.common.resident_window import ResidentWindow
 from livemig.common.wire import GRPC_MESSAGE_PREFIX, FrameInPlace, encode_batch
 from livemig.common.zeropages import (
@@ -195,31 +197,29 @@ class BatchBuilder:
                 windows.clear()  # read with pread instead, into the frame
                 return None
             windows.append(window)
-        data_parts, zero_parts, payload = [], [], []
-        for memory_range, window in zip(chunk.ranges, windows, strict=True):
-            scan = scan_zero_pages(memory_range.gpa, window.view, self.plan.page_size)
-            _count(outcome, scan, memory_range.length)
-            data_parts.append(scan.data)
-            zero_parts.append(scan.zero)
-            base = memory_range.gpa
-            payload.extend(window.view[gpa - base : gpa - base + length] for gpa, length in scan.data.tolist())
-        return np.concatenate(data_parts), np.concatenate(zero_parts), payload
+        page_size = self.plan.page_size
+        return _collect(
+            outcome,
+            (
+                (memory_range, window.view, scan_zero_pages(memory_range.gpa, window.view, page_size))
+                for memory_range, window in zip(chunk.ranges, windows, strict=True)
+            ),
+        )
 
     def _scan_each(
         self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview
     ) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
-        """Range by range, skipping file holes unread (large ranges: iteration 0)."""
-        data_parts, zero_parts, payload, position = [], [], [], 0
-        for memory_range in chunk.ranges:
-            buffer = into[position : position + memory_range.length]
-            position += memory_range.length
-            scan = scan_guest_range(self.plan.layout, memory_range.gpa, buffer, self.plan.page_size)
-            _count(outcome, scan, memory_range.length)
-            data_parts.append(scan.data)
-            zero_parts.append(scan.zero)
-            base = memory_range.gpa
-            payload.extend(buffer[gpa - base : gpa - base + length] for gpa, length in scan.data.tolist())
-        return np.concatenate(data_parts), np.concatenate(zero_parts), payload
+        """Range by range, read into the frame, skipping file holes unread (large ranges: iteration 0)."""
+        layout, page_size = self.plan.layout, self.plan.page_size
+
+        def read_and_scan() -> Iterator[tuple[MemoryRange, memoryview, ZeroScan]]:
+            position = 0
+            for memory_range in chunk.ranges:
+                buffer = into[position : position + memory_range.length]
+                position += memory_range.length
+                yield memory_range, buffer, scan_guest_range(layout, memory_range.gpa, buffer, page_size)
+
+        return _collect(outcome, read_and_scan())
 
     def _scan_gathered(
         self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview
@@ -238,6 +238,21 @@ class BatchBuilder:
             for offset, length in zip(offsets.tolist(), scan.data[:, 1].tolist(), strict=True)
         ]
         return scan.data, scan.zero, payload
+
+
+def _collect(
+    outcome: ChunkOutcome, scanned: Iterable[tuple[MemoryRange, memoryview, ZeroScan]]
+) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
+    """Data and zero ranges of ranges scanned one by one (each with its bytes), counted, and
+    the payload: views of each range's data runs, in order."""
+    data_parts, zero_parts, payload = [], [], []
+    for memory_range, view, scan in scanned:
+        _count(outcome, scan, memory_range.length)
+        data_parts.append(scan.data)
+        zero_parts.append(scan.zero)
+        base = memory_range.gpa
+        payload.extend(view[gpa - base : gpa - base + length] for gpa, length in scan.data.tolist())
+    return np.concatenate(data_parts), np.concatenate(zero_parts), payload
 
 
 def _copy_into(parts: list[memoryview], into: memoryview) -> None:
