@@ -22,6 +22,11 @@ left: the first allocates a zero page in the guest's file (its bytes read the
 same), the second ends the connection process with SIGBUS, which its pool treats
 as a broken connection (the restarted process finds the range outside the
 shorter file and fails the migration, as pread's short read would have).
+
+On hugetlbfs mincore(2) answers for the mapping's own page tables, not for the
+file, so a fresh window there never qualifies: hugetlbfs guests are read with
+pread (tests/test_resident_window.py checks both that and that no huge page is
+taken from the pool).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,3 +50,31 @@ def receiver(module_dir: Path) -> Iterator[ServiceProcess]:
 def sender() -> Iterator[ServiceProcess]:
     with ServiceProcess("sender", []) as process:
         yield process
+
+
+HUGE_PAGES = Path("/proc/sys/vm/nr_hugepages")
+
+
+@pytest.fixture
+def hugetlbfs(shm_dir: Path) -> Iterator[Path]:
+    """A private hugetlbfs mount with 32 reserved 2 MiB pages (root only); restored after."""
+    if not HUGE_PAGES.exists():
+        pytest.skip("no huge pages in this kernel")
+    before = HUGE_PAGES.read_text().strip()
+    mount_point = shm_dir / "huge"
+    mount_point.mkdir()
+    try:
+        HUGE_PAGES.write_text(str(int(before) + 32))
+        mounted = subprocess.run(
+            ["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", str(mount_point)], capture_output=True, text=True
+        )
+    except OSError as error:
+        pytest.skip(f"cannot reserve huge pages here (needs root): {error}")
+    if mounted.returncode:
+        HUGE_PAGES.write_text(before)
+        pytest.skip(f"cannot mount hugetlbfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+        HUGE_PAGES.write_text(before)

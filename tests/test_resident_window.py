@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from livemig.common.guest_memory import open_source_layout
+from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.ranges import MemoryRange
 from livemig.common.resident_window import ResidentWindow
 from livemig.sender.batch_builder import BatchBuilder, TransferPlan
@@ -158,3 +160,40 @@ def test_a_written_guest_is_framed_from_its_mapping(shm_dir):
         layout.close()
     assert len(opened) == 1 and opened[0] is not None
     assert contents in built.frame
+
+
+HUGE = 2 << 20
+
+
+@pytest.mark.e2e
+def test_a_sparse_guest_on_hugetlbfs_migrates_and_no_hole_is_allocated(sender, receiver, hugetlbfs: Path) -> None:
+    """hugetlbfs guest memory (written through a mapping: it takes no write(2)) with huge
+    pages never touched: the destination equals the source, and reading the source took
+    no huge page from the pool (a read through a mapping would take one for every hole)."""
+    from livemig.receiver.registry import free_bytes
+    from tests.helpers import assert_destination_equals_source, migrate
+
+    path = hugetlbfs / "guest"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, 8 * HUGE)
+        with mmap.mmap(fd, 8 * HUGE) as memory:
+            for huge_page in (0, 1, 2, 3, 6):  # the first chunk (4 huge pages) all written
+                memory[huge_page * HUGE : huge_page * HUGE + 4 * PAGE] = os.urandom(4 * PAGE)  # the rest stays zero
+                memory[(huge_page + 1) * HUGE - PAGE : (huge_page + 1) * HUGE] = b"\x5a" * PAGE
+    finally:
+        os.close(fd)
+    layout = open_source_layout([(0, str(path))], PAGE)
+    try:
+        # mincore(2) on a hugetlb mapping answers for that mapping's own page tables, not
+        # for the file: a fresh window never qualifies, so hugetlbfs guests are read by pread.
+        assert layout.resident_window(0, 4 * HUGE) is None
+        assert layout.resident_window(4 * HUGE, 4 * HUGE) is None
+    finally:
+        layout.close()
+    pool_before = free_bytes(hugetlbfs)
+    status = migrate(sender.address, receiver.address, [(0, path)], connections=2, skip_zero_pages=True)
+    assert status.state == pb.COMPLETED, status.error
+    assert_destination_equals_source(status, [(0, path)])
+    assert status.stats.transmitted_bytes == 5 * 5 * PAGE  # data pages only: the zeros and the holes stayed home
+    assert free_bytes(hugetlbfs) == pool_before

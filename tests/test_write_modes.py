@@ -8,8 +8,6 @@ a receiver picks, and hugetlbfs, which takes no write(2) at all.
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +27,6 @@ from livemig.receiver.write_mode import (
 from tests.helpers import assert_destination_equals_source, migrate
 
 MIB = 1 << 20
-HUGE_PAGES = Path("/proc/sys/vm/nr_hugepages")
 
 
 def test_auto_picks_mapped_writes_from_three_concurrent_writers() -> None:
@@ -74,31 +71,6 @@ def test_a_file_that_takes_pwrite_keeps_the_preferred_mode(tmp_path: Path) -> No
         assert file_write_mode(WriteMode.MAPPED, fd) == WriteMode.MAPPED
     finally:
         os.close(fd)
-
-
-@pytest.fixture
-def hugetlbfs(shm_dir: Path) -> Iterator[Path]:
-    """A private hugetlbfs mount with 32 reserved 2 MiB pages (root only); restored after."""
-    if not HUGE_PAGES.exists():
-        pytest.skip("no huge pages in this kernel")
-    before = HUGE_PAGES.read_text().strip()
-    mount_point = shm_dir / "huge"
-    mount_point.mkdir()
-    try:
-        HUGE_PAGES.write_text(str(int(before) + 32))
-        mounted = subprocess.run(
-            ["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", str(mount_point)], capture_output=True, text=True
-        )
-    except OSError as error:
-        pytest.skip(f"cannot reserve huge pages here (needs root): {error}")
-    if mounted.returncode:
-        HUGE_PAGES.write_text(before)
-        pytest.skip(f"cannot mount hugetlbfs here: {mounted.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-        HUGE_PAGES.write_text(before)
 
 
 @pytest.mark.e2e
