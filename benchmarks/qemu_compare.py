@@ -49,13 +49,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from livemig.cli.bench import GIB, cpu_per_gib, measure_case, memory_state_line, receiver_args
+from livemig.cli.bench import GIB, cpu_per_gib, measure_case, memory_state_line, receiver_args, warm_free_memory
 from livemig.cli.ceiling import Ceiling, Floor
 from livemig.cli.images import files_equal, make_image, tmpfs_dir
 from livemig.cli.migrate_vm import free_port
 from livemig.cli.processes import ServiceProcess, tree_cpu_seconds
 from livemig.cli.report import human_bytes, print_table
-from livemig.cli.units import Size
+from livemig.cli.units import parse_size
 from livemig.common.qmp import QmpConnection, QmpFailure, wait_for_qmp
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 
@@ -204,15 +204,26 @@ def median(values: list[float]) -> float:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def size_arg(text: str) -> int:
+    """A size option: bytes from 4096, 64K, 512M, 2G; a bare number is MiB."""
+    return parse_size(text, "M")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="1G", help="guest size, K/M/G (bare: MiB); default 1G")
+    parser.add_argument("--size", type=size_arg, default="1G", help="guest size, K/M/G (bare: MiB); default 1G")
     parser.add_argument("--touched", default="1,0.5", help="touched ratios (pages at random); default 1,0.5")
     parser.add_argument("--connections", default="2", help="multifd channels = livemig connections; default 2")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-mib", type=int, default=DEFAULT_MAX_BATCH_BYTES >> 20)
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--sides", default=",".join(SIDES), help="which sides to run; default all four")
+    parser.add_argument(
+        "--warm",
+        type=size_arg,
+        default="8G",
+        help="tmpfs bytes written and removed before the first run (0: none); default 8G",
+    )
     args = parser.parse_args()
     unknown = sorted(set(args.sides.split(",")) - set(SIDES))
     if unknown:
@@ -222,13 +233,16 @@ def main() -> None:
     if binary is None:
         console.print(f"skipped: {QEMU} is not installed (Debian: apt-get install qemu-system-x86)")
         return
-    size = Size(default_unit="M").convert(args.size, None, None)
+    size = args.size
     touched = [float(t) for t in args.touched.split(",")]
     connections = [int(n) for n in args.connections.split(",")]
     batch_bytes = args.batch_mib << 20
     version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     console.print(f"{version}; accelerator {accelerator()}" + ("" if accelerator() == "kvm" else " (no /dev/kvm)"))
     console.print(memory_state_line(tmpfs_dir()), soft_wrap=True)
+    if args.warm:
+        warmed = warm_free_memory(tmpfs_dir(), args.warm)
+        console.print(f"free memory warmed: {human_bytes(warmed)} written to {tmpfs_dir()} and removed")
 
     workdir = Path(tempfile.mkdtemp(prefix="livemig-qemu-", dir=tmpfs_dir()))
     qemu_runs: dict[tuple[float, int], list[Run]] = {}

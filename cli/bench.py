@@ -189,6 +189,26 @@ def memory_state_line(tmpfs: Path) -> str:
     return line
 
 
+def warm_free_memory(tmpfs: Path, size: int) -> int:
+    """Write `size` bytes (at most half of MemAvailable) to a file on `tmpfs` and remove it;
+    returns the bytes written. On this VM the first rounds of a benchmark after the
+    machine sat idle or ran other work were slow for every side that allocates fresh
+    pages (receiver 2.08 falling to 1.23 CPU s/GiB over five rounds, QEMU and bare gRPC
+    unchanged: docs/benchmarks.md, issue 25): pages the guest has not touched lately
+    cost more to touch again. Touching them once before the first measurement gives
+    every side, and every round, the same start."""
+    size = min(size, memory_state(tmpfs)[1] // 2)
+    block = bytes(64 << 20)
+    fd, name = tempfile.mkstemp(prefix="livemig-warm-", dir=tmpfs)
+    try:
+        for _ in range(size // len(block)):
+            os.write(fd, block)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return size // len(block) * len(block)
+
+
 def gib_per_second(byte_count: float, seconds: float) -> float:
     return byte_count / GIB / max(seconds, 1e-9)
 

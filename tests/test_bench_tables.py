@@ -89,3 +89,13 @@ def test_the_header_states_tmpfs_in_use_and_warns_of_old_files(tmp_path, monkeyp
     monkeypatch.setattr(bench, "TMPFS_LEFTOVER_WARNING_BYTES", 0)
     line = bench.memory_state_line(tmp_path)
     assert line.startswith(f"{tmp_path}: ") and "MemAvailable" in line and "warning: files left" in line
+
+
+def test_warming_free_memory_writes_and_leaves_nothing(shm_dir, monkeypatch):
+    from livemig.cli import bench
+
+    assert bench.warm_free_memory(shm_dir, 128 << 20) == 128 << 20
+    assert not any(shm_dir.iterdir())
+    monkeypatch.setattr(bench, "memory_state", lambda _tmpfs: (0, 256 << 20))
+    assert bench.warm_free_memory(shm_dir, 1 << 50) == 128 << 20  # at most half of what is available
+    assert not any(shm_dir.iterdir())
