@@ -1,7 +1,12 @@
 """QEMU's own migration (multifd) against livemig, on the same guest image, interleaved.
 
 Usage: .venv/bin/python benchmarks/qemu_compare.py [--size 1G] [--touched 1,0.5] [--connections 2]
-           [--repeat 3] [--markdown]
+           [--repeat 3] [--markdown] [--sides qemu,livemig,bare,floor] [--warm 8G]
+
+Before the first run it states what tmpfs holds and MemAvailable (old files on
+/dev/shm slowed every side that allocates pages here by a third) and writes
+--warm bytes to tmpfs and removes them, so that every side and round starts
+with recently touched free memory (docs/benchmarks.md, issue 25, stop 15).
 
 QEMU side: two `-S` guests (never started, so no guest OS is needed) whose RAM
 is a file on /dev/shm (`memory-backend-file`, share=on); the source's file is
