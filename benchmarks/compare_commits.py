@@ -35,7 +35,7 @@ from livemig.cli.bench import Case, cpu_per_gib, measure_case, receiver_args
 from livemig.cli.images import make_image, tmpfs_dir
 from livemig.cli.processes import ServiceProcess, process_tree
 from livemig.cli.report import human_bytes, print_table
-from livemig.cli.units import Size
+from livemig.cli.units import size_in_mib_by_default
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 
 PACKAGES = ("cli", "common", "sender", "receiver")
@@ -118,7 +118,9 @@ def median_case(cases: list[Case]) -> Case:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("old_ref", nargs="?", default="5433915", help="the older commit (default: 5433915)")
-    parser.add_argument("--size", default="1G", help="guest size, K/M/G (bare: MiB); default 1G")
+    parser.add_argument(
+        "--size", type=size_in_mib_by_default, default="1G", help="guest size, K/M/G (bare: MiB); default 1G"
+    )
     parser.add_argument("--connections", default="1,2")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
@@ -129,7 +131,7 @@ def main() -> None:
     )
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
-    size = Size(default_unit="M").convert(args.size, None, None)
+    size = args.size
     connections = [int(n) for n in args.connections.split(",")]
     old_batch = (args.batch_mib or OLD_DEFAULT_BATCH_MIB) << 20
     new_batch = args.batch_mib << 20 if args.batch_mib else DEFAULT_MAX_BATCH_BYTES

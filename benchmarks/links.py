@@ -38,7 +38,7 @@ from livemig.cli.client import run_migration
 from livemig.cli.images import make_image, tmpfs_dir
 from livemig.cli.processes import ServiceProcess, tree_cpu_seconds
 from livemig.cli.report import human_bytes, print_table
-from livemig.cli.units import Size
+from livemig.cli.units import size_in_mib_by_default
 from livemig.common.proto import livemig_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -107,7 +107,7 @@ def capped(tx: ServiceProcess, rx: ServiceProcess, image: Path, cap: float) -> t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="1G", help="images and guest, K/M/G (bare: MiB)")
+    parser.add_argument("--size", type=size_in_mib_by_default, default="1G", help="images and guest, K/M/G (bare: MiB)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rate", default="1gbit", help="the link's tc rate")
     parser.add_argument("--method", default="zstd", choices=sorted(METHODS))
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     console = Console(width=200)
-    size = Size(default_unit="M").convert(args.size, None, None)
+    size = args.size
     why = netns.unavailable()
     missing = qemu_guest.missing_tools()
     if why or missing:

@@ -29,6 +29,7 @@ from loopback import loopback
 
 from livemig.cli.processes import process_tree, rss_without_shmem_bytes, tree_cpu_seconds
 from livemig.cli.units import parse_size
+from livemig.common.human import format_bytes
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 
 RATE = 999
@@ -90,7 +91,7 @@ def split(perf_data: Path, roles: dict[int, str], gib: float, detail: str = "") 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="1G")
+    parser.add_argument("--size", type=parse_size, default="1G")
     parser.add_argument("--connections", type=int, default=2)
     parser.add_argument("--migrations", type=int, default=3)
     parser.add_argument("--batch-mib", type=int, default=DEFAULT_MAX_BATCH_BYTES >> 20)
@@ -99,7 +100,7 @@ def main() -> None:
     parser.add_argument("--no-perf", action="store_true", help="CPU per GiB only")
     parser.add_argument("--detail", default="", help="list the functions of one category (e.g. interpreter)")
     args = parser.parse_args()
-    size, batch = parse_size(args.size), args.batch_mib << 20
+    size, batch = args.size, args.batch_mib << 20
     receiver_args = ["--max-batch-bytes", str(batch)]
     options = {"connections": args.connections, "max_batch_bytes": batch, "skip_zero_pages": args.skip}
     with loopback("livemig-perf-", size, args.touched, receiver_args, **options) as pair:
@@ -119,7 +120,7 @@ def main() -> None:
             recorder.wait(timeout=120)
         gib = args.migrations * size / 2**30
         print(
-            f"{args.migrations} migrations of {args.size} ({args.touched:.0%} touched, "
+            f"{args.migrations} migrations of {format_bytes(size)} ({args.touched:.0%} touched, "
             f"skip {'on' if args.skip else 'off'}), {args.connections} connections, "
             f"{args.batch_mib} MiB batches: " + ", ".join(f"{d} ms" for d in durations)
         )

@@ -23,6 +23,7 @@ from pathlib import Path
 from loopback import loopback
 
 from livemig.cli.units import parse_size
+from livemig.common.human import format_bytes
 
 IDLE = ("wait (threading.py", "select (", "poll (", "_poll_for_event", "channel_spin", "_next (", "get (queue.py")
 
@@ -49,7 +50,7 @@ def summarise(path: Path, top: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="1G")
+    parser.add_argument("--size", type=parse_size, default="1G")
     parser.add_argument("--connections", type=int, default=2)
     parser.add_argument("--touched", type=float, default=1.0)
     parser.add_argument("--migrations", type=int, default=3)
@@ -63,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     args.out.mkdir(parents=True, exist_ok=True)
-    size = parse_size(args.size)
+    size = args.size
     with loopback("livemig-profile-", size, args.touched, args.receiver_arg, connections=args.connections) as pair:
         record = [
             py_spy,
@@ -90,7 +91,8 @@ def main() -> None:
             recorder.send_signal(subprocess.signal.SIGINT)
         for recorder in recorders:
             recorder.wait(timeout=60)
-    print(f"migrations of {args.size}, {args.connections} connections: " + ", ".join(f"{d} ms" for d in durations))
+    times = ", ".join(f"{d} ms" for d in durations)
+    print(f"migrations of {format_bytes(size)}, {args.connections} connections: {times}")
     for role in ("sender", "receiver"):
         path = args.out / f"{role}.txt"
         if path.exists():

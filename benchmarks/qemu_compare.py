@@ -60,7 +60,7 @@ from livemig.cli.images import files_equal, make_image, tmpfs_dir
 from livemig.cli.migrate_vm import free_port
 from livemig.cli.processes import ServiceProcess, tree_cpu_seconds
 from livemig.cli.report import human_bytes, print_table
-from livemig.cli.units import parse_size
+from livemig.cli.units import size_in_mib_by_default
 from livemig.common.qmp import QmpConnection, QmpFailure, wait_for_qmp
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 
@@ -209,14 +209,11 @@ def median(values: list[float]) -> float:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def size_arg(text: str) -> int:
-    """A size option: bytes from 4096, 64K, 512M, 2G; a bare number is MiB."""
-    return parse_size(text, "M")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=size_arg, default="1G", help="guest size, K/M/G (bare: MiB); default 1G")
+    parser.add_argument(
+        "--size", type=size_in_mib_by_default, default="1G", help="guest size, K/M/G (bare: MiB); default 1G"
+    )
     parser.add_argument("--touched", default="1,0.5", help="touched ratios (pages at random); default 1,0.5")
     parser.add_argument("--connections", default="2", help="multifd channels = livemig connections; default 2")
     parser.add_argument("--repeat", type=int, default=3)
@@ -225,7 +222,7 @@ def main() -> None:
     parser.add_argument("--sides", default=",".join(SIDES), help="which sides to run; default all four")
     parser.add_argument(
         "--warm",
-        type=size_arg,
+        type=size_in_mib_by_default,
         default="8G",
         help="tmpfs bytes written and removed before the first run (0: none); default 8G",
     )

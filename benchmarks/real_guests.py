@@ -41,7 +41,7 @@ from livemig.cli.bench import cpu_per_gib, measure_case, receiver_args
 from livemig.cli.images import tmpfs_dir
 from livemig.cli.processes import ServiceProcess
 from livemig.cli.report import human_bytes, print_table
-from livemig.cli.units import Size
+from livemig.cli.units import size_in_mib_by_default
 from livemig.common.qmp import qmp_connection
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 
@@ -80,7 +80,9 @@ def allocated_share(path: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="1G", help="guest RAM, K/M/G (bare: MiB); default 1G")
+    parser.add_argument(
+        "--size", type=size_in_mib_by_default, default="1G", help="guest RAM, K/M/G (bare: MiB); default 1G"
+    )
     parser.add_argument("--guests", default="idle,pagecache,memdirty")
     parser.add_argument("--connections", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
@@ -91,7 +93,7 @@ def main() -> None:
     if missing:
         console.print(f"skipped: needs {', '.join(missing)}")
         return
-    size = Size(default_unit="M").convert(args.size, None, None)
+    size = args.size
     size_mib = size >> 20
     image = qemu_guest.prepare_guest()
     binary = shutil.which(qemu_guest.QEMU)

@@ -45,7 +45,7 @@ from livemig.cli.images import tmpfs_dir
 from livemig.cli.migrate_vm import VmMigrationPlan, free_port, migrate_vm
 from livemig.cli.processes import ServiceProcess
 from livemig.cli.report import print_table
-from livemig.cli.units import Size
+from livemig.cli.units import size_in_mib_by_default
 from livemig.common.qmp import qmp_connection
 
 SETTLE_SECONDS = 2.0  # past boot: the guest settles into its loop
@@ -176,7 +176,9 @@ def livemig_run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="2G", help="guest RAM, K/M/G (bare: MiB); default 2G")
+    parser.add_argument(
+        "--size", type=size_in_mib_by_default, default="2G", help="guest RAM, K/M/G (bare: MiB); default 2G"
+    )
     parser.add_argument("--guests", default="idle,pagecache")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--connections", type=int, default=2, help="livemig connections = QEMU multifd channels")
@@ -187,7 +189,7 @@ def main() -> None:
     if missing:
         console.print(f"skipped: needs {', '.join(missing)}")
         return
-    size_mib = Size(default_unit="M").convert(args.size, None, None) >> 20
+    size_mib = args.size >> 20
     image = qemu_guest.prepare_guest()
     rows: list[list[str]] = []
     details: list[str] = []

@@ -63,6 +63,12 @@ def parse_size(text: str, default_unit: str = "") -> int:
     return int(value)
 
 
+def size_in_mib_by_default(text: str) -> int:
+    """An argparse `type` for the benchmarks' size options: bytes from 4096, 64K, 512M,
+    2G; a bare number is MiB. A bad value is argparse's one-line error (ValueError)."""
+    return parse_size(text, "M")
+
+
 def format_duration(seconds: float) -> str:
     """'850 ms', '12.3 s', '4m05s', '1h02m': each of them parse_duration reads back."""
     if seconds < 1:

@@ -111,3 +111,18 @@ def test_a_range_error_names_a_limit_the_parser_accepts():
         Duration("ms", min_seconds=0.001, max_seconds=3600).convert("2h", None, None)
     limit = str(refused.value).rpartition("at most ")[2].strip()
     assert parse_duration(limit) == 3600
+
+
+def test_benchmark_size_options_take_mib_by_default_and_refuse_in_one_line():
+    """The benchmarks' --size type: a bare number is MiB; a bad value is argparse's own error."""
+    import argparse
+
+    from livemig.cli.units import size_in_mib_by_default
+
+    assert size_in_mib_by_default("16") == 16 << 20
+    assert size_in_mib_by_default("2G") == 2 << 30
+    assert size_in_mib_by_default("512B") == 512
+    parser = argparse.ArgumentParser(prog="bench", exit_on_error=False)
+    parser.add_argument("--size", type=size_in_mib_by_default)
+    with pytest.raises(argparse.ArgumentError, match="invalid size_in_mib_by_default value: 'foo'"):
+        parser.parse_args(["--size", "foo"])
