@@ -22,6 +22,8 @@ import os
 import queue
 import sys
 import threading
+import time
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -34,8 +36,10 @@ from livemig.common.worker_processes import PipeSender, UnknownMessage, ignore_s
 from livemig.sender.batch_builder import BatchBuilder, TransferPlan
 from livemig.sender.chunks import Chunk, ChunkReport
 from livemig.sender.connection_messages import (
+    REPORT_DELAY_SECONDS,
+    REPORT_GROUP,
     Begin,
-    ChunkDone,
+    ChunksDone,
     Close,
     ConnectionFailure,
     ConnectionSpec,
@@ -44,7 +48,7 @@ from livemig.sender.connection_messages import (
     FailureKind,
     Finished,
     FromConnection,
-    SendChunk,
+    SendChunks,
     SourceRegion,
     Stop,
     ToConnection,
@@ -75,14 +79,37 @@ def open_pinned_layout(regions: tuple[SourceRegion, ...], page_size: int) -> Mem
     return layout
 
 
-class _PipeReporter:
-    """The stream's ChunkReporter: each chunk's report goes to the migration process."""
+class GroupedReporter:
+    """The stream's ChunkReporter: chunk reports go to the migration process in groups
+    (sender/connection_messages.py says why and when). The acknowledgement thread and
+    the build thread (chunks with nothing to send) both report."""
 
-    def __init__(self, to_parent: PipeSender) -> None:
+    def __init__(self, to_parent: PipeSender, clock: Callable[[], float] = time.monotonic) -> None:
         self.to_parent = to_parent
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._held: list[ChunkReport] = []
+        self._oldest = 0.0
 
-    def chunk_done(self, report: ChunkReport) -> None:
-        self.to_parent.send(ChunkDone(report))
+    def chunk_done(self, report: ChunkReport, more_coming: bool) -> None:
+        """`more_coming`: the caller will report again soon (batches are still in flight,
+        or chunks wait to be built); otherwise the group goes now."""
+        with self._lock:
+            now = self._clock()
+            if not self._held:
+                self._oldest = now
+            self._held.append(report)
+            if more_coming and len(self._held) < REPORT_GROUP and now - self._oldest < REPORT_DELAY_SECONDS:
+                return
+            reports, self._held = self._held, []
+            self.to_parent.send(ChunksDone(tuple(reports)))  # under the lock: groups stay in order
+
+    def flush(self) -> None:
+        """Send what is held (the stream ended or broke, or the connection's part ends)."""
+        with self._lock:
+            reports, self._held = self._held, []
+            if reports:
+                self.to_parent.send(ChunksDone(tuple(reports)))
 
 
 # The failures a connection expects (each a FailureKind); anything else is a bug.
@@ -120,11 +147,13 @@ class _ConnectionRun:
     def running(self) -> bool:
         return self.thread.is_alive()
 
-    def handle(self, message: SendChunk | Close | Stop) -> None:
+    def handle(self, message: SendChunks | Close | Stop) -> None:
         match message:
-            case SendChunk(chunk_id, table, zero_records, attempt, settled_below):
-                ranges = tuple(MemoryRange(gpa, length) for gpa, length in np.asarray(table).tolist())
-                self.inbox.put(Chunk(chunk_id, ranges, zero_records, attempt, settled_below))
+            case SendChunks(orders):
+                for order in orders:
+                    ranges = tuple(MemoryRange(gpa, length) for gpa, length in np.asarray(order.ranges).tolist())
+                    chunk = Chunk(order.chunk_id, ranges, order.zero_records, order.attempt, order.settled_below)
+                    self.inbox.put(chunk)
             case Close():
                 self.inbox.put(None)
             case Stop():
@@ -136,6 +165,7 @@ class _ConnectionRun:
         spec = self.spec
         layout = None
         channel = None
+        reporter = GroupedReporter(self.to_parent)
         try:
             layout = open_pinned_layout(spec.regions, spec.page_size)
             plan = TransferPlan(
@@ -148,7 +178,7 @@ class _ConnectionRun:
                 spec.session_token,
                 BatchBuilder(plan),
                 self.inbox,
-                _PipeReporter(self.to_parent),
+                reporter,
                 self.stop,
                 spec.heartbeat_seconds,
             )
@@ -160,6 +190,7 @@ class _ConnectionRun:
                 log.exception("connection %d failed", spec.index)
             outcome = Failed(failure)
         finally:
+            reporter.flush()  # before the last word: every chunk reported counts
             if channel is not None:
                 channel.close()
             if layout is not None:
@@ -227,7 +258,7 @@ def serve(message: ToConnection, run: _ConnectionRun | None, to_parent: PipeSend
     match message:
         case Begin(spec):
             return _ConnectionRun(spec, to_parent)
-        case SendChunk() | Close() | Stop():
+        case SendChunks() | Close() | Stop():
             if run is not None and run.running:
                 run.handle(message)
             return run

@@ -76,7 +76,9 @@ class SourceReadFailed(Exception):
 
 
 class ChunkReporter(Protocol):
-    def chunk_done(self, report: ChunkReport) -> None: ...
+    def chunk_done(self, report: ChunkReport, more_coming: bool) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -200,6 +202,7 @@ class ConnectionStream:
                 acked_at = time.monotonic()
                 with self._lock:
                     pending = self._in_flight.pop(ack.batch_id, None)
+                    more_coming = bool(self._in_flight)  # more acknowledgements are on their way
                 if pending is None:
                     raise TransferFailed(f"receiver acknowledged unknown batch {ack.batch_id}")
                 progressed = True
@@ -215,11 +218,14 @@ class ConnectionStream:
                         acked_at,
                         pending.resent_wire_bytes,
                         pending.resends,
-                    )
+                    ),
+                    more_coming,
                 )
         except grpc.RpcError as error:
             error.livemig_progressed = progressed
             raise
+        finally:
+            self.reporter.flush()  # what was acknowledged counts, whatever comes next
         if self._source_error is not None:
             raise SourceReadFailed(str(self._source_error)) from self._source_error
         with self._lock:
@@ -357,7 +363,8 @@ class ConnectionStream:
                 return
             if built.frame is None:
                 self._last_progress = time.monotonic()  # scanned: progress, with nothing to acknowledge
-                self.reporter.chunk_done(ChunkReport(self.index, chunk.chunk_id, built.outcome, None, None))
+                report = ChunkReport(self.index, chunk.chunk_id, built.outcome, None, None)
+                self.reporter.chunk_done(report, more_coming=not self.inbox.empty())
                 continue
             built.input_wait, input_wait = input_wait, 0.0
             yield built

@@ -4,8 +4,9 @@
 `MemoryRangeTable::partition`), gives each chunk an id (its batch id) and hands
 it to the connection with the fewest chunks outstanding, at most
 CHUNKS_PER_CONNECTION each (credit-based flow control keeps every process busy
-and sender memory bounded). It returns when every chunk was acknowledged: the
-iteration barrier.
+and sender memory bounded). Chunks handed out together (credit comes back in
+groups of reports) go to each connection in one message. It returns when every
+chunk was acknowledged: the iteration barrier.
 
 Each connection is a process of its own (sender/connection_process.py), so
 reading, scanning, framing and streaming of different connections run on
@@ -42,14 +43,16 @@ from livemig.common.worker_processes import UnknownMessage, WorkerLog, read_repo
 from livemig.sender.bandwidth_cap import WireBudget
 from livemig.sender.batch_builder import Chunk
 from livemig.sender.connection_messages import (
+    REPORT_GROUP,
     Begin,
-    ChunkDone,
+    ChunkOrder,
+    ChunksDone,
     Close,
     ConnectionSpec,
     Failed,
     Finished,
     FromConnection,
-    SendChunk,
+    SendChunks,
     Stop,
     ToConnection,
 )
@@ -61,7 +64,9 @@ from livemig.sender.stream import MAX_RETRIES, RETRY_BUDGET_SECONDS, WINDOW_BATC
 log = logging.getLogger("livemig.sender")
 
 _POLL_SECONDS = 0.2
-CHUNKS_PER_CONNECTION = WINDOW_BATCHES + 2  # the window in flight, and the next ones being prepared
+# The window in flight, the next ones being prepared, and acknowledged ones whose
+# reports the connection still holds (sender/connection_messages.py).
+CHUNKS_PER_CONNECTION = WINDOW_BATCHES + 2 + REPORT_GROUP - 1
 JOIN_SECONDS = 10.0
 
 
@@ -174,11 +179,13 @@ class TransferPool:
         fresh = self._start(index, connection.spec)
         with self._changed:  # send() adds and sends chunks under this lock: none is sent twice
             connection.worker = fresh.worker
+            resent = []
             for chunk_id in sorted(connection.outstanding):
                 chunk = connection.outstanding[chunk_id]
                 again = dataclasses.replace(chunk, attempt=chunk.attempt + 1)  # read again: maybe other bytes
                 connection.outstanding[chunk_id] = again
-                self._send_chunk(connection, again)
+                resent.append(again)
+            self._send_chunks(connection, resent)
             if self._closing:
                 self._send(connection, Close())
 
@@ -201,16 +208,18 @@ class TransferPool:
 
     def _handle(self, connection: _Connection, message: FromConnection) -> None:
         match message:
-            case ChunkDone(report):
+            case ChunksDone(reports):
                 # Counted once: a chunk is outstanding until its first report (this thread
                 # alone removes chunks), and a restart resends only outstanding ones.
                 with self._changed:
-                    chunk = connection.outstanding.get(report.chunk_id)
-                if chunk is not None:
-                    self.stats.add_chunk(report)  # before the chunk leaves: send()'s barrier waits for it
-                    self.budget.settle(chunk.length, report.outcome.wire_bytes + report.resent_wire_bytes)
+                    chunks = [connection.outstanding.get(report.chunk_id) for report in reports]
+                for report, chunk in zip(reports, chunks, strict=True):
+                    if chunk is not None:
+                        self.stats.add_chunk(report)  # before the chunk leaves: send()'s barrier waits for it
+                        self.budget.settle(chunk.length, report.outcome.wire_bytes + report.resent_wire_bytes)
                 with self._changed:
-                    connection.outstanding.pop(report.chunk_id, None)
+                    for report in reports:
+                        connection.outstanding.pop(report.chunk_id, None)
                     connection.restarts.progressed()
                     self._changed.notify_all()
             case WorkerLog():
@@ -249,9 +258,13 @@ class TransferPool:
         with contextlib.suppress(OSError, EOFError, ValueError):
             connection.pipe.send(message)
 
-    def _send_chunk(self, connection: _Connection, chunk: Chunk) -> None:
-        table = np.array([(r.gpa, r.length) for r in chunk.ranges], dtype=np.uint64).reshape(-1, 2)
-        self._send(connection, SendChunk(chunk.chunk_id, table, chunk.zero_records, chunk.attempt, chunk.settled_below))
+    def _send_chunks(self, connection: _Connection, chunks: list[Chunk]) -> None:
+        if chunks:
+            self._send(connection, SendChunks(tuple(_order(chunk) for chunk in chunks)))
+
+    def _has_credit(self) -> bool:
+        """Some connection may take another chunk (called under the lock)."""
+        return any(len(c.outstanding) < CHUNKS_PER_CONNECTION for c in self._connections)
 
     def _settled_below(self, chunk_id: int) -> int:
         """The lowest chunk id not yet acknowledged, `chunk_id` (about to be handed out)
@@ -265,22 +278,31 @@ class TransferPool:
         assert first is not None, "begin() comes first"
         chunk_bytes = first.chunk_bytes
         pieces = self._split(RangeTable.of(ranges))
-        for table in RangeTable(tuple(pieces)).partition(chunk_bytes):
+        tables = iter(RangeTable(tuple(pieces)).partition(chunk_bytes))
+        table = next(tables, None)
+        while table is not None:
             if not self.budget.wait(self.stop, table.total_bytes):  # the bandwidth cap (sender/bandwidth_cap.py)
                 raise TransferStopped()
-            chunk_id = next(self._chunk_ids)
             with self._changed:
-                while True:
+                while not self._has_credit():
                     if self.stop.is_set():
                         raise TransferStopped()
-                    target = min(self._connections, key=lambda c: len(c.outstanding))
-                    if len(target.outstanding) < CHUNKS_PER_CONNECTION:
-                        break
                     self._changed.wait(_POLL_SECONDS)
-                chunk = Chunk(chunk_id, table.ranges, zero_records, settled_below=self._settled_below(chunk_id))
-                self.budget.reserve(chunk.length)
-                target.outstanding[chunk.chunk_id] = chunk
-                self._send_chunk(target, chunk)  # under the lock: a restart resends outstanding chunks
+                if self.stop.is_set():
+                    raise TransferStopped()
+                # Every chunk that credit and the cap allow now, each to the connection with
+                # the fewest outstanding; then one message per connection.
+                handed: dict[int, list[Chunk]] = {}
+                while table is not None and self._has_credit() and self.budget.delay(table.total_bytes) == 0:
+                    target = min(self._connections, key=lambda c: len(c.outstanding))
+                    chunk_id = next(self._chunk_ids)
+                    chunk = Chunk(chunk_id, table.ranges, zero_records, settled_below=self._settled_below(chunk_id))
+                    self.budget.reserve(chunk.length)
+                    target.outstanding[chunk.chunk_id] = chunk
+                    handed.setdefault(target.index, []).append(chunk)
+                    table = next(tables, None)
+                for index, chunks in handed.items():  # under the lock: a restart resends outstanding chunks
+                    self._send_chunks(self._connections[index], chunks)
         with self._changed:
             while any(c.outstanding for c in self._connections):
                 if self.stop.is_set():
@@ -323,3 +345,8 @@ class TransferPool:
                 self._processes.release(connection.worker)
             else:
                 self._processes.discard(connection.worker)
+
+
+def _order(chunk: Chunk) -> ChunkOrder:
+    table = np.array([(r.gpa, r.length) for r in chunk.ranges], dtype=np.uint64).reshape(-1, 2)
+    return ChunkOrder(chunk.chunk_id, table, chunk.zero_records, chunk.attempt, chunk.settled_below)

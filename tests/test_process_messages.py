@@ -49,7 +49,7 @@ def test_every_message_of_a_side_has_its_case(handler, union):
 
 def test_a_connection_run_handles_every_message_serve_hands_it():
     handled = matched_classes(connection_process._ConnectionRun.handle)
-    assert handled == {"SendChunk", "Close", "Stop"}
+    assert handled == {"SendChunks", "Close", "Stop"}
 
 
 @pytest.mark.parametrize("message", [("done", 1), ("chunk", 1, None, False, 0, 0), "stop", None, object()])
@@ -75,7 +75,7 @@ def examples() -> list[object]:
         connection_messages.Close(),
         connection_messages.Stop(),
         connection_messages.Exit(),
-        connection_messages.ChunkDone(ChunkReport(0, 1, ChunkOutcome(chunk_bytes=4096), 1.0, 2.0)),
+        connection_messages.ChunksDone((ChunkReport(0, 1, ChunkOutcome(chunk_bytes=4096), 1.0, 2.0),)),
         connection_messages.Finished(2),
         connection_messages.Failed(failure),
         WorkerLog("livemig.sender", 30, "text"),
@@ -97,8 +97,8 @@ def examples() -> list[object]:
 def test_every_message_survives_the_pipe():
     for message in examples():
         assert pickle.loads(pickle.dumps(message)) == message
-    chunk = connection_messages.SendChunk(7, np.array([[0, 4096]], dtype=np.uint64), True, 1, 3)
-    copy = pickle.loads(pickle.dumps(chunk))
+    order = connection_messages.ChunkOrder(7, np.array([[0, 4096]], dtype=np.uint64), True, 1, 3)
+    (copy,) = pickle.loads(pickle.dumps(connection_messages.SendChunks((order,)))).orders
     assert (copy.chunk_id, copy.zero_records, copy.attempt, copy.settled_below) == (7, True, 1, 3)
     assert copy.ranges.tolist() == [[0, 4096]]
 
@@ -111,7 +111,7 @@ def test_the_examples_cover_every_message_type():
         worker_messages.FromWorker,
     ]
     every = {cls for union in unions for cls in typing.get_args(union)}
-    assert every - {type(m) for m in examples()} == {connection_messages.SendChunk}
+    assert every - {type(m) for m in examples()} == {connection_messages.SendChunks}
 
 
 def test_messages_are_frozen():

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from livemig.sender.bandwidth_cap import WireBudget
 from livemig.sender.chunks import Chunk, ChunkOutcome, ChunkReport
-from livemig.sender.connection_messages import ChunkDone
+from livemig.sender.connection_messages import ChunksDone
 from livemig.sender.stats import BusyTime, MigrationStats
 from livemig.sender.transfer import TransferPool, _Connection
 
@@ -60,7 +60,7 @@ def test_a_chunk_reported_twice_counts_once():
     pool.stats, pool._changed, pool.budget = stats, threading.Condition(), WireBudget()
     connection = _Connection(0, None, None, outstanding={1: Chunk(1, (), False)})
     report = ChunkReport(0, 1, outcome(4096, 0, 4200), sent_at=10.0, acked_at=11.0)
-    pool._handle(connection, ChunkDone(report))
-    pool._handle(connection, ChunkDone(report))
+    pool._handle(connection, ChunksDone((report,)))
+    pool._handle(connection, ChunksDone((report,)))
     assert stats.totals.transmitted_bytes == 4096 and stats.processed_bytes == 4096
     assert not connection.outstanding
