@@ -140,7 +140,7 @@ def aligned_prefix(data_length: int) -> bytes:
 class FrameInPlace:
     """A PageBatch whose page bytes are written straight into the message to be sent.
 
-    The header (ranges, no zero ranges) is fixed at creation; the caller fills
+    The header (ranges, and zero ranges if any) is fixed at creation; the caller fills
     `data` (data_length bytes, every one of them) and calls finish(), or
     discard() when the chunk turned out to need another frame (it had zero pages).
     See common/bytes_in_place.py for why the message is filled in place.
@@ -156,8 +156,9 @@ class FrameInPlace:
         data_length: int,
         attempt: int = 0,
         settled_below: int = 0,
+        zero_ranges: np.ndarray | Sequence[MemoryRange] = (),
     ) -> None:
-        header = _header(session_token, batch_id, ranges, (), attempt, settled_below)
+        header = _header(session_token, batch_id, ranges, zero_ranges, attempt, settled_below)
         prefix = aligned_prefix(data_length)
         self._message = WritableBytes(len(prefix) + data_length + len(header))
         view = self._message.view

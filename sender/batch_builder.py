@@ -97,20 +97,20 @@ class BatchBuilder:
             chunk.settled_below,
         )
         windows: list[ResidentWindow] = []  # guest memory mapped in place (common/resident_window.py)
-        payload: list[memoryview] = []
+        parts: list[_Scanned] = []
         try:
             if not plan.skip_zero_pages:
-                payload = self._read_all(chunk, outcome, in_place.data)
+                parts = self._read_all(chunk, outcome, in_place.data)
                 data_ranges, zero_ranges = chunk_ranges, EMPTY_RANGES
             elif len(chunk.ranges) > MAPPED_MAX_RANGES and all(
                 r.gpa % plan.page_size == 0 and r.length % plan.page_size == 0 for r in chunk.ranges
             ):
-                data_ranges, zero_ranges, payload = self._scan_gathered(chunk, outcome, in_place.data)
+                data_ranges, zero_ranges, parts = self._scan_gathered(chunk, outcome, in_place.data)
             else:
                 scanned = self._scan_mapped(chunk, outcome, windows)
                 if scanned is None:  # some page not in memory (a hole, swapped out): pread
                     scanned = self._scan_each(chunk, outcome, in_place.data)
-                data_ranges, zero_ranges, payload = scanned
+                data_ranges, zero_ranges, parts = scanned
             outcome.transmitted_bytes = chunk.length - outcome.zero_bytes
             if chunk.zero_records:
                 outcome.zeroed_bytes = outcome.zero_bytes
@@ -118,9 +118,8 @@ class BatchBuilder:
                 zero_ranges = EMPTY_RANGES
             # Read once: the connection's pace may move the rung meanwhile (another thread).
             level = self.compressor.level if self.compressor is not None else None
-            packed = self._compress(payload, outcome.transmitted_bytes, level)
+            packed = self._compress(parts, outcome.transmitted_bytes, level)
             if packed is not None:
-                payload.clear()  # views into the in-place frame, dropped unsent
                 frame = encode_batch(
                     plan.session_token,
                     chunk.chunk_id,
@@ -137,26 +136,31 @@ class BatchBuilder:
                 outcome.compression_level = level
             elif outcome.zero_pages == 0 and chunk.length:
                 if windows:  # scanned in place: the frame is filled from the mapping, one copy
-                    _copy_into(payload, in_place.data)
-                payload.clear()  # views into the frame: none may outlive finish()
+                    _gather_into(parts, in_place.data, plan.page_size)
+                parts.clear()  # views into the frame: none may outlive finish()
                 frame: bytes | None = in_place.finish()  # every page read and non-zero: complete
             elif len(data_ranges) or len(zero_ranges) or chunk.attempt:
                 # A later attempt is sent even with nothing in it: an earlier one may have
                 # been applied, and the receiver must count this one in its place.
-                frame = encode_batch(
+                gathered = FrameInPlace(
                     plan.session_token,
                     chunk.chunk_id,
                     data_ranges,
-                    payload,
-                    zero_ranges,
+                    outcome.transmitted_bytes,
                     chunk.attempt,
                     chunk.settled_below,
+                    zero_ranges,
                 )
+                try:
+                    _gather_into(parts, gathered.data, plan.page_size)
+                    frame = gathered.finish()
+                finally:
+                    gathered.discard()  # no-op once finished
             else:
                 frame = None
         finally:
             in_place.discard()  # unsent and dropped (no-op once finished)
-            payload.clear()  # views into the windows go before the windows
+            parts.clear()  # views into the windows go before the windows
             for window in windows:
                 window.close()
         outcome.scan_seconds = time.monotonic() - started
@@ -166,27 +170,32 @@ class BatchBuilder:
         outcome.batches = 1
         return BuiltBatch(chunk, frame, outcome)
 
-    def _compress(self, payload: list[memoryview], raw_length: int, level: int | None) -> bytes | None:
+    def _compress(self, parts: list[_Scanned], raw_length: int, level: int | None) -> bytes | None:
         """The payload compressed at `level`, or None: compression off, nothing to send, or it
         did not pay."""
         if self.compressor is None or not raw_length:
             return None
-        return self.compressor.compress(payload, raw_length, level)
+        payload = _payload(parts)
+        try:
+            return self.compressor.compress(payload, raw_length, level)
+        finally:
+            payload.clear()  # views into the frame or the windows
 
-    def _read_all(self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview) -> list[memoryview]:
+    def _read_all(self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview) -> list[_Scanned]:
         """No skipping: every byte goes out as it is (the chunk's ranges are the data ranges)."""
-        payload, position = [], 0
+        parts, position = [], 0
         for memory_range in chunk.ranges:
             buffer = into[position : position + memory_range.length]
             position += memory_range.length
             self.plan.layout.read_into(memory_range.gpa, buffer)
-            payload.append(buffer)
+            runs = np.array([(memory_range.gpa, memory_range.length)], dtype=np.uint64)
+            parts.append(_Scanned(memory_range.gpa, buffer, runs))
             outcome.normal_pages += count_pages(memory_range.gpa, memory_range.length, self.plan.page_size)
-        return payload
+        return parts
 
     def _scan_mapped(
         self, chunk: Chunk, outcome: ChunkOutcome, windows: list[ResidentWindow]
-    ) -> tuple[np.ndarray, np.ndarray, list[memoryview]] | None:
+    ) -> tuple[np.ndarray, np.ndarray, list[_Scanned]] | None:
         """Range by range, scanned where the pages lie (a shared mapping, no copy); None,
         with nothing counted, unless every page of every range is in memory."""
         for memory_range in chunk.ranges:
@@ -208,7 +217,7 @@ class BatchBuilder:
 
     def _scan_each(
         self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview
-    ) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
+    ) -> tuple[np.ndarray, np.ndarray, list[_Scanned]]:
         """Range by range, read into the frame, skipping file holes unread (large ranges: iteration 0)."""
         layout, page_size = self.plan.layout, self.plan.page_size
 
@@ -223,7 +232,7 @@ class BatchBuilder:
 
     def _scan_gathered(
         self, chunk: Chunk, outcome: ChunkOutcome, into: memoryview
-    ) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
+    ) -> tuple[np.ndarray, np.ndarray, list[_Scanned]]:
         """Many page-aligned ranges (dirty pages): read back to back, scanned in one pass."""
         page_size = self.plan.page_size
         position = 0
@@ -233,35 +242,77 @@ class BatchBuilder:
         page_gpas = np.concatenate([np.arange(r.gpa, r.end, page_size, dtype=np.uint64) for r in chunk.ranges])
         scan, offsets = scan_pages(page_gpas, into[:position], page_size, self._region_starts)
         _count(outcome, scan, position)
-        payload = [
-            into[offset : offset + length]
-            for offset, length in zip(offsets.tolist(), scan.data[:, 1].tolist(), strict=True)
-        ]
-        return scan.data, scan.zero, payload
+        # The data runs by where they lie in `into` (a part at offset 0 of it).
+        runs = np.stack([offsets.astype(np.uint64), scan.data[:, 1]], axis=1).reshape(-1, 2)
+        return scan.data, scan.zero, [_Scanned(0, into[:position], runs)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Scanned:
+    """One range as scanned: where its bytes lie (`view`, the range from `gpa` on) and
+    its data runs (k x 2 uint64: gpa, length), the bytes that go out."""
+
+    gpa: int
+    view: memoryview
+    data: np.ndarray
 
 
 def _collect(
     outcome: ChunkOutcome, scanned: Iterable[tuple[MemoryRange, memoryview, ZeroScan]]
-) -> tuple[np.ndarray, np.ndarray, list[memoryview]]:
+) -> tuple[np.ndarray, np.ndarray, list[_Scanned]]:
     """Data and zero ranges of ranges scanned one by one (each with its bytes), counted, and
-    the payload: views of each range's data runs, in order."""
-    data_parts, zero_parts, payload = [], [], []
+    each range's data runs with its bytes, in order."""
+    data_parts, zero_parts, parts = [], [], []
     for memory_range, view, scan in scanned:
         _count(outcome, scan, memory_range.length)
         data_parts.append(scan.data)
         zero_parts.append(scan.zero)
-        base = memory_range.gpa
-        payload.extend(view[gpa - base : gpa - base + length] for gpa, length in scan.data.tolist())
-    return np.concatenate(data_parts), np.concatenate(zero_parts), payload
+        parts.append(_Scanned(memory_range.gpa, view, scan.data))
+    return np.concatenate(data_parts), np.concatenate(zero_parts), parts
 
 
-def _copy_into(parts: list[memoryview], into: memoryview) -> None:
-    """Parts one after another into `into` (numpy's copy lets go of the GIL)."""
+def _payload(parts: list[_Scanned]) -> list[memoryview]:
+    """A view of every data run, in order."""
+    return [part.view[gpa - part.gpa : gpa - part.gpa + length] for part in parts for gpa, length in part.data.tolist()]
+
+
+def _gather_into(parts: list[_Scanned], into: memoryview, page_size: int) -> None:
+    """Every data run, back to back, into `into`. Where a range's runs are whole pages
+    (always, but for ranges off page boundaries) its data pages go in one numpy `take`:
+    memory half written at random has about 500 runs per 8 MiB chunk, and a copy call
+    per run cost twice as much (0.67 against 0.38-0.48 ms a chunk)."""
     target = np.frombuffer(into, dtype=np.uint8)
     position = 0
     for part in parts:
-        np.copyto(target[position : position + len(part)], np.frombuffer(part, dtype=np.uint8))
-        position += len(part)
+        runs = part.data
+        if not len(runs):
+            continue
+        offsets = runs[:, 0] - np.uint64(part.gpa)
+        lengths = runs[:, 1]
+        size = int(lengths.sum())
+        source = np.frombuffer(part.view, dtype=np.uint8)
+        out = target[position : position + size]
+        if len(runs) > 1 and len(source) % page_size == 0 and not ((offsets | lengths) % page_size).any():
+            pages = _page_numbers(offsets // page_size, lengths // page_size)
+            rows = source.reshape(-1, page_size)
+            if pages[0] < 0 or pages[-1] >= len(rows):  # sorted runs: "clip" must never clip
+                raise AssertionError(f"data runs reach past their range at {part.gpa:#x}")
+            np.take(rows, pages, axis=0, out=out.reshape(-1, page_size), mode="clip")  # "clip": no buffering
+        else:
+            at = 0
+            for offset, length in zip(offsets.tolist(), lengths.tolist(), strict=True):
+                np.copyto(out[at : at + length], source[offset : offset + length])
+                at += length
+        position += size
+    if position != len(target):
+        raise AssertionError(f"data runs hold {position} bytes, the frame {len(target)}")
+
+
+def _page_numbers(first: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The page numbers of runs of pages (first page, count), in order."""
+    counts = counts.astype(np.int64)
+    starts = np.cumsum(counts) - counts  # where each run begins in the result
+    return np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(first.astype(np.int64) - starts, counts)
 
 
 def _count(outcome: ChunkOutcome, scan: ZeroScan, scanned_bytes: int) -> None:

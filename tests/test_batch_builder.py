@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from livemig.common.guest_memory import MemoryLayout, open_source_layout
 from livemig.common.ranges import MemoryRange
 from livemig.common.wire import decode_batch
-from livemig.sender.batch_builder import BatchBuilder, TransferPlan
+from livemig.sender.batch_builder import BatchBuilder, TransferPlan, _gather_into, _page_numbers, _payload, _Scanned
 from livemig.sender.chunks import Chunk
 
 PAGE = 4096
@@ -151,10 +152,12 @@ def test_a_chunk_without_zero_pages_is_sent_as_read(guest):
 
 
 def test_a_chunk_with_zero_pages_is_framed_again_with_only_its_data(guest):
-    layout, _contents = guest
+    layout, contents = guest
     built = builder(layout, skip=True).build(Chunk(2, (MemoryRange(GPA + 8 * PAGE, 4 * PAGE),), zero_records=False))
-    assert built.frame[:1] != PADDING_FIRST
-    assert pages_of(decode_batch(built.frame).ranges) == [9, 10, 11]
+    batch = decode_batch(built.frame)
+    assert pages_of(batch.ranges) == [9, 10, 11]
+    assert bytes(batch.data) == contents[9 * PAGE : 12 * PAGE]
+    assert len(built.frame) < 4 * PAGE  # the zero page is not in it
 
 
 def test_ranges_read_in_place_never_merge_across_regions(tmp_path):
@@ -214,3 +217,35 @@ def test_any_chunk_of_any_shape_reassembles(tmp_path_factory, touched, spans, sk
         assert (built.frame is None) == (outcome.batches == 0)
     finally:
         layout.close()
+
+
+@st.composite
+def scanned_parts(draw) -> list[_Scanned]:
+    """Ranges with their bytes and sorted, disjoint data runs: whole pages mostly, and
+    sometimes a range or runs off page boundaries (the run-by-run copy)."""
+    parts, gpa = [], GPA
+    for _ in range(draw(st.integers(1, 4))):
+        aligned = draw(st.booleans())
+        unit = PAGE if aligned else 512
+        units = draw(st.integers(1, 24))
+        view = memoryview(np.random.default_rng(draw(st.integers(0, 99))).integers(1, 255, units * unit, np.uint8))
+        cuts = sorted(set(draw(st.lists(st.integers(0, units), max_size=10))) | {0, units})
+        runs = [(gpa + a * unit, (b - a) * unit) for a, b in itertools.pairwise(cuts) if draw(st.booleans())]
+        parts.append(_Scanned(gpa, view, np.array(runs, dtype=np.uint64).reshape(-1, 2)))
+        gpa += units * unit + PAGE
+    return parts
+
+
+@given(scanned_parts())
+def test_data_pages_are_gathered_as_joined(parts):
+    """One numpy take per page-aligned range puts the same bytes in the frame, in the same
+    order, as copying each data run."""
+    expected = b"".join(_payload(parts))
+    frame = bytearray(len(expected))
+    _gather_into(parts, memoryview(frame), PAGE)
+    assert bytes(frame) == expected
+
+
+def test_page_numbers_of_runs():
+    assert _page_numbers(np.array([3, 10, 20]), np.array([2, 1, 3])).tolist() == [3, 4, 10, 20, 21, 22]
+    assert _page_numbers(np.array([], dtype=np.uint64), np.array([], dtype=np.uint64)).tolist() == []
