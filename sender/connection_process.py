@@ -164,17 +164,16 @@ class _ConnectionRun:
     def _run(self) -> None:
         spec = self.spec
         layout = None
-        channel = None
         reporter = GroupedReporter(self.to_parent)
         try:
             layout = open_pinned_layout(spec.regions, spec.page_size)
             plan = TransferPlan(
                 spec.session_token, layout, spec.page_size, spec.chunk_bytes, spec.skip_zero_pages, spec.compression
             )
-            channel = spec.security.channel(spec.endpoint, channel_options(spec.chunk_bytes, spec.index))
+            options = channel_options(spec.chunk_bytes, spec.index)
             stream = ConnectionStream(
                 spec.index,
-                channel,
+                lambda: spec.security.channel(spec.endpoint, options),
                 spec.session_token,
                 BatchBuilder(plan),
                 self.inbox,
@@ -191,8 +190,6 @@ class _ConnectionRun:
             outcome = Failed(failure)
         finally:
             reporter.flush()  # before the last word: every chunk reported counts
-            if channel is not None:
-                channel.close()
             if layout is not None:
                 layout.close()
             wipe_text(spec.session_token)  # this process serves other migrations next

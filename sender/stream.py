@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -98,7 +98,7 @@ class ConnectionStream:
     def __init__(
         self,
         index: int,
-        channel: grpc.Channel,
+        connect: Callable[[], grpc.Channel],
         session_token: str,
         builder: BatchBuilder,
         inbox: queue.Queue[Chunk | None],
@@ -110,7 +110,13 @@ class ConnectionStream:
         # With nothing to send for this long (a long all-zero scan), say "still here": the
         # receiver closes a stream that carries nothing for its idle timeout (0: never).
         self.heartbeat_seconds = heartbeat_seconds
-        self.channel = channel
+        # A channel per try: gRPC fails every call on a channel whose last connection
+        # attempt failed, at once and with the cached error, while it backs off. One 5 s
+        # handshake timeout followed by retries on the same channel spent all 5 tries of
+        # a connection in 4 s without another attempt (a 128-connection migration on 2
+        # busy cores failed so in CI); a fresh channel connects at once.
+        self._connect = connect
+        self.channel: grpc.Channel | None = None
         self.session_token = session_token
         self.builder = builder
         self.inbox = inbox
@@ -144,6 +150,13 @@ class ConnectionStream:
                 self._in_flight.clear()
             if self._built is not None:
                 self._built.close(join_seconds=5)
+            self._drop_channel()
+
+    def _drop_channel(self) -> None:
+        """Close this try's channel (the next try opens its own)."""
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
 
     def _stream_with_retries(self) -> None:
         """One stream at a time; when a connection breaks, a new stream resends every
@@ -176,6 +189,7 @@ class ConnectionStream:
                     self._lock.wait_for(lambda: not self._producing, timeout=5)
                     pending = len(self._in_flight)
                 self.reconnects += 1
+                self._drop_channel()
                 log.warning(
                     "connection %d: stream broke (%s: %s); reconnecting (try %d of %d), resending %d batches",
                     self.index,
@@ -190,6 +204,8 @@ class ConnectionStream:
 
     def _stream(self, epoch: int) -> None:
         self._stream_started = time.monotonic()
+        if self.channel is None:
+            self.channel = self._connect()
         transfer = self.channel.stream_stream(
             TRANSFER_METHOD, request_serializer=None, response_deserializer=pb.PageBatchAck.FromString
         )

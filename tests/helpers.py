@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import grpc
@@ -126,3 +127,18 @@ def start_guest(memory: Path) -> subprocess.Popen:
     guest = subprocess.Popen([sys.executable, "-c", _GUEST, str(memory)], stdout=subprocess.PIPE, text=True)
     assert guest.stdout is not None and guest.stdout.readline().strip() == "mapped"
     return guest
+
+
+# ConnectionStream stand-ins (tests/test_stream_watchdog.py, tests/test_connection_attempts.py).
+# Nothing is built in those tests (frames are put in flight by hand): a builder without compression.
+NO_BUILDER = types.SimpleNamespace(compressor=None)
+
+
+class Broken(grpc.RpcError):
+    """What gRPC raises for a stream whose connection broke."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "connection reset"

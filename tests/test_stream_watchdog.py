@@ -10,9 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import types
 
-import grpc
 import pytest
 
 from livemig.sender.chunks import Chunk, ChunkOutcome
@@ -24,12 +22,9 @@ from livemig.sender.stream import (
     TransferFailed,
     ack_allowance,
 )
+from tests.helpers import NO_BUILDER, Broken
 
 MIB = 1 << 20
-
-
-# Nothing is built in these tests (frames are put in flight by hand): a builder without compression.
-NO_BUILDER = types.SimpleNamespace(compressor=None)
 
 
 def stream_waiting_for(frames: dict[int, tuple[int, float | None]], last_ack_ago: float, started_ago: float):
@@ -87,14 +82,6 @@ def test_only_the_oldest_sent_batch_counts_and_unsent_ones_do_not():
     frames = {4: (64 << 10, 11.0), 5: (8 * MIB, 11.0), 6: (8 * MIB, None)}
     assert stream_waiting_for(frames, last_ack_ago=30, started_ago=30)._ack_overdue() is not None
     assert stream_waiting_for({6: (64 << 10, None)}, last_ack_ago=30, started_ago=30)._ack_overdue() is None
-
-
-class Broken(grpc.RpcError):
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self) -> str:
-        return "connection reset"
 
 
 class BreakingStream(ConnectionStream):
