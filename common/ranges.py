@@ -10,6 +10,8 @@ import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 DEFAULT_PAGE_SIZE = 4096
 MIN_PAGE_SIZE = 512
 MAX_PAGE_SIZE = 1 << 30
@@ -27,6 +29,16 @@ class MemoryRange:
 
     def contains(self, other: MemoryRange) -> bool:
         return self.gpa <= other.gpa and other.end <= self.end
+
+
+def ranges_to_array(ranges: Iterable[MemoryRange]) -> np.ndarray:
+    """Ranges as a k x 2 uint64 array (gpa, length): how pipes and the wire carry them."""
+    return np.array([(r.gpa, r.length) for r in ranges], dtype=np.uint64).reshape(-1, 2)
+
+
+def ranges_from_array(array: np.ndarray) -> list[MemoryRange]:
+    """The inverse of ranges_to_array."""
+    return [MemoryRange(gpa, length) for gpa, length in array.tolist()]
 
 
 def effective_page_size(page_size: int) -> int:

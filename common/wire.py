@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from livemig.common.bytes_in_place import WritableBytes
 from livemig.common.proto import livemig_pb2 as pb
-from livemig.common.ranges import MemoryRange
+from livemig.common.ranges import MemoryRange, ranges_to_array
 
 DATA_FIELD_NUMBER = pb.PageBatch.DESCRIPTOR.fields_by_name["data"].number
 _DATA_TAG = bytes([(DATA_FIELD_NUMBER << 3) | 2])  # wire type 2: length-delimited
@@ -77,7 +77,7 @@ PACKED_RANGE_BYTES = 16
 def pack_ranges(ranges: np.ndarray | Sequence[MemoryRange]) -> bytes:
     """(gpa, length) pairs as little-endian u64, as PageBatch.ranges carries them."""
     if not isinstance(ranges, np.ndarray):
-        ranges = np.array([(r.gpa, r.length) for r in ranges], dtype=np.uint64).reshape(-1, 2)
+        ranges = ranges_to_array(ranges)
     return np.ascontiguousarray(ranges, dtype=RANGE_DTYPE).tobytes()
 
 

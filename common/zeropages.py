@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from livemig.common.guest_memory import MemoryLayout
-from livemig.common.ranges import MemoryRange, align_down
+from livemig.common.ranges import MemoryRange, align_down, ranges_from_array
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +48,6 @@ class ZeroScan:
 
 
 EMPTY_RANGES = np.zeros((0, 2), dtype=np.uint64)
-
-
-def ranges_from_array(array: np.ndarray) -> list[MemoryRange]:
-    return [MemoryRange(gpa, length) for gpa, length in array.tolist()]
 
 
 def unit_bounds(gpa: int, length: int, page_size: int) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 from livemig.common.compression import PayloadCompressor
 from livemig.common.guest_memory import MemoryLayout
 from livemig.common.proto import livemig_pb2 as pb
-from livemig.common.ranges import MemoryRange
+from livemig.common.ranges import MemoryRange, ranges_to_array
 from livemig.common.resident_window import ResidentWindow
 from livemig.common.wire import GRPC_MESSAGE_PREFIX, FrameInPlace, encode_batch
 from livemig.common.zeropages import (
@@ -86,7 +86,7 @@ class BatchBuilder:
         plan = self.plan
         started = time.monotonic()
         outcome = ChunkOutcome(chunk_bytes=chunk.length)
-        chunk_ranges = np.array([(r.gpa, r.length) for r in chunk.ranges], dtype=np.uint64).reshape(-1, 2)
+        chunk_ranges = ranges_to_array(chunk.ranges)
         # Framed as all data; the pages are read into it where they will be sent.
         in_place = FrameInPlace(
             plan.session_token,

@@ -30,7 +30,7 @@ import numpy as np
 
 from livemig.common.allocator import recycle_large_blocks, release_free_memory
 from livemig.common.guest_memory import LayoutError, MemoryLayout, open_source_layout
-from livemig.common.ranges import MemoryRange
+from livemig.common.ranges import ranges_from_array
 from livemig.common.transport import channel_options
 from livemig.common.worker_processes import PipeSender, UnknownMessage, ignore_stop_signals, log_through_parent
 from livemig.sender.batch_builder import BatchBuilder, TransferPlan
@@ -151,7 +151,7 @@ class _ConnectionRun:
         match message:
             case SendChunks(orders):
                 for order in orders:
-                    ranges = tuple(MemoryRange(gpa, length) for gpa, length in np.asarray(order.ranges).tolist())
+                    ranges = tuple(ranges_from_array(np.asarray(order.ranges)))
                     chunk = Chunk(order.chunk_id, ranges, order.zero_records, order.attempt, order.settled_below)
                     self.inbox.put(chunk)
             case Close():

@@ -35,9 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from livemig.common.ranges import MemoryRange, RangeTable
+from livemig.common.ranges import MemoryRange, RangeTable, ranges_to_array
 from livemig.common.retry_budget import RetryBudget
 from livemig.common.worker_processes import UnknownMessage, WorkerLog, read_reports, relog
 from livemig.sender.bandwidth_cap import WireBudget
@@ -348,5 +346,6 @@ class TransferPool:
 
 
 def _order(chunk: Chunk) -> ChunkOrder:
-    table = np.array([(r.gpa, r.length) for r in chunk.ranges], dtype=np.uint64).reshape(-1, 2)
-    return ChunkOrder(chunk.chunk_id, table, chunk.zero_records, chunk.attempt, chunk.settled_below)
+    return ChunkOrder(
+        chunk.chunk_id, ranges_to_array(chunk.ranges), chunk.zero_records, chunk.attempt, chunk.settled_below
+    )

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from livemig.common.proto import livemig_pb2 as pb
-from livemig.common.ranges import MemoryRange
+from livemig.common.ranges import MemoryRange, ranges_from_array
 from livemig.common.wire import (
     DATA_ALIGNMENT,
     BatchDecodeError,
@@ -20,7 +20,6 @@ from livemig.common.wire import (
     encode_varint,
     pack_ranges,
 )
-from livemig.common.zeropages import ranges_from_array
 
 range_lists = st.lists(st.builds(MemoryRange, st.integers(0, 1 << 63), st.integers(0, 1 << 20)), max_size=5)
 
