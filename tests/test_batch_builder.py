@@ -249,3 +249,75 @@ def test_data_pages_are_gathered_as_joined(parts):
 def test_page_numbers_of_runs():
     assert _page_numbers(np.array([3, 10, 20]), np.array([2, 1, 3])).tolist() == [3, 4, 10, 20, 21, 22]
     assert _page_numbers(np.array([], dtype=np.uint64), np.array([], dtype=np.uint64)).tolist() == []
+
+
+def reassembled(built, first: int, count: int) -> bytes:
+    """The pages [first, first + count) as the destination holds them after this batch."""
+    rebuilt = bytearray(count * PAGE)
+    if built.frame is not None:
+        batch = decode_batch(built.frame)
+        position = 0
+        for gpa, length in batch.ranges.tolist():
+            offset = gpa - GPA - first * PAGE
+            rebuilt[offset : offset + length] = batch.data[position : position + length]
+            position += length
+    return bytes(rebuilt)
+
+
+def test_after_a_chunk_without_zero_pages_the_next_is_read_not_mapped(tmp_path, monkeypatch):
+    """Dense memory comes in runs: after a chunk with no zero page the mapping (its page
+    tables cost more than they save there) is skipped for the next, until a chunk has
+    zero pages again. Every frame is right whichever way it was read."""
+    dense, sparse = list(range(32)), [33, 40, 41, 50]
+    contents = write_guest(tmp_path / "guest.img", dense + sparse)
+    layout = open_source_layout([(GPA, str(tmp_path / "guest.img"))], PAGE)
+    mapped = []
+    resident_window = layout.resident_window
+
+    def counted_window(gpa: int, length: int):
+        mapped.append(gpa)
+        return resident_window(gpa, length)
+
+    monkeypatch.setattr(layout, "resident_window", counted_window)
+    try:
+        chunks = builder(layout, skip=True)
+        # (first page, count, read through a mapping?, dense afterwards?)
+        steps = [
+            (0, 8, True, True),
+            (8, 8, False, True),
+            (16, 16, False, True),
+            (32, 16, False, False),  # guessed dense, read with pread: framed again all the same
+            (48, 16, True, False),
+        ]
+        for number, (first, count, through_mapping, dense_after) in enumerate(steps):
+            before = len(mapped)
+            chunk = Chunk(number + 1, (MemoryRange(GPA + first * PAGE, count * PAGE),), zero_records=False)
+            built = chunks.build(chunk)
+            assert (len(mapped) > before) == through_mapping, (first, count)
+            assert chunks.last_chunk_dense == dense_after
+            assert reassembled(built, first, count) == contents[first * PAGE : (first + count) * PAGE]
+    finally:
+        layout.close()
+
+
+@given(
+    st.lists(st.integers(0, PAGES - 1), unique=True, max_size=PAGES),
+    st.lists(st.tuples(st.integers(0, PAGES - 1), st.integers(1, 16)), min_size=1, max_size=8),
+)
+def test_one_builder_reassembles_any_sequence_of_chunks(tmp_path_factory, touched, steps):
+    """A connection's builder carries what the last chunk was like into the next: any
+    order of dense and sparse chunks still reassembles to the source."""
+    directory = tmp_path_factory.mktemp("guest")
+    contents = write_guest(directory / "guest.img", touched)
+    layout = open_source_layout([(GPA, str(directory / "guest.img"))], PAGE)
+    try:
+        chunks = builder(layout, skip=True)
+        for number, (first, count) in enumerate(steps):
+            count = min(count, PAGES - first)
+            chunk = Chunk(number + 1, (MemoryRange(GPA + first * PAGE, count * PAGE),), zero_records=True)
+            built = chunks.build(chunk)
+            assert reassembled(built, first, count) == contents[first * PAGE : (first + count) * PAGE]
+            assert built.outcome.zero_bytes + built.outcome.transmitted_bytes == count * PAGE
+            assert chunks.last_chunk_dense == (built.outcome.zero_pages == 0)
+    finally:
+        layout.close()
