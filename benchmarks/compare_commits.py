@@ -43,7 +43,8 @@ PACKAGES = ("cli", "common", "sender", "receiver")
 # (touched ratio, skip zero pages): the cases for "no more than 10 % slower", and
 # issue 25's dense case (every page written, skipping on: each page scanned, none skipped).
 CASES = ((1.0, False), (0.5, True), (1.0, True))
-OLD_DEFAULT_BATCH_MIB = 4  # 5433915's default batch: each side runs as it ships
+# 5433915's default batch (4 MiB), for a tree whose default cannot be read (shipped_batch_bytes)
+OLD_DEFAULT_BATCH_MIB = 4
 
 
 def repo_root() -> Path:
@@ -83,6 +84,20 @@ def loaded_from(env: dict[str, str], cwd: Path) -> list[Path]:
     )
     out = subprocess.check_output([sys.executable, "-c", code], env={**os.environ, **env}, cwd=cwd, text=True)
     return [Path(line).resolve() for line in out.split()]
+
+
+def shipped_batch_bytes(env: dict[str, str], cwd: Path) -> int:
+    """The default batch size of the tree `env` loads (each side runs as it ships).
+
+    Until stop 17 the old side always ran with OLD_DEFAULT_BATCH_MIB: comparing two
+    recent commits (8 MiB by default) gave the old one 4 MiB batches, and it was
+    0.11-0.19 s/GiB slower on identical code (an A/A run, docs/benchmarks.md)."""
+    code = "from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES as b; print(b)"
+    try:
+        out = subprocess.check_output([sys.executable, "-c", code], env={**os.environ, **env}, cwd=cwd, text=True)
+    except subprocess.CalledProcessError:
+        return OLD_DEFAULT_BATCH_MIB << 20
+    return int(out.strip())
 
 
 def check_code(env: dict[str, str], cwd: Path, tree: Path, label: str) -> None:
@@ -129,13 +144,12 @@ def main() -> None:
         "--batch-mib",
         type=int,
         default=None,
-        help="batch size for both sides (default: each side's own default, OLD_DEFAULT_BATCH_MIB for the old one)",
+        help="batch size for both sides (default: each side's own default, read from its tree)",
     )
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     size = args.size
     connections = [int(n) for n in args.connections.split(",")]
-    old_batch = (args.batch_mib or OLD_DEFAULT_BATCH_MIB) << 20
     new_batch = args.batch_mib << 20 if args.batch_mib else DEFAULT_MAX_BATCH_BYTES
 
     root = repo_root()
@@ -147,7 +161,9 @@ def main() -> None:
         old_tree, old_commit = add_worktree(root, args.old_ref, scratch)
         new_commit = subprocess.check_output(["git", "-C", str(root), "rev-parse", "HEAD"], text=True).strip()
         dirty = subprocess.check_output(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"])
-        old = Side(f"old {old_commit[:7]}", old_tree, {"PYTHONPATH": str(import_shim(old_tree))}, old_batch)
+        old_env = {"PYTHONPATH": str(import_shim(old_tree))}
+        old_batch = args.batch_mib << 20 if args.batch_mib else shipped_batch_bytes(old_env, old_tree)
+        old = Side(f"old {old_commit[:7]}", old_tree, old_env, old_batch)
         new = Side(f"new {new_commit[:7]}{'+changes' if dirty else ''}", root, {}, new_batch)
         check_code(old.env, old.tree, old.tree, old.label)
         check_code(new.env, new.tree, new.tree, new.label)
@@ -158,7 +174,8 @@ def main() -> None:
                 assert side.tx is not None and side.rx is not None
                 console.print(
                     f"{side.label}: sender tree {len(process_tree(side.tx.pid))} processes, "
-                    f"receiver tree {len(process_tree(side.rx.pid))} processes"
+                    f"receiver tree {len(process_tree(side.rx.pid))} processes, "
+                    f"batches of {human_bytes(side.batch_bytes)}"
                 )
             for touched, skip in CASES:
                 image = workdir / "guest.img"
