@@ -91,7 +91,7 @@ def shipped_batch_bytes(env: dict[str, str], cwd: Path) -> int:
 
     Until stop 17 the old side always ran with OLD_DEFAULT_BATCH_MIB: comparing two
     recent commits (8 MiB by default) gave the old one 4 MiB batches, and it was
-    0.11-0.19 s/GiB slower on identical code (an A/A run, docs/benchmarks.md)."""
+    0.07-0.13 sender CPU s/GiB slower in the skipping cases on identical code (an A/A run, docs/benchmarks.md)."""
     code = "from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES as b; print(b)"
     try:
         out = subprocess.check_output([sys.executable, "-c", code], env={**os.environ, **env}, cwd=cwd, text=True)
