@@ -32,6 +32,23 @@ def assert_one_line_error(result: subprocess.CompletedProcess, code: int | None 
     return lines[0]
 
 
+@pytest.fixture(autouse=True)
+def children_take_ctrl_c() -> Iterator[None]:
+    """The CLIs these tests interrupt must start with SIGINT at its default. A test run
+    started as a background job of a script (`cmd &` without job control) inherits
+    SIGINT ignored, every CLI it starts would too (Python leaves an ignored SIGINT
+    ignored), and the Ctrl-C tests would wait for nothing. A handler here is reset to
+    the default in each child at exec."""
+    inherited = signal.getsignal(signal.SIGINT)
+    if inherited == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if inherited == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.fixture
 def busy_port() -> Iterator[int]:
     with socket.socket() as listener:
