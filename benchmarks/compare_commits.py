@@ -1,6 +1,6 @@
 """An older commit of livemig against this tree, side by side in one run.
 
-Usage: .venv/bin/python benchmarks/compare_commits.py [OLD_REF] [--size 1G] [--repeat 3] [--markdown] [--warm-each 4G]
+Usage: .venv/bin/python benchmarks/compare_commits.py [OLD_REF] [--size 1G] [--repeat 3] [--markdown]
 
 The old commit is checked out with `git worktree` into a temporary folder and
 run with this tree's venv (same Python, grpcio, numpy) through PYTHONPATH: a
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from livemig.cli.bench import Case, cpu_per_gib, measure_case, receiver_args, warm_free_memory
+from livemig.cli.bench import Case, cpu_per_gib, measure_case, receiver_args
 from livemig.cli.images import make_image, tmpfs_dir
 from livemig.cli.processes import ServiceProcess, process_tree
 from livemig.cli.report import human_bytes, print_table
@@ -146,13 +146,6 @@ def main() -> None:
         default=None,
         help="batch size for both sides (default: each side's own default, read from its tree)",
     )
-    parser.add_argument(
-        "--warm-each",
-        type=size_in_mib_by_default,
-        default="4G",
-        help="tmpfs bytes written and removed before every measured run, not timed (0: none); default 4G "
-        "(on this VM pages the guest has not touched lately cost more to touch: benchmarks/qemu_compare.py)",
-    )
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     size = args.size
@@ -194,8 +187,6 @@ def main() -> None:
                     for count in connections:
                         for side in (old, new) if repeat % 2 == 0 else (new, old):
                             assert side.tx is not None and side.rx is not None
-                            if args.warm_each:
-                                warm_free_memory(tmpfs_dir(), args.warm_each)
                             case = measure_case(side.tx, side.rx, image, touched, count, skip, side.batch_bytes)
                             side.runs.setdefault((touched, skip, count), []).append(case)
                 image.unlink()

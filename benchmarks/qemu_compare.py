@@ -1,18 +1,12 @@
 """QEMU's own migration (multifd) against livemig, on the same guest image, interleaved.
 
 Usage: .venv/bin/python benchmarks/qemu_compare.py [--size 1G] [--touched 1,0.5] [--connections 2]
-           [--repeat 3] [--markdown] [--sides qemu,livemig,bare,floor] [--warm 8G] [--warm-each 4G]
+           [--repeat 3] [--markdown] [--sides qemu,livemig,bare,floor] [--warm 8G]
 
 Before the first run it states what tmpfs holds and MemAvailable (old files on
 /dev/shm slowed every side that allocates pages here by a third) and writes
---warm bytes to tmpfs and removes them (docs/benchmarks.md, issue 25, stop 15).
-Before every measured run, of every side, it does the same with --warm-each
-bytes, outside the measured span: on this VM the first touch of a page the
-guest has not touched lately can cost four times as much (the kernel's copy into
-fresh tmpfs pages, `copy_folio_from_iter_atomic`, 0.77 against 0.20 CPU s/GiB in
-a receiver's slow and fast rounds; stop 17), and which side met such pages
-depended on the order of the rounds. With 4 GiB warmed before each, eight rounds
-in a row of livemig's receiver stayed at 1.12-1.26 s/GiB, against 1.18-1.84 without.
+--warm bytes to tmpfs and removes them, so that every side and round starts
+with recently touched free memory (docs/benchmarks.md, issue 25, stop 15).
 
 QEMU side: two `-S` guests (never started, so no guest OS is needed) whose RAM
 is a file on /dev/shm (`memory-backend-file`, share=on); the source's file is
@@ -232,12 +226,6 @@ def main() -> None:
         default="8G",
         help="tmpfs bytes written and removed before the first run (0: none); default 8G",
     )
-    parser.add_argument(
-        "--warm-each",
-        type=size_in_mib_by_default,
-        default="4G",
-        help="tmpfs bytes written and removed before every measured run, not timed (0: none); default 4G",
-    )
     args = parser.parse_args()
     unknown = sorted(set(args.sides.split(",")) - set(SIDES))
     if unknown:
@@ -257,8 +245,6 @@ def main() -> None:
     if args.warm:
         warmed = warm_free_memory(tmpfs_dir(), args.warm)
         console.print(f"free memory warmed: {human_bytes(warmed)} written to {tmpfs_dir()} and removed")
-    if args.warm_each:
-        console.print(f"and {human_bytes(args.warm_each)} (at most half of MemAvailable) before every run")
 
     workdir = Path(tempfile.mkdtemp(prefix="livemig-qemu-", dir=tmpfs_dir()))
     qemu_runs: dict[tuple[float, int], list[Run]] = {}
@@ -286,8 +272,6 @@ def main() -> None:
                         key = (ratio, count)
                         sides = tuple(args.sides.split(","))
                         for side in sides if repeat % 2 == 0 else sides[::-1]:
-                            if args.warm_each:
-                                warm_free_memory(tmpfs_dir(), args.warm_each)
                             if side in ("bare", "floor"):
                                 pairs, runs = (ceiling, bare_runs) if side == "bare" else (floor, floor_runs)
                                 payload = max(int(size * ratio), batch_bytes)
