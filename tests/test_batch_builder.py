@@ -51,6 +51,19 @@ def pages_of(ranges: np.ndarray) -> list[int]:
     ]
 
 
+def reassembled(built, first: int, count: int) -> bytes:
+    """The pages [first, first + count) as the destination holds them after this batch."""
+    rebuilt = bytearray(count * PAGE)
+    if built.frame is not None:
+        batch = decode_batch(built.frame)
+        position = 0
+        for gpa, length in batch.ranges.tolist():
+            offset = gpa - GPA - first * PAGE
+            rebuilt[offset : offset + length] = batch.data[position : position + length]
+            position += length
+    return bytes(rebuilt)
+
+
 def test_without_skipping_every_byte_goes_out(guest):
     layout, contents = guest
     built = builder(layout, skip=False).build(Chunk(7, (MemoryRange(GPA, PAGES * PAGE),), zero_records=False))
@@ -122,15 +135,7 @@ def test_any_chunk_reassembles_to_the_source(tmp_path_factory, touched, first, c
         count = min(count, PAGES - first)
         chunk = Chunk(9, (MemoryRange(GPA + first * PAGE, count * PAGE),), zero_records=True)
         built = builder(layout, skip=True).build(chunk)
-        rebuilt = bytearray(count * PAGE)  # what the destination holds after this batch
-        if built.frame is not None:
-            batch = decode_batch(built.frame)
-            position = 0
-            for gpa, length in batch.ranges.tolist():
-                offset = gpa - GPA - first * PAGE
-                rebuilt[offset : offset + length] = batch.data[position : position + length]
-                position += length
-        assert bytes(rebuilt) == contents[first * PAGE : (first + count) * PAGE]
+        assert reassembled(built, first, count) == contents[first * PAGE : (first + count) * PAGE]
         assert built.outcome.zero_bytes + built.outcome.transmitted_bytes == count * PAGE
     finally:
         layout.close()
@@ -249,19 +254,6 @@ def test_data_pages_are_gathered_as_joined(parts):
 def test_page_numbers_of_runs():
     assert _page_numbers(np.array([3, 10, 20]), np.array([2, 1, 3])).tolist() == [3, 4, 10, 20, 21, 22]
     assert _page_numbers(np.array([], dtype=np.uint64), np.array([], dtype=np.uint64)).tolist() == []
-
-
-def reassembled(built, first: int, count: int) -> bytes:
-    """The pages [first, first + count) as the destination holds them after this batch."""
-    rebuilt = bytearray(count * PAGE)
-    if built.frame is not None:
-        batch = decode_batch(built.frame)
-        position = 0
-        for gpa, length in batch.ranges.tolist():
-            offset = gpa - GPA - first * PAGE
-            rebuilt[offset : offset + length] = batch.data[position : position + length]
-            position += length
-    return bytes(rebuilt)
 
 
 def test_after_a_chunk_without_zero_pages_the_next_is_read_not_mapped(tmp_path, monkeypatch):
