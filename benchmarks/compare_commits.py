@@ -76,14 +76,21 @@ def import_shim(tree: Path) -> Path:
     return shim
 
 
+def python_output(env: dict[str, str], cwd: Path, code: str, quiet: bool = False) -> str:
+    """What `code` prints, run by this venv's Python with `env` (a side's PYTHONPATH) added;
+    `quiet`: its errors are not shown (the caller handles the failure)."""
+    command = [sys.executable, "-c", code]
+    stderr = subprocess.DEVNULL if quiet else None
+    return subprocess.check_output(command, env={**os.environ, **env}, cwd=cwd, text=True, stderr=stderr)
+
+
 def loaded_from(env: dict[str, str], cwd: Path) -> list[Path]:
     """Where a `python -m livemig.cli.main`-like process with `env` loads the services from."""
     code = (
         "import livemig.sender.service, livemig.receiver.service, livemig.cli.main\n"
         "for m in (livemig.sender.service, livemig.receiver.service, livemig.cli.main): print(m.__file__)"
     )
-    out = subprocess.check_output([sys.executable, "-c", code], env={**os.environ, **env}, cwd=cwd, text=True)
-    return [Path(line).resolve() for line in out.split()]
+    return [Path(line).resolve() for line in python_output(env, cwd, code).split()]
 
 
 def shipped_batch_bytes(env: dict[str, str], cwd: Path) -> int:
@@ -94,10 +101,9 @@ def shipped_batch_bytes(env: dict[str, str], cwd: Path) -> int:
     0.07-0.13 sender CPU s/GiB slower in the skipping cases on identical code (an A/A run, docs/benchmarks.md)."""
     code = "from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES as b; print(b)"
     try:
-        out = subprocess.check_output([sys.executable, "-c", code], env={**os.environ, **env}, cwd=cwd, text=True)
-    except subprocess.CalledProcessError:
+        return int(python_output(env, cwd, code, quiet=True).strip())
+    except subprocess.CalledProcessError:  # a tree from before the constant
         return OLD_DEFAULT_BATCH_MIB << 20
-    return int(out.strip())
 
 
 def check_code(env: dict[str, str], cwd: Path, tree: Path, label: str) -> None:
