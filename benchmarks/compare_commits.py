@@ -156,9 +156,14 @@ def main() -> None:
     args = parser.parse_args()
     size = args.size
     connections = [int(n) for n in args.connections.split(",")]
+    if args.batch_mib is not None and args.batch_mib <= 0:
+        parser.error(f"--batch-mib must be at least 1, not {args.batch_mib}")
     new_batch = args.batch_mib << 20 if args.batch_mib else DEFAULT_MAX_BATCH_BYTES
 
     root = repo_root()
+    verify = ["git", "-C", str(root), "rev-parse", "--verify", "--quiet", f"{args.old_ref}^{{commit}}"]
+    if subprocess.run(verify, stdout=subprocess.DEVNULL).returncode:
+        parser.error(f"{args.old_ref!r} is not a commit of {root}")
     console = Console(width=200)
     scratch = Path(tempfile.mkdtemp(prefix="livemig-compare-"))
     workdir = Path(tempfile.mkdtemp(prefix="livemig-compare-", dir=tmpfs_dir()))
