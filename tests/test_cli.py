@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import signal
 import socket
 import subprocess
@@ -317,9 +318,14 @@ def test_ctrl_c_on_watch_stops_watching_and_leaves_the_migration_running(sender,
         with channel:
             try:
                 wait_for(stub, migration_id, lambda status: status.stats.iterations >= 2, timeout=60)
-                time.sleep(0.5)  # the watcher is following by now
+                # The watcher is following once it prints its first iteration line. A fixed
+                # sleep was not enough with both cores busy: Python had not started yet, and
+                # Ctrl-C stopped it before it said the migration goes on.
+                assert select.select([watcher.stderr], [], [], 60)[0], "the watcher printed nothing in 60 s"
+                first_line = watcher.stderr.readline()
                 watcher.send_signal(signal.SIGINT)
-                _stdout, stderr = watcher.communicate(timeout=30)
+                _stdout, rest = watcher.communicate(timeout=30)
+                stderr = first_line + rest
                 assert watcher.returncode == 130, stderr
                 assert "goes on" in stderr and "Traceback" not in stderr
                 status = stub.GetMigration(pb.MigrationRequest(migration_id=migration_id))
