@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.forkserver
 import multiprocessing.process
 import os
+import select
 import signal
 import sys
 import threading
@@ -157,17 +159,23 @@ def read_reports(
     """One round of a parent's report loop: waits up to `timeout` for a message or a death,
     hands every message to handle(worker, message) in the order sent, and a death to
     died(worker) after everything the worker said before it died. False when there was
-    nothing to wait on."""
-    waitables: dict[object, W] = {}
+    nothing to wait on.
+
+    It waits with one poll(2) on the pipes and process sentinels, not with
+    multiprocessing.connection.wait, and drains a pipe with poll(2) before each read,
+    not with Connection.poll: both build a selectors object per call, in Python. A data
+    worker reports every batch, and the parent's report thread spent 184 µs of CPU per
+    report that way against 44 µs (docs/benchmarks.md, stop 18)."""
+    waitables: dict[int, tuple[W, bool]] = {}  # fd -> (worker, it is the pipe)
     for worker in workers:
         if not worker.pipe.closed:
-            waitables[worker.pipe] = worker
-        waitables[worker.process.sentinel] = worker
+            waitables[worker.pipe.fileno()] = (worker, True)
+        waitables[worker.process.sentinel] = (worker, False)
     if not waitables:
         return False
-    for ready in multiprocessing.connection.wait(list(waitables), timeout=timeout):
-        worker = waitables[ready]
-        if ready is worker.pipe:
+    for fd in _ready(list(waitables), timeout):
+        worker, is_pipe = waitables[fd]
+        if is_pipe:
             _drain(worker, handle)
         elif not worker.process.is_alive():
             _drain(worker, handle)  # what it said before it died counts
@@ -175,10 +183,18 @@ def read_reports(
     return True
 
 
+def _ready(fds: list[int], timeout: float) -> list[int]:
+    """The fds of `fds` that are readable, hung up or in error within `timeout` seconds."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _events in poller.poll(max(0, math.ceil(timeout * 1000)))]
+
+
 def _drain(worker: W, handle: Callable[[W, Any], None]) -> None:
     while True:
         try:
-            if worker.pipe.closed or not worker.pipe.poll():
+            if worker.pipe.closed or not _ready([worker.pipe.fileno()], 0):
                 return
             message = worker.pipe.recv()
         except (EOFError, OSError):
