@@ -134,25 +134,39 @@ def merge_contiguous(ranges: np.ndarray, boundaries: np.ndarray | None = None) -
 
 
 def scan_zero_pages(gpa: int, buffer: bytes | bytearray | memoryview, page_size: int) -> ZeroScan:
-    """Classify the span [gpa, gpa + len(buffer)) whose bytes are `buffer`."""
+    """Classify the span [gpa, gpa + len(buffer)) whose bytes are `buffer`.
+
+    A span whose units all hold data (dense memory, every chunk of a fully written
+    guest) or are all zero is one range: its runs are not worked out unit by unit
+    (a dozen numpy calls, about 0.1 ms a chunk whatever its size; stop 18)."""
     data = np.frombuffer(buffer, dtype=np.uint8)
     length = len(data)
     if length == 0:
         return ZeroScan(EMPTY_RANGES, EMPTY_RANGES, 0, 0)
-    bounds = unit_bounds(gpa, length, page_size)
-    flags = _nonzero_flags(gpa, data, len(bounds) - 1, page_size)
+    units = count_pages(gpa, length, page_size)
+    flags = _nonzero_flags(gpa, data, units, page_size)
     normal = int(np.count_nonzero(flags))
+    if normal in (0, units):
+        whole = np.array([[gpa, length]], dtype=np.uint64)
+        if normal:
+            return ZeroScan(data=whole, zero=EMPTY_RANGES, zero_pages=0, normal_pages=units)
+        return ZeroScan(data=EMPTY_RANGES, zero=whole, zero_pages=units, normal_pages=0)
+    bounds = unit_bounds(gpa, length, page_size)
     return ZeroScan(
         data=_runs(gpa, bounds, flags, True),
         zero=_runs(gpa, bounds, flags, False),
-        zero_pages=len(flags) - normal,
+        zero_pages=units - normal,
         normal_pages=normal,
     )
 
 
 def count_pages(gpa: int, length: int, page_size: int) -> int:
-    """Number of page units (partial edge pages included) in a span."""
-    return len(unit_bounds(gpa, length, page_size)) - 1 if length else 0
+    """Number of page units (partial edge pages included) in a span: one, and one more
+    for each page boundary strictly inside it (unit_bounds' inner boundaries)."""
+    if length <= 0:
+        return 0
+    first_boundary = (-gpa) % page_size or page_size
+    return 1 + max(0, -(-(length - first_boundary) // page_size))
 
 
 def scan_guest_range(layout: MemoryLayout, gpa: int, buffer: memoryview, page_size: int) -> ZeroScan:

@@ -18,6 +18,7 @@ from livemig.common.zeropages import (
     scan_guest_range,
     scan_pages,
     scan_zero_pages,
+    unit_bounds,
 )
 
 
@@ -93,6 +94,24 @@ def test_all_zero_and_all_data():
     assert scan_zero_pages(0, bytes(1 << 20), 4096).data_ranges == []
     full = scan_zero_pages(0, b"\xff" * (1 << 20), 4096)
     assert full.data_ranges == [MemoryRange(0, 1 << 20)] and full.normal_pages == 256
+
+
+@pytest.mark.parametrize("fill", [0, 0xFF])
+@pytest.mark.parametrize("gpa, length", [(0, 4096), (100, 4096), (4096 - 100, 100), (4000, 3 * 4096 + 5), (0, 1)])
+def test_a_uniform_span_is_one_range_of_its_kind(fill, gpa, length):
+    """All data or all zero, unaligned edges included: one range, and every unit counted."""
+    scan = scan_zero_pages(gpa, bytes([fill]) * length, 4096)
+    whole = [MemoryRange(gpa, length)]
+    units = count_pages(gpa, length, 4096)
+    assert (scan.data_ranges, scan.zero_ranges) == ((whole, []) if fill else ([], whole))
+    assert (scan.normal_pages, scan.zero_pages) == ((units, 0) if fill else (0, units))
+    assert scan.data.dtype == scan.zero.dtype == np.uint64 and scan.data.shape[1:] == scan.zero.shape[1:] == (2,)
+
+
+@settings(max_examples=500)
+@given(st.integers(0, 1 << 44), st.integers(0, 1 << 20), st.sampled_from([512, 4096, 16384, 2 << 20]))
+def test_count_pages_counts_the_units_unit_bounds_makes(gpa, length, page_size):
+    assert count_pages(gpa, length, page_size) == (len(unit_bounds(gpa, length, page_size)) - 1 if length else 0)
 
 
 @st.composite
