@@ -5,6 +5,13 @@ asks for the next message only after it has written the current one, and a clien
 builds its next message only after the previous send completed. The slow parts of
 each step (socket reads and writes, pread, pwrite, page population) release the GIL,
 so one item of read-ahead lets preparing the next message overlap this one's I/O.
+
+That thread pays only where it has a core of its own. Handing each item between two
+threads costs wakeups, and the item's bytes are made on one core and sent from
+another; where every core is busy anyway (a 2-core sender streaming 2 connections)
+nothing overlaps, and a sender spent 0.045-0.095 CPU s per GiB more with its
+read-ahead than without (docs/benchmarks.md, stop 18). Inline has the same face
+and pulls on the caller's thread.
 """
 
 from __future__ import annotations
@@ -95,3 +102,40 @@ class ReadAhead(Generic[T]):
         self._stopped.set()
         if join_seconds:
             self._thread.join(join_seconds)
+
+
+class Inline(Generic[T]):
+    """ReadAhead's interface, pulling `items` on the caller's thread when asked.
+
+    next() returns when `items` does, so an iterator that may have nothing for a
+    while must yield a placeholder now and then (the sender's builder yields None),
+    or its caller waits that long. One caller pulls at a time: another waits up to
+    `timeout` for it and then gets queue.Empty, as from a ReadAhead with nothing ready
+    (a stream that replaced a broken one, while the old one's pull finishes)."""
+
+    producer_waited = 0.0  # nothing is made before it is asked for
+
+    def __init__(self, items: Iterator[T]) -> None:
+        self._items = items
+        self._pulling = threading.Lock()
+
+    def next(self, timeout: float | None = None) -> T:
+        """The next item; StopIteration at the end; an error of `items` as it is."""
+        if not self._pulling.acquire(timeout=-1 if timeout is None else timeout):
+            raise queue.Empty
+        try:
+            return next(self._items)
+        finally:
+            self._pulling.release()
+
+    def close(self, join_seconds: float = 0.0) -> None:
+        """Close `items` (a generator's finally blocks run), unless a pull is still going
+        after `join_seconds`: then it is left to be collected."""
+        if not self._pulling.acquire(timeout=join_seconds):
+            return
+        try:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._pulling.release()

@@ -57,6 +57,7 @@ class ConnectionSpec:
     skip_zero_pages: bool
     compression: int = 0  # pb.Compression; NONE: every batch raw, framed in place
     heartbeat_seconds: float = 0.0  # a stream with nothing to send says "still here" this often (0: never)
+    read_ahead: bool = True  # build the next batch on a thread of its own (sender/capacity.read_ahead_pays)
 
 
 # -- parent -> child ------------------------------------------------------------------

@@ -180,6 +180,7 @@ class _ConnectionRun:
                 reporter,
                 self.stop,
                 spec.heartbeat_seconds,
+                spec.read_ahead,
             )
             stream.run()
             outcome: FromConnection = Finished(stream.reconnects)

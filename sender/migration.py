@@ -37,6 +37,7 @@ from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES, channel_options
 from livemig.common.wire import to_pb_ranges
 from livemig.sender import metrics
 from livemig.sender.bandwidth_cap import WireBudget
+from livemig.sender.capacity import read_ahead_pays
 from livemig.sender.connection_process import ConnectionSpec, source_regions
 from livemig.sender.convergence import ConvergencePolicy, Decision
 from livemig.sender.dirty_log import DirtyLog
@@ -399,6 +400,7 @@ class Migration:
         """One spec per connection: stream i goes to data port i % len (or the destination itself)."""
         regions = source_regions(self.layout)
         host = self.request.destination.rpartition(":")[0]
+        read_ahead = read_ahead_pays(self.request.connections)
         return [
             ConnectionSpec(
                 index=index,
@@ -411,6 +413,7 @@ class Migration:
                 skip_zero_pages=self.request.skip_zero_pages,
                 compression=self.request.compression,
                 heartbeat_seconds=self._heartbeat_seconds,
+                read_ahead=read_ahead,
             )
             for index in range(self.request.connections)
         ]

@@ -29,7 +29,7 @@ from typing import Protocol
 import grpc
 
 from livemig.common.proto import livemig_pb2 as pb
-from livemig.common.read_ahead import ReadAhead
+from livemig.common.read_ahead import Inline, ReadAhead
 from livemig.common.retry_budget import RetryBudget
 from livemig.common.transfer_rpc import SESSION_METADATA, TRANSFER_METHOD
 from livemig.common.wire import GRPC_MESSAGE_PREFIX, encode_heartbeat
@@ -41,6 +41,7 @@ log = logging.getLogger("livemig.sender")
 
 WINDOW_BATCHES = 4
 _POLL_SECONDS = 0.2
+
 
 # A broken connection is retried; a refusal by the receiver is not.
 RETRIABLE = frozenset(
@@ -105,8 +106,11 @@ class ConnectionStream:
         reporter: ChunkReporter,
         stop: threading.Event,
         heartbeat_seconds: float = 0.0,
+        read_ahead: bool = True,
     ) -> None:
         self.index = index
+        # Build the next batch on a thread of its own (read_ahead_pays), or when it is asked for.
+        self.read_ahead = read_ahead
         # With nothing to send for this long (a long all-zero scan), say "still here": the
         # receiver closes a stream that carries nothing for its idle timeout (0: never).
         self.heartbeat_seconds = heartbeat_seconds
@@ -137,7 +141,7 @@ class ConnectionStream:
         self._stream_started = time.monotonic()
         # Chunks read, scanned and framed one ahead of the stream (common/read_ahead.py),
         # shared by the streams of a reconnect: a batch built but not sent stays there.
-        self._built: ReadAhead[BuiltBatch] | None = None
+        self._built: ReadAhead[BuiltBatch | None] | Inline[BuiltBatch | None] | None = None
 
     def run(self) -> None:
         """Stream until the inbox is closed and every batch acknowledged, or raise."""
@@ -323,21 +327,26 @@ class ConnectionStream:
                 yield frame
                 self._set_producing(True)
             if self._built is None:
-                self._built = ReadAhead(self._build_batches(), name=f"connection-{self.index}-build")
+                if self.read_ahead:
+                    self._built = ReadAhead(self._build_batches(), name=f"connection-{self.index}-build")
+                else:  # None now and then: this loop still sends heartbeats and notices a stop
+                    self._built = Inline(self._build_batches(idle_marks=True))
             last_sent = asked = time.monotonic()
             while self._current(epoch) and not self._input_done:
                 try:
                     built = self._built.next(timeout=_POLL_SECONDS)
                 except queue.Empty:
+                    built = None
+                except StopIteration:
+                    self._input_done = not self.stop.is_set()
+                    return
+                if built is None:  # nothing to send yet (a long all-zero scan, or no chunk in hand)
                     if self.heartbeat_seconds and time.monotonic() - last_sent >= self.heartbeat_seconds:
                         last_sent = time.monotonic()
                         self._set_producing(False)
                         yield encode_heartbeat(self.session_token)
                         self._set_producing(True)
                     continue
-                except StopIteration:
-                    self._input_done = not self.stop.is_set()
-                    return
                 chunk = built.chunk
                 pending = Pending(chunk, built.frame, built.outcome)
                 with self._lock:
@@ -357,9 +366,12 @@ class ConnectionStream:
         finally:
             self._set_producing(False)
 
-    def _build_batches(self) -> Iterator[BuiltBatch]:
+    def _build_batches(self, idle_marks: bool = False) -> Iterator[BuiltBatch | None]:
         """Chunks from the inbox made into frames, in order, until the inbox closes (or the
-        migration stops); chunks with nothing to send are reported here and then."""
+        migration stops); chunks with nothing to send are reported here and then. With
+        `idle_marks` (built on the sending thread: common/read_ahead.Inline) it yields None
+        after each poll of the inbox that found nothing and each chunk that needed no batch,
+        so that the sending loop gets its turn."""
         input_wait = 0.0  # since the last batch: chunks came slower than they are built (a cap)
         while not self.stop.is_set():
             waiting = time.monotonic()
@@ -367,6 +379,8 @@ class ConnectionStream:
                 chunk = self.inbox.get(timeout=_POLL_SECONDS)
             except queue.Empty:
                 input_wait += time.monotonic() - waiting
+                if idle_marks:
+                    yield None
                 continue
             input_wait += time.monotonic() - waiting
             if chunk is None:
@@ -381,6 +395,8 @@ class ConnectionStream:
                 self._last_progress = time.monotonic()  # scanned: progress, with nothing to acknowledge
                 report = ChunkReport(self.index, chunk.chunk_id, built.outcome, None, None)
                 self.reporter.chunk_done(report, more_coming=not self.inbox.empty())
+                if idle_marks:
+                    yield None
                 continue
             built.input_wait, input_wait = input_wait, 0.0
             yield built
