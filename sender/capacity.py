@@ -29,12 +29,13 @@ def default_max_connections() -> int:
     return max(MIN_DEFAULT_CONNECTIONS, CONNECTIONS_PER_CORE * usable_cores())
 
 
-def read_ahead_pays(connections: int, cores: int | None = None) -> bool:
+def read_ahead_pays(connections: int, compressed: bool, cores: int | None = None) -> bool:
     """Whether a migration's connections build their next batch on a thread of their own
-    (common/read_ahead.py): only where this host has two cores for each connection of it,
-    one to build on while the other sends. Other migrations running at once are not
-    counted: a rule of thumb, not a schedule."""
-    return (usable_cores() if cores is None else cores) >= 2 * connections
+    (common/read_ahead.py): where this host has two cores for each connection of it, one
+    to build on while the other sends, and always with compression, whose level follows
+    which of the two threads waits for the other (sender/compression_pace.py). Other
+    migrations running at once are not counted: a rule of thumb, not a schedule."""
+    return compressed or (usable_cores() if cores is None else cores) >= 2 * connections
 
 
 def _refused(limit: str, message: str) -> SenderError:

@@ -400,7 +400,7 @@ class Migration:
         """One spec per connection: stream i goes to data port i % len (or the destination itself)."""
         regions = source_regions(self.layout)
         host = self.request.destination.rpartition(":")[0]
-        read_ahead = read_ahead_pays(self.request.connections)
+        read_ahead = read_ahead_pays(self.request.connections, self.request.compression != pb.COMPRESSION_NONE)
         return [
             ConnectionSpec(
                 index=index,

@@ -11,8 +11,9 @@ The next chunk is read, scanned and framed on a thread of its own while the
 current batch is being sent (common/read_ahead.py): gRPC's synchronous stream
 asks for a message only when the last one is sent, and on a 16-core host that
 wait had one connection at 0.9 GiB/s instead of 1.5-1.7. Where the host has
-fewer than two cores per connection (read_ahead False) the chunk is built on the
-sending thread instead (common/read_ahead.Inline): nothing would overlap there.
+fewer than two cores per connection and nothing is compressed (read_ahead False,
+sender/capacity.read_ahead_pays) the chunk is built on the sending thread instead
+(common/read_ahead.Inline): nothing would overlap there.
 
 It runs inside a connection process (sender/connection_process.py); nothing here
 knows about processes, statistics or metrics.

@@ -160,4 +160,6 @@ def test_inline_pulls_on_the_callers_thread_one_caller_at_a_time():
     "connections, cores, expected", [(1, 2, True), (2, 2, False), (2, 4, True), (8, 16, True), (9, 16, False)]
 )
 def test_connections_read_ahead_only_with_two_cores_each(connections, cores, expected):
-    assert read_ahead_pays(connections, cores) is expected
+    assert read_ahead_pays(connections, False, cores) is expected
+    # Compression's pace reads which thread waits for the other: it always has both.
+    assert read_ahead_pays(connections, True, cores) is True
