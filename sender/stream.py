@@ -45,7 +45,6 @@ log = logging.getLogger("livemig.sender")
 WINDOW_BATCHES = 4
 _POLL_SECONDS = 0.2
 
-
 # A broken connection is retried; a refusal by the receiver is not.
 RETRIABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
