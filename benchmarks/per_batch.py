@@ -26,8 +26,11 @@ from contextlib import ExitStack
 
 from loopback import Loopback, loopback
 
+from livemig.cli.bench import memory_state, memory_state_line
 from livemig.cli.ceiling import Ceiling
+from livemig.cli.images import tmpfs_dir
 from livemig.cli.processes import cpu_seconds, process_tree
+from livemig.cli.report import human_bytes
 from livemig.cli.units import size_in_mib_by_default
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 
@@ -69,10 +72,20 @@ def main() -> None:
     parser.add_argument("--small-kib", type=int, default=256, help="the small batches, KiB (default 256)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    if args.small_kib < 64 or args.repeat < 1:
-        parser.error("--small-kib is at least 64 (the sender's smallest batch) and --repeat at least 1")
     big, small = DEFAULT_MAX_BATCH_BYTES, args.small_kib << 10
+    if not 64 << 10 <= small < big:
+        parser.error(f"--small-kib is from 64 (the sender's smallest batch) to {(big >> 10) - 1}, below the default")
+    if args.repeat < 1:
+        parser.error("--repeat is at least 1")
     size = args.size - args.size % big
+    if size < CONNECTIONS * big:
+        parser.error(f"--size is at least {CONNECTIONS * big >> 20}M: a default batch for each connection")
+    # Two images and, during a migration, a destination of each: four times the size.
+    _used, available = memory_state(tmpfs_dir())
+    if 4 * size > available:
+        need, have = human_bytes(4 * size), human_bytes(available)
+        parser.error(f"--size {human_bytes(size)} needs about {need} of memory; {have} is available")
+    print(memory_state_line(tmpfs_dir()))
     extra_batches = size // small - size // big
     print(
         f"{size >> 20} MiB written in full, {CONNECTIONS} connections; batches of {big >> 20} MiB and {small >> 10} KiB"
