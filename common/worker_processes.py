@@ -164,8 +164,10 @@ def read_reports(
     It waits with one poll(2) on the pipes and process sentinels, not with
     multiprocessing.connection.wait, and drains a pipe with poll(2) before each read,
     not with Connection.poll: both build a selectors object per call, in Python. A data
-    worker reports every batch, and the parent's report thread spent 184 µs of CPU per
-    report that way against 44 µs (docs/benchmarks.md, stop 18)."""
+    worker reports every batch; fed a report every 4 ms by two processes, the loop spent
+    184 µs of CPU per report that way and 166 µs this way, most of the rest being the
+    wakeup itself on this VM (the receiver control: 116-121 -> 96-106 µs per batch,
+    docs/benchmarks.md, stop 18)."""
     waitables: dict[int, tuple[W, bool]] = {}  # fd -> (worker, it is the pipe)
     for worker in workers:
         if not worker.pipe.closed:
