@@ -150,7 +150,7 @@ def add_data_service(service: DataService, server: grpc.Server) -> None:
 def run_data_worker(spec: WorkerSpec, pipe) -> None:
     """Process entry point (started by the control process through the fork server)."""
     ignore_stop_signals()
-    recycle_large_blocks()  # one heap, megabyte blocks reused; trimmed at each session end
+    recycle_large_blocks()  # one heap, megabyte blocks reused; trimmed once no stream is open
     to_control = PipeSender(pipe)
     log_through_parent(to_control, spec.log_level)
     writers = WorkerWriters(spec.records_dir)
@@ -171,8 +171,8 @@ def run_data_worker(spec: WorkerSpec, pipe) -> None:
     grace: float | None = None
     while grace is None:
         try:
-            if not pipe.poll(activity.quiet_seconds):
-                if activity.due_for_trim():  # what streams freed after a session's end
+            if not pipe.poll(activity.seconds_until_due()):
+                if activity.due_for_trim():  # no stream for a while: the buffers go back
                     release_free_memory()
                     activity.trimmed()
                 continue
@@ -193,8 +193,8 @@ def obey(message: ToWorker, writers: WorkerWriters, activity: StreamActivity, to
             to_control.send(SessionEnded(session_id))  # no write in flight: the control process may go on
             if ended is not None:
                 ended.release()  # unmap and close off the control process's critical path
-            release_free_memory()  # gRPC's and our buffers of the session go back to the system
-            activity.trimmed()
+            # The session's buffers stay for the next one; they go back once no stream has been
+            # open for a while (receiver/stream_activity.py).
         case ReopenSession(session_id):  # a refused completion: the session is active again
             writers.forget(session_id)
             to_control.send(SessionReopened(session_id))

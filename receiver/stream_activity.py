@@ -1,12 +1,26 @@
-"""When a data worker's page streams have all closed: the moment to give memory back.
+"""When a data worker's page streams have all closed for a while: the moment to give memory back.
 
 Trimming the heap is explicit in data-plane processes (common/allocator.py). A
-session's end is one moment for it (receiver/data_worker.py), but the streams of
-a failed or cancelled migration may still be receiving, and holding gRPC's and
-our megabyte buffers, when the end arrives: what they free after that trim would
-stay in the heap (a worker kept 0.6-0.9 GB after a failed 128-connection
-migration). So a worker also trims once no stream has been open for
-QUIET_SECONDS, once per quiet spell.
+data worker trims once no stream has been open for QUIET_SECONDS, once per quiet
+spell, and not at each session's end:
+
+- What a session's streams freed is what the next session needs (gRPC's receive
+  buffers and the joined message of every batch: about 65 MiB per stream at
+  8 MiB batches). Given back at each session's end, it was faulted in again at
+  the next, fresh zeroed pages: 130 MiB per 2 GiB migration over two workers
+  (perf, page-faults by pid). On this VM a first touch of a page its host had
+  taken back costs up to 3 s per GiB, so back-to-back migrations right after a
+  QEMU run were 10 % slower with the trim at session end (2 GiB, 100 % touched,
+  2 connections, 8 rounds alternating: 4685 against 4217 ms, receiver 2.58
+  against 2.29 CPU s/GiB, the kept heap faster in 7 rounds of 7).
+- The streams of a failed or cancelled migration may still be receiving, and
+  holding megabyte buffers, when its session ends; a trim at the end missed what
+  they freed after it (a worker kept 0.6-0.9 GB after a failed 128-connection
+  migration). A quiet spell comes after the last of them.
+
+Ten seconds is jemalloc's default for giving back unused dirty pages: long
+enough for the next migration of a host being drained, short enough that an idle
+receiver holds nothing for long.
 """
 
 from __future__ import annotations
@@ -14,7 +28,7 @@ from __future__ import annotations
 import threading
 import time
 
-QUIET_SECONDS = 0.5
+QUIET_SECONDS = 10.0
 
 
 class StreamActivity:
@@ -47,6 +61,15 @@ class StreamActivity:
         with self._lock:
             quiet = time.monotonic() - self._last_closed >= self.quiet_seconds
             return self._busy_since_trim and self._open == 0 and quiet
+
+    def seconds_until_due(self) -> float:
+        """How long the worker may wait before due_for_trim() can turn true: the rest of
+        the quiet spell once every stream has closed, else a whole one (a spell cannot
+        end sooner than that after a stream that is open now, or opens later, closes)."""
+        with self._lock:
+            if self._busy_since_trim and self._open == 0:
+                return max(0.0, self._last_closed + self.quiet_seconds - time.monotonic())
+            return self.quiet_seconds
 
     def trimmed(self) -> None:
         """Memory was given back; with streams still open, the next quiet spell trims again."""

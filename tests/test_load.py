@@ -18,11 +18,15 @@ from livemig.common.proto import livemig_pb2_grpc as pb_grpc
 from livemig.common.ranges import MemoryRange
 from livemig.common.transport import channel_options
 from livemig.common.wire import encode_batch
+from livemig.receiver.stream_activity import QUIET_SECONDS
 from tests.helpers import assert_destination_equals_source, migrate
 from tests.test_bad_input import prepare
 
 pytestmark = pytest.mark.e2e
 MIB = 1 << 20
+# How long a test waits for data-plane processes to give their buffers back: a data
+# worker's quiet spell, then the 20 s these tests always allowed a loaded host.
+TRIM_WAIT_SECONDS = QUIET_SECONDS + 20
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -188,7 +192,8 @@ def test_every_data_plane_process_gives_its_buffers_back_after_a_migration(servi
     from a fork server holding the preloaded code, so once its buffers are back it holds
     little beyond that server: measured here (512 MiB, 4 connections, 8 MiB batches)
     peaks of ~110 (connection) and ~160 MiB (data worker) RSS (without shmem) fall to 46-49 MiB
-    against the fork server's 51; without the trims they stayed at ~110 and ~160."""
+    against the fork server's 51; without the trims they stayed at ~110 and ~160. A data
+    worker holds its buffers for a while after the session, for the next one."""
     tx, rx = services
     image = shm_dir / "guest.img"
     make_image(image, 512 * MIB, 1.0, seed=3)
@@ -229,9 +234,16 @@ def test_every_data_plane_process_gives_its_buffers_back_after_a_migration(servi
     finally:
         done.set()
         sampler.join()
-    # The trims run after each process's last word, off the migration's critical path:
-    # wait for them (a loaded host may take a while), then judge.
-    deadline = time.monotonic() + 20
+    # A data worker keeps its buffers for the next session for QUIET_SECONDS after its
+    # last stream closed (receiver/stream_activity.py).
+    ended = time.monotonic()
+    data_workers = set(process_tree(rx.pid)[1:])
+    kept = {pid: private_mib(pid) - private_mib(parent) for pid, parent in forked().items() if pid in data_workers}
+    if time.monotonic() - ended < QUIET_SECONDS / 2:  # read well inside the spell
+        assert max(kept.values()) >= 32, f"the data workers gave their buffers back at the session's end: {kept}"
+    # A connection process trims after its last word, a data worker once it has had no
+    # stream for QUIET_SECONDS: wait for them (a loaded host may take a while), then judge.
+    deadline = time.monotonic() + TRIM_WAIT_SECONDS
     while True:
         after = {pid: (private_mib(pid), private_mib(parent)) for pid, parent in forked().items()}
         if all(mib <= server + 24 for mib, server in after.values()) or time.monotonic() > deadline:
@@ -246,8 +258,8 @@ def test_every_data_plane_process_gives_its_buffers_back_after_a_migration(servi
 
 def test_a_data_worker_gives_back_what_streams_still_held_when_their_session_ended(shm_dir):
     """A cancelled or failed migration's streams may still be receiving when the session
-    ends: the buffers they free after the end's trim go back once the worker has had no
-    stream for a moment (receiver/stream_activity.py). Here 12 streams write 8 MiB
+    ends: the buffers they free after the end go back once the worker has had no
+    stream for QUIET_SECONDS (receiver/stream_activity.py). Here 12 streams write 8 MiB
     batches into one worker as fast as they can until the session is aborted under them."""
     streams, batch = 12, 8 * MIB
     args = ["--memory-dir", str(shm_dir / "dst"), "--data-workers", "1", "--max-batch-bytes", "8M"]
@@ -289,7 +301,7 @@ def test_a_data_worker_gives_back_what_streams_still_held_when_their_session_end
             thread.join(60)
         channel.close()
         server = rss_without_shmem_bytes(fork_server) // MIB
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + TRIM_WAIT_SECONDS
         while (after := rss_without_shmem_bytes(worker) // MIB) > server + 24 and time.monotonic() < deadline:
             time.sleep(0.2)
     print(f"\nworker RSS without shmem, MiB: peak {peak[0]}, after {after}, fork server {server}; acks {acks}")
@@ -323,7 +335,7 @@ def test_one_gib_over_the_most_connections_completes_and_the_workers_give_their_
     workers = {pid: int(_status(pid)["PPid"]) for pid in process_tree(rx.pid)[1:]}
     workers = {pid: server for pid, server in workers.items() if server != rx.pid}
     assert workers, "the receiver's data workers"
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + TRIM_WAIT_SECONDS
     while True:
         after = {pid: (mib_held(pid), mib_held(ppid)) for pid, ppid in workers.items()}
         if all(mib <= server + 24 for mib, server in after.values()) or time.monotonic() > deadline:
