@@ -1,12 +1,19 @@
 """QEMU's own migration (multifd) against livemig, on the same guest image, interleaved.
 
 Usage: .venv/bin/python benchmarks/qemu_compare.py [--size 1G] [--touched 1,0.5] [--connections 2]
-           [--repeat 3] [--markdown] [--sides qemu,livemig,bare,floor] [--warm 8G]
+           [--repeat 3] [--markdown] [--sides qemu,livemig,bare,floor] [--warm 8G] [--warm-each SIZE]
 
 Before the first run it states what tmpfs holds and MemAvailable (old files on
 /dev/shm slowed every side that allocates pages here by a third) and writes
---warm bytes to tmpfs and removes them, so that every side and round starts
-with recently touched free memory (docs/benchmarks.md, issue 25, stop 15).
+--warm bytes to tmpfs and removes them. Right before every measured migration,
+of every side, it does the same with --warm-each bytes (the guest size and 1 GiB
+more by default), so that each starts with as much recently touched free memory
+as it allocates. On this VM a page its host has taken back costs up to 3-4 s per
+GiB to touch again, and free pages are taken back within seconds; which side met
+them depended on the order. With a warm-up only before the first run, livemig ran
+right after QEMU in every other round and the floor never did, and a run right
+after QEMU's took 39 % longer for livemig and 12 % for the floor (2 GiB, 100 %
+touched, 2 connections, 6 rounds each way; docs/benchmarks.md, stop 19).
 
 QEMU side: two `-S` guests (never started, so no guest OS is needed) whose RAM
 is a file on /dev/shm (`memory-backend-file`, share=on); the source's file is
@@ -226,6 +233,13 @@ def main() -> None:
         default="8G",
         help="tmpfs bytes written and removed before the first run (0: none); default 8G",
     )
+    parser.add_argument(
+        "--warm-each",
+        type=size_in_mib_by_default,
+        default=None,
+        help="tmpfs bytes written and removed right before every measured migration (0: none); "
+        "default the guest size and 1 GiB more",
+    )
     args = parser.parse_args()
     unknown = sorted(set(args.sides.split(",")) - set(SIDES))
     if unknown:
@@ -236,6 +250,7 @@ def main() -> None:
         console.print(f"skipped: {QEMU} is not installed (Debian: apt-get install qemu-system-x86)")
         return
     size = args.size
+    warm_each = size + GIB if args.warm_each is None else args.warm_each
     touched = [float(t) for t in args.touched.split(",")]
     connections = [int(n) for n in args.connections.split(",")]
     batch_bytes = args.batch_mib << 20
@@ -245,6 +260,8 @@ def main() -> None:
     if args.warm:
         warmed = warm_free_memory(tmpfs_dir(), args.warm)
         console.print(f"free memory warmed: {human_bytes(warmed)} written to {tmpfs_dir()} and removed")
+    if warm_each:
+        console.print(f"before every measured migration: {human_bytes(warm_each)} written and removed")
 
     workdir = Path(tempfile.mkdtemp(prefix="livemig-qemu-", dir=tmpfs_dir()))
     qemu_runs: dict[tuple[float, int], list[Run]] = {}
@@ -272,6 +289,8 @@ def main() -> None:
                         key = (ratio, count)
                         sides = tuple(args.sides.split(","))
                         for side in sides if repeat % 2 == 0 else sides[::-1]:
+                            if warm_each:
+                                warm_free_memory(tmpfs_dir(), warm_each)
                             if side in ("bare", "floor"):
                                 pairs, runs = (ceiling, bare_runs) if side == "bare" else (floor, floor_runs)
                                 payload = max(int(size * ratio), batch_bytes)
@@ -289,7 +308,7 @@ def main() -> None:
                                 if repeat == 0:
                                     notes[key] = run.note
                             else:
-                                case = measure_case(tx, rx, image, ratio, count, True, batch_bytes)
+                                case = measure_case(tx, rx, image, ratio, count, True, batch_bytes, peak_memory=False)
                                 livemig_runs.setdefault(key, []).append(
                                     Run(case.duration_ms, case.sender_cpu, case.receiver_cpu, case.ok)
                                 )
