@@ -41,4 +41,3 @@ def test_the_worker_sleeps_until_the_quiet_spell_can_end_and_no_longer():
     assert activity.seconds_until_due() == 0.0 and activity.due_for_trim()
     activity.trimmed()
     assert activity.seconds_until_due() == 10.0  # given back: nothing until a stream comes
-
