@@ -53,6 +53,24 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def free_heap_bytes() -> int | None:
+    """Free bytes held in the heap (mallinfo2's fordblks: freed chunks and the top), or
+    None where the C library cannot say (not glibc, or older than 2.33)."""
+    libc = _libc()
+    function = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if function is None:
+        return None
+    function.restype = _MallInfo2
+    return int(function().fordblks)
+
+
 def release_free_memory() -> bool:
     """malloc_trim(0): returns False where the C library has none."""
     libc = _libc()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from livemig.common.allocator import recycle_large_blocks, release_free_memory
+from livemig.common.allocator import free_heap_bytes, recycle_large_blocks, release_free_memory
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.tls import Security
 from livemig.common.transfer_rpc import RECEIVER_SERVICE, TRANSFER_PAGES
@@ -51,6 +51,9 @@ log = logging.getLogger("livemig.receiver")
 
 PRELOAD = ["livemig.receiver.data_worker"]
 ENDED_WRITERS_KEPT = 1024
+# Free heap a worker may keep past a session's end for the next session: four streams'
+# worth at 8 MiB batches (gRPC's receive buffers and joined messages, ~65 MiB a stream).
+KEPT_BETWEEN_SESSIONS_BYTES = 256 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +196,11 @@ def obey(message: ToWorker, writers: WorkerWriters, activity: StreamActivity, to
             to_control.send(SessionEnded(session_id))  # no write in flight: the control process may go on
             if ended is not None:
                 ended.release()  # unmap and close off the control process's critical path
-            # The session's buffers stay for the next one; they go back once no stream has been
-            # open for a while (receiver/stream_activity.py).
+            # The session's buffers stay for the next one, and go back once no stream has been
+            # open for a while (receiver/stream_activity.py); a heap grown far past that (a
+            # session with many streams here) goes back now, busy or not.
+            if (free := free_heap_bytes()) is None or free > KEPT_BETWEEN_SESSIONS_BYTES:
+                release_free_memory()
         case ReopenSession(session_id):  # a refused completion: the session is active again
             writers.forget(session_id)
             to_control.send(SessionReopened(session_id))

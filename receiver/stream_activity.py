@@ -2,13 +2,16 @@
 
 Trimming the heap is explicit in data-plane processes (common/allocator.py). A
 data worker trims once no stream has been open for QUIET_SECONDS, once per quiet
-spell, and not at each session's end:
+spell, and at a session's end only where its free heap has grown past what a
+session needs (receiver/data_worker.py, KEPT_BETWEEN_SESSIONS_BYTES), so that a
+worker that is never quiet still gives back the peak of a session with many
+streams:
 
 - What a session's streams freed is what the next session needs (gRPC's receive
   buffers and the joined message of every batch: about 65 MiB per stream at
   8 MiB batches). Given back at each session's end, it was faulted in again at
-  the next, fresh zeroed pages: 130 MiB per 2 GiB migration over two workers
-  (perf, page-faults by pid). On this VM a first touch of a page its host had
+  the next, fresh zeroed pages: 130 MiB per 2 GiB migration over two workers,
+  2.4 MiB with the buffers kept (perf, page-faults by pid). On this VM a first touch of a page its host had
   taken back costs up to 3 s per GiB, so back-to-back migrations right after a
   QEMU run were 10 % slower with the trim at session end (2 GiB, 100 % touched,
   2 connections, 8 rounds alternating: 4685 against 4217 ms, receiver 2.58

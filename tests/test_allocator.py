@@ -21,7 +21,7 @@ PAGES_PER_BLOCK = BLOCK // 4096
 
 _CHILD = """
 import collections, json, resource, sys, threading
-from livemig.common.allocator import recycle_large_blocks, release_free_memory
+from livemig.common.allocator import free_heap_bytes, recycle_large_blocks, release_free_memory
 
 BLOCK = int(sys.argv[2])
 
@@ -45,8 +45,10 @@ def run():
     result["faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     held = [bytes([7]) * BLOCK for _ in range(16)]
     result["peak"] = rss_kib()
+    result["free_held"] = free_heap_bytes()
     del held
     result["kept"] = rss_kib()
+    result["free_kept"] = free_heap_bytes()
 
 worker = threading.Thread(target=run)
 worker.start()
@@ -78,3 +80,11 @@ def test_a_trim_gives_the_kept_memory_back():
     held_kib = 16 * BLOCK // 1024
     assert recycled["kept"] >= recycled["peak"] - held_kib // 4, f"freed blocks are kept for reuse: {recycled}"
     assert recycled["trimmed"] <= recycled["peak"] - held_kib * 3 // 4, f"the trim returns them: {recycled}"
+
+
+def test_the_heap_says_how_much_it_holds_free():
+    """A data worker decides at a session's end whether to trim from this
+    (receiver/data_worker.py): the 16 freed blocks are counted as free heap."""
+    recycled = _run("recycle")
+    assert recycled["free_kept"] is not None, "glibc 2.33 or later has mallinfo2"
+    assert recycled["free_kept"] - recycled["free_held"] >= 15 * BLOCK, recycled
