@@ -13,7 +13,9 @@ So data-plane processes (connection processes, data workers) call
 recycle_large_blocks() once: one arena, blocks up to 32 MiB from the heap, and
 no trimming on free, so freed frames are reused as they are. The cost is that
 memory stays with the process until it is trimmed; release_free_memory() does
-that when a migration or session ends. With one arena malloc_trim(0) also
+that when a connection process's migration ends, and in a data worker once it has
+had no stream for a while (receiver/stream_activity.py: the next session reuses
+the buffers; free_heap_bytes() says when a session's end must trim anyway). With one arena malloc_trim(0) also
 returns the top of the heap (glibc trims only the main arena's top; a thread
 arena's top would stay resident): a data worker ended a 1 GiB session at 50 MiB
 private RSS this way, against 58-69 MiB with the defaults and 86-111 MiB with
@@ -35,8 +37,15 @@ M_ARENA_MAX = -8
 # The largest block glibc will serve from the heap (HEAP_MAX_SIZE / 2 on 64-bit); a
 # frame is at most a chunk (8 MiB by default) plus its header.
 LARGE_BLOCK_BYTES = 32 << 20
-# Free memory at the top of the heap is kept up to this; sessions end with a trim.
+# Free memory at the top of the heap is kept up to this; explicit trims give back the rest.
 KEEP_FREE_BYTES = 1 << 30
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
 
 
 @functools.cache
@@ -48,27 +57,20 @@ def _libc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL(name)
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        if hasattr(libc, "mallinfo2"):  # glibc 2.33
+            libc.mallinfo2.restype = _MallInfo2
     except (OSError, AttributeError):  # not glibc
         return None
     return libc
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-    ] + [("keepcost", ctypes.c_size_t)]
 
 
 def free_heap_bytes() -> int | None:
     """Free bytes held in the heap (mallinfo2's fordblks: freed chunks and the top), or
     None where the C library cannot say (not glibc, or older than 2.33)."""
     libc = _libc()
-    function = getattr(libc, "mallinfo2", None) if libc is not None else None
-    if function is None:
+    if libc is None or not hasattr(libc, "mallinfo2"):
         return None
-    function.restype = _MallInfo2
-    return int(function().fordblks)
+    return int(libc.mallinfo2().fordblks)
 
 
 def release_free_memory() -> bool:
