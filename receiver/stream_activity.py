@@ -15,7 +15,7 @@ streams:
   taken back costs up to 3 s per GiB, so back-to-back migrations right after a
   QEMU run were 10 % slower with the trim at session end (2 GiB, 100 % touched,
   2 connections, 8 rounds alternating: 4685 against 4217 ms, receiver 2.58
-  against 2.29 CPU s/GiB, the kept heap faster in 7 rounds of 7).
+  against 2.29 CPU s/GiB, the kept heap faster in every one of the 8 rounds).
 - The streams of a failed or cancelled migration may still be receiving, and
   holding megabyte buffers, when its session ends; a trim at the end missed what
   they freed after it (a worker kept 0.6-0.9 GB after a failed 128-connection
