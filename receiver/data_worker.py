@@ -201,6 +201,7 @@ def obey(message: ToWorker, writers: WorkerWriters, activity: StreamActivity, to
             # session with many streams here) goes back now, busy or not.
             if (free := free_heap_bytes()) is None or free > KEPT_BETWEEN_SESSIONS_BYTES:
                 release_free_memory()
+                activity.trimmed()  # counts only with no stream open, as before
         case ReopenSession(session_id):  # a refused completion: the session is active again
             writers.forget(session_id)
             to_control.send(SessionReopened(session_id))
