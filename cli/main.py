@@ -322,6 +322,14 @@ def receiver(
     help="Connections (each a process) of running migrations together; a start that would pass it is "
     "refused (RESOURCE_EXHAUSTED). 0: 32 per core, at least 128.",
 )
+@click.option(
+    "--chunk-span-factor",
+    type=click.IntRange(1, sender_defaults.MAX_CHUNK_SPAN_FACTOR),
+    default=sender_defaults.DEFAULT_CHUNK_SPAN_FACTOR,
+    show_default=True,
+    help="A chunk of sparse memory covers up to this many times the batch limit, so that its batch is "
+    "fuller (fewer, fuller batches); 1: every chunk covers the batch limit.",
+)
 @tls_options(server=True)
 def sender(
     listen: str,
@@ -339,6 +347,7 @@ def sender(
     max_watch_streams_per_client: int,
     max_migrations: int,
     max_connections: int,
+    chunk_span_factor: int,
     security,
 ) -> None:
     """Run the sender service (source host).
@@ -361,6 +370,7 @@ def sender(
         max_watch_streams_per_client=max_watch_streams_per_client,
         max_migrations=max_migrations,
         max_connections=max_connections,
+        chunk_span_factor=chunk_span_factor,
     )
     host, registry = build_sender(config, security)
     _serve("sender", host, listen, metrics_address, metrics_port, security, on_stop=lambda: cancel_all(registry))

@@ -105,23 +105,52 @@ class RangeTable:
         """
         if chunk_size <= 0:
             raise ValueError("chunk size must be positive")
-        pending: list[MemoryRange] = []
-        pending_bytes = 0
-        for memory_range in self.ranges:
-            offset = 0
-            while offset < memory_range.length:
-                room = chunk_size - pending_bytes
-                left = memory_range.length - offset
-                if left > room and pending:
-                    yield RangeTable(tuple(pending))
-                    pending, pending_bytes = [], 0
-                    continue
-                length = min(left, chunk_size)
-                pending.append(MemoryRange(memory_range.gpa + offset, length))
-                pending_bytes += length
-                offset += length
-                if pending_bytes == chunk_size:
-                    yield RangeTable(tuple(pending))
-                    pending, pending_bytes = [], 0
-        if pending:
-            yield RangeTable(tuple(pending))
+        cursor = RangeCursor(self.ranges)
+        while cursor:
+            yield RangeTable(cursor.take(chunk_size))
+
+
+class RangeCursor:
+    """Sorted, disjoint ranges handed out front to back in pieces of a size chosen per
+    piece: `partition` with a chunk size that may change from one chunk to the next
+    (the sender sizes each chunk by how dense the memory before it was).
+
+    take(size) gathers whole ranges while they fit and ends the piece before a range
+    that does not, unless the piece is still empty: then that range gives its first
+    `size` bytes. With page-multiple sizes and page-aligned ranges every piece is
+    page aligned.
+    """
+
+    __slots__ = ("_index", "_offset", "_ranges")
+
+    def __init__(self, ranges: Iterable[MemoryRange]) -> None:
+        self._ranges = tuple(r for r in ranges if r.length > 0)
+        self._index = 0
+        self._offset = 0  # bytes of self._ranges[self._index] already handed out
+
+    def __bool__(self) -> bool:
+        return self._index < len(self._ranges)
+
+    @property
+    def remaining_bytes(self) -> int:
+        return sum(r.length for r in self._ranges[self._index :]) - self._offset
+
+    def take(self, size: int) -> tuple[MemoryRange, ...]:
+        """The next piece, of at most `size` bytes (empty once everything was taken)."""
+        if size <= 0:
+            raise ValueError("piece size must be positive")
+        piece: list[MemoryRange] = []
+        room = size
+        while room and self._index < len(self._ranges):
+            current = self._ranges[self._index]
+            left = current.length - self._offset
+            if left > room and piece:
+                break
+            length = min(left, room)
+            piece.append(MemoryRange(current.gpa + self._offset, length))
+            room -= length
+            self._offset += length
+            if self._offset == current.length:
+                self._index += 1
+                self._offset = 0
+        return tuple(piece)

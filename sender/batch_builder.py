@@ -26,6 +26,14 @@ per GiB, 2413 -> 2188 ms (docs/benchmarks.md, stop 17).
 With compression on (TransferPlan.compression) a chunk's payload is compressed
 when that pays (common/compression.py) and framed anew around the compressed
 bytes; one that does not shrink enough goes out raw as above.
+
+A chunk may cover more memory than a batch may carry (sparse memory gets wider
+chunks, sender/chunk_spans.py). Where its data pages come to more than the limit
+(TransferPlan.chunk_bytes), the batch ends on the page boundary where the limit is
+reached: it carries, describes and counts only the memory below that boundary,
+and the rest comes back as BuiltBatch.remainder for the pool to send in a later
+chunk. The cut never splits a page, so every page is counted once, in the batch
+that carried it.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import numpy as np
 from livemig.common.compression import PayloadCompressor
 from livemig.common.guest_memory import MemoryLayout
 from livemig.common.proto import livemig_pb2 as pb
-from livemig.common.ranges import MemoryRange, ranges_to_array
+from livemig.common.ranges import MemoryRange, align_down, ranges_from_array, ranges_to_array
 from livemig.common.resident_window import ResidentWindow
 from livemig.common.wire import GRPC_MESSAGE_PREFIX, FrameInPlace, encode_batch
 from livemig.common.zeropages import (
@@ -78,6 +86,9 @@ class BuiltBatch:
     frame: bytes | None
     outcome: ChunkOutcome
     input_wait: float = 0.0  # seconds its connection waited for chunks to build it from (the stream sets it)
+    # What the batch left out: the chunk's memory from where its data reached the limit on
+    # (a span larger than the limit, sender/chunk_spans.py), for a later chunk.
+    remainder: tuple[MemoryRange, ...] = ()
 
 
 class BatchBuilder:
@@ -122,7 +133,14 @@ class BatchBuilder:
                     scanned = self._scan_each(chunk, outcome, in_place.data)
                 data_ranges, zero_ranges, parts = scanned
                 self.last_chunk_dense = outcome.zero_pages == 0
-            outcome.transmitted_bytes = chunk.length - outcome.zero_bytes
+            remainder = EMPTY_RANGES
+            if chunk.length - outcome.zero_bytes > plan.chunk_bytes:  # a span beyond the limit, filled
+                cut = _cut_point(data_ranges, plan.chunk_bytes, plan.page_size)
+                data_ranges, zero_ranges = _below(data_ranges, cut), _below(zero_ranges, cut)
+                parts = _first_runs(parts, data_ranges[:, 1])
+                remainder = _from(chunk_ranges, cut)
+                _recount(outcome, _below(chunk_ranges, cut), data_ranges, zero_ranges, plan.page_size)
+            outcome.transmitted_bytes = outcome.chunk_bytes - outcome.zero_bytes
             if chunk.zero_records:
                 outcome.zeroed_bytes = outcome.zero_bytes
             else:
@@ -145,7 +163,7 @@ class BatchBuilder:
                 outcome.compressed_raw_bytes = outcome.transmitted_bytes
                 outcome.compressed_bytes = len(packed)
                 outcome.compression_level = level
-            elif outcome.zero_pages == 0 and chunk.length:
+            elif outcome.zero_pages == 0 and chunk.length and not len(remainder):
                 if windows:  # scanned in place: the frame is filled from the mapping, one copy
                     _gather_into(parts, in_place.data, plan.page_size)
                 parts.clear()  # views into the frame: none may outlive finish()
@@ -179,7 +197,7 @@ class BatchBuilder:
             return BuiltBatch(chunk, None, outcome)
         outcome.wire_bytes = len(frame) + GRPC_MESSAGE_PREFIX
         outcome.batches = 1
-        return BuiltBatch(chunk, frame, outcome)
+        return BuiltBatch(chunk, frame, outcome, remainder=tuple(ranges_from_array(remainder)))
 
     def _compress(self, parts: list[_Scanned], raw_length: int, level: int | None) -> bytes | None:
         """The payload compressed at `level`, or None: compression off, nothing to send, or it
@@ -324,6 +342,60 @@ def _page_numbers(first: np.ndarray, counts: np.ndarray) -> np.ndarray:
     counts = counts.astype(np.int64)
     starts = np.cumsum(counts) - counts  # where each run begins in the result
     return np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(first.astype(np.int64) - starts, counts)
+
+
+def _cut_point(data_ranges: np.ndarray, limit: int, page_size: int) -> int:
+    """The page boundary below which the data runs hold at most `limit` bytes, as close to
+    it as pages allow (runs in gpa order, more than `limit` bytes in all)."""
+    lengths = data_ranges[:, 1].astype(np.int64)
+    over = int(np.searchsorted(np.cumsum(lengths), limit, side="right"))  # first run that crosses it
+    before = int(lengths[:over].sum())
+    return align_down(int(data_ranges[over, 0]) + limit - before, page_size)
+
+
+def _below(ranges: np.ndarray, cut: int) -> np.ndarray:
+    """The parts of (gpa, length) rows below `cut`."""
+    kept = ranges[ranges[:, 0] < np.uint64(cut)].copy()
+    ends = kept[:, 0] + kept[:, 1]
+    kept[:, 1] = np.minimum(ends, np.uint64(cut)) - kept[:, 0]
+    return kept
+
+
+def _first_runs(parts: list[_Scanned], lengths: np.ndarray) -> list[_Scanned]:
+    """The parts' data runs cut like the data ranges they stand for: run i of all parts in
+    order is data range i (by gpa; a gathered part gives its runs by offset in its
+    buffer), so the first len(lengths) runs are kept, with these lengths."""
+    kept, position = [], 0
+    for part in parts:
+        count = min(len(part.data), len(lengths) - position)
+        runs = part.data[:count].copy()
+        runs[:, 1] = lengths[position : position + count]
+        kept.append(_Scanned(part.gpa, part.view, runs))
+        position += count
+    return kept
+
+
+def _from(ranges: np.ndarray, cut: int) -> np.ndarray:
+    """The parts of (gpa, length) rows from `cut` on."""
+    ends = ranges[:, 0] + ranges[:, 1]
+    kept = ranges[ends > np.uint64(cut)].copy()
+    starts = np.maximum(kept[:, 0], np.uint64(cut))
+    kept[:, 1] = kept[:, 0] + kept[:, 1] - starts
+    kept[:, 0] = starts
+    return kept
+
+
+def _recount(
+    outcome: ChunkOutcome, chunk_ranges: np.ndarray, data_ranges: np.ndarray, zero_ranges: np.ndarray, page_size: int
+) -> None:
+    """Counters of the part of a chunk its batch carries (cut on a page boundary: no page
+    is split between the batch and the remainder)."""
+    covered = int(chunk_ranges[:, 1].sum())
+    outcome.chunk_bytes = covered
+    outcome.scanned_bytes = covered if outcome.scanned_bytes else 0  # nothing is scanned without skipping
+    outcome.zero_bytes = int(zero_ranges[:, 1].sum())
+    outcome.zero_pages = sum(count_pages(gpa, length, page_size) for gpa, length in zero_ranges.tolist())
+    outcome.normal_pages = sum(count_pages(gpa, length, page_size) for gpa, length in data_ranges.tolist())
 
 
 def _count(outcome: ChunkOutcome, scan: ZeroScan, scanned_bytes: int) -> None:

@@ -60,7 +60,7 @@ class ChunkOutcome:
 
 @dataclass(frozen=True, slots=True)
 class ChunkReport:
-    """What the owner of statistics learns about one chunk, once."""
+    """What the owner of statistics learns about one chunk, once (and what of it is left to send)."""
 
     connection: int
     chunk_id: int
@@ -69,3 +69,6 @@ class ChunkReport:
     acked_at: float | None
     resent_wire_bytes: int = 0
     resends: int = 0
+    # The chunk's memory its batch did not carry (its data reached the batch limit first:
+    # sender/chunk_spans.py); the pool sends it in a later chunk.
+    remainder: tuple[MemoryRange, ...] = ()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from livemig.sender.defaults import (
+    DEFAULT_CHUNK_SPAN_FACTOR,
     DEFAULT_MAX_MIGRATIONS,
     DEFAULT_MAX_WATCH_STREAMS,
     DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT,
@@ -36,3 +37,5 @@ class SenderConfig:
     # at least 128 (sender/capacity.py).
     max_migrations: int = DEFAULT_MAX_MIGRATIONS
     max_connections: int = 0
+    # A chunk of sparse memory covers up to this many times the batch limit (sender/chunk_spans.py).
+    chunk_span_factor: int = DEFAULT_CHUNK_SPAN_FACTOR

@@ -15,3 +15,7 @@ DEFAULT_MAX_WATCH_STREAMS = 16
 DEFAULT_MAX_WATCH_STREAMS_PER_CLIENT = 4
 DEFAULT_DOWNTIME_MS = 300  # Cloud Hypervisor's default
 DEFAULT_MAX_ITERATIONS = 30
+# A chunk of sparse memory covers up to this many times the batch limit (sender/chunk_spans.py):
+# 4 took 10 %-touched memory 19 % faster than 1, and 8 or 16 no faster than 4.
+DEFAULT_CHUNK_SPAN_FACTOR = 4
+MAX_CHUNK_SPAN_FACTOR = 16

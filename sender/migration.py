@@ -40,6 +40,7 @@ from livemig.sender.bandwidth_cap import WireBudget
 from livemig.sender.capacity import read_ahead_pays
 from livemig.sender.connection_process import ConnectionSpec, source_regions
 from livemig.sender.convergence import ConvergencePolicy, Decision
+from livemig.sender.defaults import DEFAULT_CHUNK_SPAN_FACTOR
 from livemig.sender.dirty_log import DirtyLog
 from livemig.sender.failures import describe_failure
 from livemig.sender.guest import GuestControl
@@ -98,8 +99,10 @@ class Migration:
         migration_id: str | None = None,
         security: Security = INSECURE,
         pause_records: PauseRecords | None = None,
+        chunk_span_factor: int = DEFAULT_CHUNK_SPAN_FACTOR,
     ) -> None:
         self.migration_id = migration_id or uuid.uuid4().hex
+        self.chunk_span_factor = chunk_span_factor  # the operator's (SenderConfig), for the transfer pool
         self._log = for_migration(log, self.migration_id)
         self.request = request
         self.security = security
@@ -324,6 +327,7 @@ class Migration:
                 self.layout.split_at_regions,
                 {"migration_id": self.migration_id},
                 budget=self.budget,
+                span_factor=self.chunk_span_factor,
             )
             token, chunk_bytes, data_ports = self._prepare(receiver)
             pool.begin(self._connection_specs(token, chunk_bytes, data_ports))

@@ -91,6 +91,7 @@ class SenderService(pb_grpc.SenderServicer):
                 migration_id,
                 self.security,
                 self.pause_records,
+                self.config.chunk_span_factor,
             )
         except BaseException as error:
             # Everything taken so far goes back: the room, the claim, the files, the pidfd.

@@ -32,6 +32,7 @@ from typing import Protocol
 import grpc
 
 from livemig.common.proto import livemig_pb2 as pb
+from livemig.common.ranges import MemoryRange
 from livemig.common.read_ahead import Inline, ReadAhead
 from livemig.common.retry_budget import RetryBudget
 from livemig.common.transfer_rpc import SESSION_METADATA, TRANSFER_METHOD
@@ -95,6 +96,7 @@ class Pending:
     sent_at: float | None = None
     resent_wire_bytes: int = 0
     resends: int = 0
+    remainder: tuple[MemoryRange, ...] = ()  # what the batch left of its chunk (BuiltBatch.remainder)
 
 
 class ConnectionStream:
@@ -240,6 +242,7 @@ class ConnectionStream:
                         acked_at,
                         pending.resent_wire_bytes,
                         pending.resends,
+                        pending.remainder,
                     ),
                     more_coming,
                 )
@@ -350,7 +353,7 @@ class ConnectionStream:
                         self._set_producing(True)
                     continue
                 chunk = built.chunk
-                pending = Pending(chunk, built.frame, built.outcome)
+                pending = Pending(chunk, built.frame, built.outcome, remainder=built.remainder)
                 with self._lock:
                     self._in_flight[chunk.chunk_id] = pending  # from now on a broken stream resends it
                 built_at = time.monotonic()

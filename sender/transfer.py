@@ -1,12 +1,16 @@
 """N connection processes for the whole migration, fed one iteration at a time.
 
 `send()` cuts an iteration's ranges into chunks (like Cloud Hypervisor's
-`MemoryRangeTable::partition`), gives each chunk an id (its batch id) and hands
-it to the connection with the fewest chunks outstanding, at most
+`MemoryRangeTable::partition`; each chunk as wide as sender/chunk_spans.py says
+from how dense the memory reported so far was), gives each chunk an id (its
+batch id) and hands it to the connection with the fewest chunks outstanding, at most
 CHUNKS_PER_CONNECTION each (credit-based flow control keeps every process busy
 and sender memory bounded). Chunks handed out together (credit comes back in
 groups of reports) go to each connection in one message. It returns when every
-chunk was acknowledged: the iteration barrier.
+chunk was acknowledged: the iteration barrier. A batch that reached the batch
+limit before the end of its chunk reports the rest (ChunkReport.remainder); that
+memory goes out first in the next chunks, under new ids, and the barrier waits
+for it too.
 
 Each connection is a process of its own (sender/connection_process.py), so
 reading, scanning, framing and streaming of different connections run on
@@ -35,11 +39,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from livemig.common.ranges import MemoryRange, RangeTable, ranges_to_array
+from livemig.common.ranges import MemoryRange, RangeCursor, RangeTable, ranges_to_array
 from livemig.common.retry_budget import RetryBudget
 from livemig.common.worker_processes import UnknownMessage, WorkerLog, read_reports, relog
 from livemig.sender.bandwidth_cap import WireBudget
 from livemig.sender.batch_builder import Chunk
+from livemig.sender.chunk_spans import ChunkSpans
 from livemig.sender.connection_messages import (
     REPORT_GROUP,
     Begin,
@@ -55,6 +60,7 @@ from livemig.sender.connection_messages import (
     ToConnection,
 )
 from livemig.sender.connection_pool import ConnectionProcessPool, PooledProcess, default_pool
+from livemig.sender.defaults import DEFAULT_CHUNK_SPAN_FACTOR
 from livemig.sender.receiver_offer import check_offer
 from livemig.sender.stats import MigrationStats
 from livemig.sender.stream import MAX_RETRIES, RETRY_BUDGET_SECONDS, WINDOW_BATCHES
@@ -116,6 +122,7 @@ class TransferPool:
         log_extra: dict[str, str] | None = None,
         processes: ConnectionProcessPool | None = None,
         budget: WireBudget | None = None,
+        span_factor: int = DEFAULT_CHUNK_SPAN_FACTOR,
     ) -> None:
         self.stats = stats
         self.budget = budget or WireBudget()  # the bandwidth cap (sender/bandwidth_cap.py); none by default
@@ -125,6 +132,9 @@ class TransferPool:
         self._processes = processes or default_pool()
         self._changed = threading.Condition()
         self._chunk_ids = itertools.count(1)
+        self._span_factor = span_factor
+        self._spans: ChunkSpans | None = None  # sizes chunks by how dense memory was (send() makes it)
+        self._remainders: list[MemoryRange] = []  # memory batches left of their chunks, not handed out again yet
         self._errors: list[BaseException] = []
         self._closed = False
         self._closing = False
@@ -214,9 +224,15 @@ class TransferPool:
                 for report, chunk in zip(reports, chunks, strict=True):
                     if chunk is not None:
                         self.stats.add_chunk(report)  # before the chunk leaves: send()'s barrier waits for it
-                        self.budget.settle(chunk.length, report.outcome.wire_bytes + report.resent_wire_bytes)
+                        self.budget.settle(
+                            self._reserved_bytes(chunk.ranges), report.outcome.wire_bytes + report.resent_wire_bytes
+                        )
+                        if self._spans is not None:
+                            self._spans.observe(report.outcome)
                 with self._changed:
-                    for report in reports:
+                    for report, chunk in zip(reports, chunks, strict=True):
+                        if chunk is not None:  # what its batch left goes out before the chunk counts as done
+                            self._remainders.extend(report.remainder)
                         connection.outstanding.pop(report.chunk_id, None)
                     connection.restarts.progressed()
                     self._changed.notify_all()
@@ -271,15 +287,27 @@ class TransferPool:
         return min((min(c.outstanding) for c in self._connections if c.outstanding), default=chunk_id)
 
     def send(self, ranges: Iterable[MemoryRange], zero_records: bool) -> None:
-        """Send every page of `ranges`; returns once all of it is acknowledged."""
+        """Send every page of `ranges`; returns once all of it is acknowledged (what a
+        batch left of its chunk included: it goes out in a later chunk)."""
         first = self._connections[0].spec
         assert first is not None, "begin() comes first"
-        chunk_bytes = first.chunk_bytes
-        pieces = self._split(RangeTable.of(ranges))
-        tables = iter(RangeTable(tuple(pieces)).partition(chunk_bytes))
-        table = next(tables, None)
-        while table is not None:
-            if not self.budget.wait(self.stop, table.total_bytes):  # the bandwidth cap (sender/bandwidth_cap.py)
+        if self._spans is None:  # one estimate for the whole migration: iterations follow each other
+            self._spans = ChunkSpans(first.chunk_bytes, first.page_size, self._span_factor)
+        cursor = RangeCursor(self._split(RangeTable.of(ranges)))
+        chunk_ranges = self._next_chunk_ranges(cursor)
+        while True:
+            if not chunk_ranges:  # every range handed out: wait for the last reports and their remainders
+                with self._changed:
+                    while not self._remainders and any(c.outstanding for c in self._connections):
+                        if self.stop.is_set():
+                            raise TransferStopped()
+                        self._changed.wait(_POLL_SECONDS)
+                chunk_ranges = self._next_chunk_ranges(cursor)
+                if not chunk_ranges:
+                    break
+                continue
+            # The cap counts a batch's payload: at most the limit, whatever the chunk's span.
+            if not self.budget.wait(self.stop, self._reserved_bytes(chunk_ranges)):  # sender/bandwidth_cap.py
                 raise TransferStopped()
             with self._changed:
                 while not self._has_credit():
@@ -291,23 +319,40 @@ class TransferPool:
                 # Every chunk that credit and the cap allow now, each to the connection with
                 # the fewest outstanding; then one message per connection.
                 handed: dict[int, list[Chunk]] = {}
-                while table is not None and self._has_credit() and self.budget.delay(table.total_bytes) == 0:
+                while (
+                    chunk_ranges and self._has_credit() and self.budget.delay(self._reserved_bytes(chunk_ranges)) == 0
+                ):
                     target = min(self._connections, key=lambda c: len(c.outstanding))
                     chunk_id = next(self._chunk_ids)
-                    chunk = Chunk(chunk_id, table.ranges, zero_records, settled_below=self._settled_below(chunk_id))
-                    self.budget.reserve(chunk.length)
+                    chunk = Chunk(chunk_id, chunk_ranges, zero_records, settled_below=self._settled_below(chunk_id))
+                    self.budget.reserve(self._reserved_bytes(chunk.ranges))
                     target.outstanding[chunk.chunk_id] = chunk
                     handed.setdefault(target.index, []).append(chunk)
-                    table = next(tables, None)
+                    chunk_ranges = self._next_chunk_ranges(cursor)
                 for index, chunks in handed.items():  # under the lock: a restart resends outstanding chunks
                     self._send_chunks(self._connections[index], chunks)
-        with self._changed:
-            while any(c.outstanding for c in self._connections):
-                if self.stop.is_set():
-                    raise TransferStopped()
-                self._changed.wait(_POLL_SECONDS)
         if self.stop.is_set():
             raise TransferStopped()
+
+    def _next_chunk_ranges(self, cursor: RangeCursor) -> tuple[MemoryRange, ...]:
+        """The next chunk's ranges, of the span ChunkSpans gives it: what earlier batches
+        left of their chunks first, then the iteration's ranges in order (empty: none left
+        for now)."""
+        assert self._spans is not None
+        span = self._spans.next_span()
+        with self._changed:
+            left = RangeCursor(sorted(self._remainders))
+            piece = left.take(span) if left else ()
+            self._remainders = list(left.take(left.remaining_bytes)) if left else []
+        room = span - sum(r.length for r in piece)
+        if room > 0 and cursor:
+            piece += cursor.take(room)
+        return piece
+
+    def _reserved_bytes(self, chunk_ranges: tuple[MemoryRange, ...]) -> int:
+        """What the cap reserves for a chunk until its report settles it: its batch's most."""
+        span = sum(r.length for r in chunk_ranges)
+        return min(span, self._spans.payload_bytes) if self._spans is not None else span
 
     def first_error(self) -> BaseException | None:
         with self._changed:

@@ -313,3 +313,67 @@ def test_one_builder_reassembles_any_sequence_of_chunks(tmp_path_factory, touche
             assert chunks.last_chunk_dense == (built.outcome.zero_pages == 0)
     finally:
         layout.close()
+
+
+@given(
+    st.lists(st.integers(0, PAGES - 1), unique=True, max_size=PAGES),
+    st.integers(1, PAGES),
+    st.integers(0, PAGES - 2),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+)
+def test_a_chunk_larger_than_the_batch_limit_goes_out_in_pieces_that_add_up(
+    tmp_path_factory, touched, limit_pages, gap_at, skip, zero_records, scattered
+):
+    """A span beyond the batch limit (sender/chunk_spans.py): each batch carries at most the
+    limit, ends on a page boundary, and leaves the rest of its chunk as the remainder;
+    building the remainders in turn puts every byte of the chunk at the destination and
+    counts every page once."""
+    directory = tmp_path_factory.mktemp("guest")
+    contents = write_guest(directory / "guest.img", touched)
+    layout = open_source_layout([(GPA, str(directory / "guest.img"))], PAGE)
+    limit = limit_pages * PAGE
+    try:
+        # Two ranges, as a remainder followed by the next span comes: a page left out between.
+        ranges = (MemoryRange(GPA, gap_at * PAGE), MemoryRange(GPA + (gap_at + 1) * PAGE, (PAGES - gap_at - 1) * PAGE))
+        ranges = tuple(r for r in ranges if r.length)
+        if scattered:  # dirty pages: a range each, read back to back and scanned in one pass
+            ranges = tuple(MemoryRange(GPA + page * PAGE, PAGE) for page in range(PAGES) if page != gap_at)
+        destination = bytearray(b"\xee" * (PAGES * PAGE)) if zero_records else bytearray(PAGES * PAGE)
+        chunk_builder = builder(layout, skip=skip, chunk_bytes=limit)
+        left, counted, batches = ranges, [], 0
+        while left:
+            chunk = Chunk(batches + 1, left, zero_records=zero_records)
+            built = chunk_builder.build(chunk)
+            batches += 1
+            outcome = built.outcome
+            covered = [r for r in left if r.gpa < (built.remainder[0].gpa if built.remainder else 1 << 62)]
+            assert 0 < outcome.chunk_bytes <= chunk.length and outcome.transmitted_bytes <= limit
+            assert outcome.chunk_bytes + sum(r.length for r in built.remainder) == chunk.length
+            assert outcome.transmitted_bytes + outcome.zero_bytes == outcome.chunk_bytes
+            assert outcome.normal_pages + outcome.zero_pages == outcome.chunk_bytes // PAGE
+            assert all(r.gpa % PAGE == 0 and r.length % PAGE == 0 for r in built.remainder)
+            counted.append(outcome.chunk_bytes)
+            if built.frame is not None:
+                batch = decode_batch(built.frame)
+                assert len(batch.data) <= limit
+                position = 0
+                for gpa, length in batch.ranges.tolist():
+                    destination[gpa - GPA : gpa - GPA + length] = batch.data[position : position + length]
+                    position += length
+                for gpa, length in batch.zero_ranges.tolist():
+                    destination[gpa - GPA : gpa - GPA + length] = bytes(length)
+                ends = [gpa + length for gpa, length in np.concatenate((batch.ranges, batch.zero_ranges)).tolist()]
+                if built.remainder:  # nothing of the remainder went in this batch
+                    assert max(ends) <= built.remainder[0].gpa
+            assert covered
+            left = built.remainder
+        for r in ranges:
+            assert destination[r.gpa - GPA : r.gpa - GPA + r.length] == contents[r.gpa - GPA : r.gpa - GPA + r.length]
+        assert sum(counted) == sum(r.length for r in ranges)
+        data_pages = sum(1 for p in touched if any(r.gpa <= GPA + p * PAGE < r.end for r in ranges))
+        if skip:  # at most one batch more than the data pages need
+            assert batches <= -(-data_pages * PAGE // limit) + 1
+    finally:
+        layout.close()

@@ -10,13 +10,15 @@ record what is sent, and reports are handed to the pool as its reader would.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from types import SimpleNamespace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from livemig.common.ranges import MemoryRange
+from livemig.common.ranges import MemoryRange, RangeCursor
 from livemig.sender.bandwidth_cap import WireBudget
+from livemig.sender.chunk_spans import FILL
 from livemig.sender.chunks import ChunkOutcome, ChunkReport
 from livemig.sender.connection_messages import (
     REPORT_DELAY_SECONDS,
@@ -26,6 +28,7 @@ from livemig.sender.connection_messages import (
     SendChunks,
 )
 from livemig.sender.connection_process import GroupedReporter
+from livemig.sender.defaults import DEFAULT_CHUNK_SPAN_FACTOR
 from livemig.sender.stats import MigrationStats
 from livemig.sender.transfer import CHUNKS_PER_CONNECTION, TransferPool, _Connection
 
@@ -126,6 +129,7 @@ def pool_of(connections: int, budget: WireBudget | None = None) -> TransferPool:
     pool._changed = threading.Condition()
     pool._chunk_ids = iter(range(1, 1 << 30))
     pool._errors = []
+    pool._spans, pool._remainders, pool._span_factor = None, [], DEFAULT_CHUNK_SPAN_FACTOR
     spec = ConnectionSpec(0, "127.0.0.1:1", None, "token", (), PAGE, CHUNK, True)
     pool._connections = [
         _Connection(index, spec, SimpleNamespace(pipe=ConnectionPipe(), process=None)) for index in range(connections)
@@ -133,10 +137,12 @@ def pool_of(connections: int, budget: WireBudget | None = None) -> TransferPool:
     return pool
 
 
-def acknowledge(pool: TransferPool, group: int, done: threading.Event) -> list[tuple[int, int]]:
+def acknowledge(
+    pool: TransferPool, group: int, done: threading.Event, report_of: Callable[..., ChunkReport] | None = None
+) -> list[tuple[int, int]]:
     """Play the connection processes: report what each was sent, `group` reports a message,
     the rest when it has nothing more in hand; returns (connection, outstanding) seen at
-    each hand-out."""
+    each hand-out. report_of(order, connection index) makes a report (default: all sent)."""
     seen: list[tuple[int, int]] = []
     taken = [0] * len(pool._connections)
     while not done.is_set():
@@ -149,19 +155,24 @@ def acknowledge(pool: TransferPool, group: int, done: threading.Event) -> list[t
                 continue
             with pool._changed:
                 seen.append((connection.index, len(connection.outstanding)))
-            ids = [order.chunk_id for message in new for order in message.orders]
-            for start in range(0, len(ids), group):
-                reports = tuple(report(chunk_id, connection.index) for chunk_id in ids[start : start + group])
+            orders = [order for message in new for order in message.orders]
+            for start in range(0, len(orders), group):
+                reports = tuple(
+                    report_of(order, connection.index) if report_of else report(order.chunk_id, connection.index)
+                    for order in orders[start : start + group]
+                )
                 pool._handle(connection, ChunksDone(reports))
         done.wait(0.001)
     return seen
 
 
-def send_acknowledged(pool: TransferPool, ranges: list[MemoryRange], group: int) -> list[tuple[int, int]]:
+def send_acknowledged(
+    pool: TransferPool, ranges: list[MemoryRange], group: int, report_of: Callable[..., ChunkReport] | None = None
+) -> list[tuple[int, int]]:
     """pool.send(ranges) with a thread playing the connection processes (acknowledge)."""
     done = threading.Event()
     seen: list[tuple[int, int]] = []
-    player = threading.Thread(target=lambda: seen.extend(acknowledge(pool, group, done)))
+    player = threading.Thread(target=lambda: seen.extend(acknowledge(pool, group, done, report_of)))
     player.start()
     try:
         pool.send(ranges, zero_records=False)
@@ -204,6 +215,52 @@ def test_every_chunk_is_handed_out_once_in_order_within_credit(connections, page
             assert len(message.orders) <= CHUNKS_PER_CONNECTION
     assert all(outstanding <= CHUNKS_PER_CONNECTION for _index, outstanding in seen)
     assert not any(connection.outstanding for connection in pool._connections)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    connections=st.integers(1, 3),
+    pages=st.lists(st.integers(1, 200), min_size=1, max_size=12),
+    carried=st.lists(st.integers(1, 16), min_size=1, max_size=5),
+    share=st.sampled_from([0.1, 0.25, 0.5, 1.0]),
+)
+def test_memory_a_batch_left_goes_out_again_and_every_byte_is_carried_once(connections, pages, carried, share):
+    """Connections whose batches carry only the first pages of a chunk (`carried`, in turn)
+    and report the rest: it is handed out in later chunks until every byte went in some
+    batch, once; and chunks grow as reports say memory is sparse (`share` of it data)."""
+    pool = pool_of(connections)
+    ranges, gpa = [], 0
+    for count in pages:
+        ranges.append(MemoryRange(gpa, count * PAGE))
+        gpa += (count + 1) * PAGE
+    lock, turn, kept, spans = threading.Lock(), [0], [], []
+
+    def report_of(order, connection: int) -> ChunkReport:
+        chunk = [MemoryRange(gpa, length) for gpa, length in order.ranges.tolist()]
+        cursor = RangeCursor(chunk)
+        with lock:
+            batch = cursor.take(carried[turn[0] % len(carried)] * PAGE)
+            turn[0] += 1
+            kept.extend(batch)
+            spans.append(sum(r.length for r in chunk))
+        left = cursor.take(cursor.remaining_bytes) if cursor else ()
+        covered = sum(r.length for r in batch)
+        outcome = ChunkOutcome(chunk_bytes=covered, transmitted_bytes=int(covered * share), wire_bytes=100, batches=1)
+        return ChunkReport(connection, order.chunk_id, outcome, 1.0, 2.0, remainder=left)
+
+    send_acknowledged(pool, ranges, 1, report_of)
+    kept.sort()
+    merged: list[list[int]] = []
+    for range_ in kept:  # carried pieces back to back merge; an overlap or a gap would show
+        if merged and merged[-1][0] + merged[-1][1] == range_.gpa:
+            merged[-1][1] += range_.length
+        else:
+            merged.append([range_.gpa, range_.length])
+    assert merged == [[r.gpa, r.length] for r in ranges]
+    assert not pool._remainders and not any(connection.outstanding for connection in pool._connections)
+    assert max(spans) <= DEFAULT_CHUNK_SPAN_FACTOR * CHUNK
+    if share < FILL / 2 and sum(pages) * PAGE > 40 * CHUNK:  # a sparse and large iteration: spans grew
+        assert max(spans) > CHUNK
 
 
 def test_credit_returned_in_a_group_is_spent_in_one_message_per_connection():

@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from livemig.common.guest_memory import LayoutError, check_layout
-from livemig.common.ranges import MemoryRange, RangeTable, effective_page_size, find_overlap, merge_ranges
+from livemig.common.ranges import (
+    MemoryRange,
+    RangeCursor,
+    RangeTable,
+    effective_page_size,
+    find_overlap,
+    merge_ranges,
+)
 
 ranges_strategy = st.lists(
     st.builds(MemoryRange, st.integers(0, 1 << 20), st.integers(0, 1 << 14)),
@@ -73,6 +80,52 @@ def test_partition_of_aligned_range_with_page_multiple_chunks_is_page_aligned(gp
     table = RangeTable.of([MemoryRange(gpa, length)])
     for chunk in table.partition(3 * 4096):
         assert all(r.gpa % 4096 == 0 and r.length % 4096 == 0 for r in chunk.ranges)
+
+
+@given(ranges_strategy, st.lists(st.integers(64, 1 << 15), min_size=1, max_size=8))
+def test_cursor_with_changing_sizes_covers_table_in_order_with_bounded_pieces(ranges, sizes):
+    table = RangeTable.of(ranges)
+    cursor = RangeCursor(table.ranges)
+    pieces, asked = [], []
+    for size in itertools.cycle(sizes):
+        if not cursor:
+            break
+        before = cursor.remaining_bytes
+        piece = cursor.take(size)
+        assert cursor.remaining_bytes == before - sum(r.length for r in piece)
+        pieces.append(piece)
+        asked.append(size)
+    assert cursor.take(4096) == () and cursor.remaining_bytes == 0
+    assert all(0 < sum(r.length for r in piece) <= size for piece, size in zip(pieces, asked, strict=True))
+    flat = [r for piece in pieces for r in piece]
+    assert merge_ranges(flat) == list(table.ranges) and flat == sorted(flat)
+    assert all(r.length > 0 and any(t.contains(r) for t in table.ranges) for r in flat)
+    # Greedy: a piece ends early only where what is left of the next range would not fit.
+    for (current, size), following in zip(zip(pieces, asked, strict=True), pieces[1:], strict=False):
+        total = sum(r.length for r in current)
+        rest = next(t.end for t in table.ranges if t.contains(following[0])) - following[0].gpa
+        assert total == size or total + rest > size
+
+
+@given(
+    st.lists(st.integers(1, 64).map(lambda n: n * 4096), min_size=1, max_size=6),
+    st.lists(st.integers(1, 16).map(lambda n: n * 4096), min_size=1, max_size=5),
+)
+def test_cursor_pieces_of_aligned_ranges_with_page_multiple_sizes_are_page_aligned(lengths, sizes):
+    gpas = itertools.accumulate(lengths, lambda gpa, length: gpa + 2 * length, initial=0)
+    cursor = RangeCursor([MemoryRange(gpa, length) for gpa, length in zip(gpas, lengths, strict=False)])
+    for size in itertools.cycle(sizes):
+        if not cursor:
+            break
+        assert all(r.gpa % 4096 == 0 and r.length % 4096 == 0 for r in cursor.take(size))
+
+
+def test_cursor_with_one_size_is_partition():
+    table = RangeTable.of([MemoryRange(0, 4096), MemoryRange(1 << 20, 3 * 8192), MemoryRange(2 << 20, 100)])
+    cursor = RangeCursor(table.ranges)
+    assert [cursor.take(8192) for _ in range(5)] == [c.ranges for c in table.partition(8192)]
+    with pytest.raises(ValueError):
+        cursor.take(0)
 
 
 def test_page_size_defaults_and_limits():

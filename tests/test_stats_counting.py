@@ -58,6 +58,7 @@ def test_a_chunk_reported_twice_counts_once():
     stats.begin_iteration(4096, 1)
     pool = object.__new__(TransferPool)
     pool.stats, pool._changed, pool.budget = stats, threading.Condition(), WireBudget()
+    pool._spans, pool._remainders = None, []
     connection = _Connection(0, None, None, outstanding={1: Chunk(1, (), False)})
     report = ChunkReport(0, 1, outcome(4096, 0, 4200), sent_at=10.0, acked_at=11.0)
     pool._handle(connection, ChunksDone((report,)))
