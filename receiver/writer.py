@@ -31,7 +31,6 @@ import contextlib
 import errno
 import itertools
 import mmap
-import operator
 import os
 import threading
 
@@ -273,13 +272,18 @@ class SessionWriter:
                 view[offset : offset + length] = data[position : position + length]
                 position += length
         else:
-            ranges = zip(regions, offsets, lengths, strict=True)
-            for index, run in itertools.groupby(ranges, key=operator.itemgetter(0)):
+            write = os.pwrite
+            for index, first, stop in _region_segments(regions):
                 fd = self._region_fd(index)
                 with self._turn(index):  # one turn for a run of ranges in one file
-                    for _index, offset, length in run:
-                        _write_all(fd, data[position : position + length], offset)
-                        position += length
+                    # The loop a scattered batch spends its Python on (~1 000 ranges per
+                    # 8 MiB at 50 % of pages): one slice and one pwrite per range.
+                    for offset, length in zip(offsets[first:stop], lengths[first:stop], strict=True):
+                        end = position + length
+                        done = write(fd, data[position:end], offset)
+                        if done != length:  # a short write: the rest
+                            _write_all(fd, data[position + done : end], offset + done)
+                        position = end
         self._mark_received(regions, offsets, lengths)
 
     def _mark_received(self, regions: list[int], offsets: list[int], lengths: list[int]) -> None:
@@ -397,10 +401,19 @@ def _data_pieces(fd: int, start: int, end: int) -> list[tuple[int, int]]:
     return pieces
 
 
+def _region_segments(regions: list[int]) -> list[tuple[int, int, int]]:
+    """(region index, first, stop) of each run of ranges in one region, in order."""
+    if not regions:
+        return []
+    if regions[0] == regions[-1] and len(set(regions)) == 1:  # nearly always: one region
+        return [(regions[0], 0, len(regions))]
+    indices = np.asarray(regions)
+    bounds = [0, *(np.flatnonzero(indices[1:] != indices[:-1]) + 1).tolist(), len(regions)]
+    return [(regions[first], first, stop) for first, stop in itertools.pairwise(bounds)]
+
+
 def _write_all(fd: int, data: memoryview, offset: int) -> None:
-    """pwrite until every byte is written (a write may be short). The first try
-    takes `data` as it is: a scattered batch calls this once per range (~500 times
-    per 8 MiB at 50 % of pages), and a slice per call cost ~5 % of those writes."""
+    """pwrite until every byte is written (a write may be short)."""
     done = os.pwrite(fd, data, offset)
     while done < len(data):
         done += os.pwrite(fd, data[done:], offset + done)

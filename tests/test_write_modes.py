@@ -109,3 +109,42 @@ def test_short_writes_are_continued_until_every_byte_is_written(tmp_path: Path, 
         os.close(fd)
     assert calls == [(8192, 4096), (5192, 7096), (2192, 10096)]
     assert path.read_bytes() == bytes(4096) + payload + bytes(4096)
+
+
+def test_a_scattered_batch_over_regions_is_written_exact_through_short_writes(shm_dir: Path, monkeypatch) -> None:
+    """The pwrite loop of a batch: ranges of several regions in one batch (each region's
+    run of ranges in its own turn), each write short, every byte still in its place."""
+    from livemig.common.ranges import MemoryRange
+    from livemig.common.wire import decode_batch, encode_batch
+    from livemig.receiver.session import Session
+
+    page = 4096
+    layout = [MemoryRange(0, 64 * page), MemoryRange(1 << 32, 64 * page), MemoryRange(2 << 32, 64 * page)]
+    session = Session.create("s", "token", "m", shm_dir / "s", layout, page, 4 << 20, write_mode="pwrite")
+    session_writer = writer.SessionWriter(session.record)
+    real_pwrite = os.pwrite
+    monkeypatch.setattr(writer.os, "pwrite", lambda fd, data, offset: real_pwrite(fd, memoryview(data)[:1000], offset))
+    pages = (1, 5, 9)  # unaligned lengths: ranges need not be whole pages
+    ranges = [MemoryRange(region.gpa + p * page, page + 7) for region in layout for p in pages]
+    payloads = [os.urandom(r.length) for r in ranges]
+    session_writer.apply(decode_batch(encode_batch("token", 1, ranges, payloads)))
+    try:
+        for index, region in enumerate(layout):
+            written = Path(session.record.regions[index].path).read_bytes()
+            expected = bytearray(region.length)
+            for memory_range, payload in zip(ranges, payloads, strict=True):
+                if region.gpa <= memory_range.gpa < region.gpa + region.length:
+                    at = memory_range.gpa - region.gpa
+                    expected[at : at + len(payload)] = payload
+            assert written == bytes(expected)
+    finally:
+        session_writer.end("aborted")
+        session_writer.release()
+
+
+@pytest.mark.parametrize(
+    ("regions", "segments"),
+    [([], []), ([3, 3, 3], [(3, 0, 3)]), ([0, 0, 1, 2, 2, 0], [(0, 0, 2), (1, 2, 3), (2, 3, 5), (0, 5, 6)])],
+)
+def test_region_segments_keep_the_order_of_the_ranges(regions, segments) -> None:
+    assert writer._region_segments(regions) == segments
