@@ -4,14 +4,14 @@ A chunk's batch carries at most the receiver's batch limit of page data
 (TransferPlan.chunk_bytes). Where every page holds data a chunk covers exactly
 that much memory; where half the pages are zero a chunk of the same span sends a
 half-full batch, and every batch costs the same fixed work at both ends (gRPC's
-and ours). Memory half written at random, 2 GiB, 2 connections: chunks of 16 MiB
-took the sender 0.54 CPU s per GiB against 0.62 for chunks of 8 MiB, 1217 against
-1312 ms (6 rounds alternating, docs/benchmarks.md, stop 20).
+and ours): 0.6 (50 % written) to 1.5 CPU ms (10 %) per batch over both ends.
 
 So the pool (sender/transfer.py) sizes each chunk by the share of data pages in
 the chunks reported before it: the span at which the expected payload is FILL of
 the limit, between the limit itself and max_factor times it (the sender's
---chunk-span-factor, sender/defaults.py). A chunk whose
+--chunk-span-factor, sender/defaults.py). 2 GiB written at random, 2 connections,
+factor 4 against 1 (benchmarks/chunk_spans.py, docs/benchmarks.md, stop 20): 10 %
+written 0.81x the time, 20 % 0.88x, 50 % 0.97x. A chunk whose
 data turns out larger than the limit (memory denser than what came before) is
 cut by its builder at a page boundary where the limit is reached; the rest comes
 back with its report and goes out in a later chunk (sender/batch_builder.py).
