@@ -121,19 +121,20 @@ class RangeCursor:
     page aligned.
     """
 
-    __slots__ = ("_index", "_offset", "_ranges")
+    __slots__ = ("_index", "_offset", "_ranges", "_remaining")
 
     def __init__(self, ranges: Iterable[MemoryRange]) -> None:
         self._ranges = tuple(r for r in ranges if r.length > 0)
         self._index = 0
         self._offset = 0  # bytes of self._ranges[self._index] already handed out
+        self._remaining = sum(r.length for r in self._ranges)
 
     def __bool__(self) -> bool:
         return self._index < len(self._ranges)
 
     @property
     def remaining_bytes(self) -> int:
-        return sum(r.length for r in self._ranges[self._index :]) - self._offset
+        return self._remaining
 
     def take(self, size: int) -> tuple[MemoryRange, ...]:
         """The next piece, of at most `size` bytes (empty once everything was taken)."""
@@ -149,6 +150,7 @@ class RangeCursor:
             length = min(left, room)
             piece.append(MemoryRange(current.gpa + self._offset, length))
             room -= length
+            self._remaining -= length
             self._offset += length
             if self._offset == current.length:
                 self._index += 1

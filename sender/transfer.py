@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from livemig.common.ranges import MemoryRange, RangeCursor, RangeTable, ranges_to_array
+from livemig.common.ranges import MemoryRange, RangeCursor, RangeTable, align_down, ranges_to_array
 from livemig.common.retry_budget import RetryBudget
 from livemig.common.worker_processes import UnknownMessage, WorkerLog, read_reports, relog
 from livemig.sender.bandwidth_cap import WireBudget
@@ -337,11 +337,16 @@ class TransferPool:
     def _next_chunk_ranges(self, cursor: RangeCursor) -> tuple[MemoryRange, ...]:
         """The next chunk's ranges, of the span ChunkSpans gives it: what earlier batches
         left of their chunks first, then the iteration's ranges in order (empty: none left
-        for now)."""
-        assert self._spans is not None
-        span = self._spans.next_span()
+        for now). No wider than an even share of what is left of the iteration over the
+        connections (and never below the limit): a small pass over dirty pages, and the
+        end of every pass, keep every connection busy, as chunks of the limit did; the
+        downtime estimate and the final copy count on that."""
+        spans = self._spans
+        assert spans is not None
         with self._changed:
             left = RangeCursor(sorted(self._remainders))
+            share = -(-(cursor.remaining_bytes + left.remaining_bytes) // len(self._connections))
+            span = max(spans.payload_bytes, min(spans.next_span(), align_down(share, spans.page_size)))
             piece = left.take(span) if left else ()
             self._remainders = list(left.take(left.remaining_bytes)) if left else []
         room = span - sum(r.length for r in piece)

@@ -263,6 +263,28 @@ def test_memory_a_batch_left_goes_out_again_and_every_byte_is_carried_once(conne
         assert max(spans) > CHUNK
 
 
+def test_a_small_pass_after_sparse_memory_still_goes_out_over_every_connection():
+    """Spans grow with sparse memory, but never so wide that a pass over dirty pages (or
+    the end of any pass) leaves a connection idle: the final copy of a live migration and
+    its downtime estimate count on every connection carrying a share."""
+
+    def sparse(order, connection: int) -> ChunkReport:
+        span = int(order.ranges[:, 1].sum())
+        outcome = ChunkOutcome(chunk_bytes=span, transmitted_bytes=span // 10, wire_bytes=100, batches=1)
+        return ChunkReport(connection, order.chunk_id, outcome, 1.0, 2.0)
+
+    pool = pool_of(3)
+    send_acknowledged(pool, [MemoryRange(0, 400 * CHUNK)], 1, sparse)
+    spans = [int(o.ranges[:, 1].sum()) for c in pool._connections for m in c.pipe.messages for o in m.orders]
+    assert max(spans) == DEFAULT_CHUNK_SPAN_FACTOR * CHUNK  # sparse: wide chunks
+    for connection in pool._connections:
+        connection.pipe.messages.clear()
+    send_acknowledged(pool, [MemoryRange(1 << 30, 3 * CHUNK)], 1, sparse)  # a small pass
+    per_connection = [[o for m in c.pipe.messages for o in m.orders] for c in pool._connections]
+    assert all(len(orders) == 1 for orders in per_connection), per_connection
+    assert all(int(orders[0].ranges[:, 1].sum()) == CHUNK for orders in per_connection)
+
+
 def test_credit_returned_in_a_group_is_spent_in_one_message_per_connection():
     """Reports of 4 chunks at a time free 4 credits at a time: 4 chunks per message, after
     the first fill, and both connections kept as evenly loaded as one at a time would."""

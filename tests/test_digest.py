@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -83,3 +84,11 @@ def test_the_verify_estimate_counts_what_the_files_hold_on_both_ends(tmp_path, m
         assert held < SIZE  # holes are free
     finally:
         layout.close()
+
+
+def test_the_digest_rate_is_the_fastest_of_its_samples(monkeypatch):
+    """A sample slowed by a busy moment must not stand for the machine: the rate is
+    that of the fastest sample."""
+    times = iter([0.0, 1.0, 10.0, 10.004, 20.0, 20.5])  # samples of 1 s, 4 ms and 0.5 s
+    monkeypatch.setattr(digest.time, "perf_counter", lambda: next(times))
+    assert digest.digest_rate(8 << 20, samples=3) == pytest.approx((8 << 20) / 0.004)
