@@ -169,6 +169,16 @@ def count_pages(gpa: int, length: int, page_size: int) -> int:
     return 1 + max(0, -(-(length - first_boundary) // page_size))
 
 
+def count_pages_in(ranges: np.ndarray, page_size: int) -> int:
+    """count_pages summed over (gpa, length) rows of non-empty ranges, in one pass."""
+    if not len(ranges):
+        return 0
+    page = np.uint64(page_size)
+    starts = ranges[:, 0]
+    ends = starts + ranges[:, 1]
+    return int(((ends + page - np.uint64(1)) // page - starts // page).sum())
+
+
 def scan_guest_range(layout: MemoryLayout, gpa: int, buffer: memoryview, page_size: int) -> ZeroScan:
     """Read and scan [gpa, gpa+len(buffer)) of guest memory into buffer.
 

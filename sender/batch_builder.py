@@ -54,6 +54,7 @@ from livemig.common.zeropages import (
     EMPTY_RANGES,
     ZeroScan,
     count_pages,
+    count_pages_in,
     merge_contiguous,
     scan_guest_range,
     scan_pages,
@@ -394,8 +395,8 @@ def _recount(
     outcome.chunk_bytes = covered
     outcome.scanned_bytes = covered if outcome.scanned_bytes else 0  # nothing is scanned without skipping
     outcome.zero_bytes = int(zero_ranges[:, 1].sum())
-    outcome.zero_pages = sum(count_pages(gpa, length, page_size) for gpa, length in zero_ranges.tolist())
-    outcome.normal_pages = sum(count_pages(gpa, length, page_size) for gpa, length in data_ranges.tolist())
+    outcome.zero_pages = count_pages_in(zero_ranges, page_size)
+    outcome.normal_pages = count_pages_in(data_ranges, page_size)
 
 
 def _count(outcome: ChunkOutcome, scan: ZeroScan, scanned_bytes: int) -> None:

@@ -13,6 +13,7 @@ from livemig.common.guest_memory import open_source_layout
 from livemig.common.ranges import MemoryRange, merge_ranges
 from livemig.common.zeropages import (
     count_pages,
+    count_pages_in,
     merge_contiguous,
     page_flags,
     scan_guest_range,
@@ -240,3 +241,12 @@ def test_page_flags_over_many_gathered_blocks(zero_share):
     pages[data & (rng.random(2048) < 0.5), 0] = 3
     assert len(pages) > 4 * GATHER_ROWS
     assert page_flags(pages).tolist() == data.tolist()
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 1 << 40), st.integers(1, 1 << 24)), max_size=20),
+    st.sampled_from([512, 4096, 2 << 20]),
+)
+def test_pages_of_many_ranges_at_once_are_the_sum_of_each(rows, page_size):
+    ranges = np.array(rows, dtype=np.uint64).reshape(-1, 2)
+    assert count_pages_in(ranges, page_size) == sum(count_pages(gpa, length, page_size) for gpa, length in rows)
