@@ -225,7 +225,7 @@ class TransferPool:
                     if chunk is not None:
                         self.stats.add_chunk(report)  # before the chunk leaves: send()'s barrier waits for it
                         self.budget.settle(
-                            self._reserved_bytes(chunk.ranges), report.outcome.wire_bytes + report.resent_wire_bytes
+                            self._reserved_bytes(chunk.length), report.outcome.wire_bytes + report.resent_wire_bytes
                         )
                         if self._spans is not None:
                             self._spans.observe(report.outcome)
@@ -294,7 +294,7 @@ class TransferPool:
         if self._spans is None:  # one estimate for the whole migration: iterations follow each other
             self._spans = ChunkSpans(first.chunk_bytes, first.page_size, self._span_factor)
         cursor = RangeCursor(self._split(RangeTable.of(ranges)))
-        chunk_ranges = self._next_chunk_ranges(cursor)
+        chunk_ranges, reserve = self._next_chunk_ranges(cursor)
         while True:
             if not chunk_ranges:  # every range handed out: wait for the last reports and their remainders
                 with self._changed:
@@ -302,12 +302,11 @@ class TransferPool:
                         if self.stop.is_set():
                             raise TransferStopped()
                         self._changed.wait(_POLL_SECONDS)
-                chunk_ranges = self._next_chunk_ranges(cursor)
+                chunk_ranges, reserve = self._next_chunk_ranges(cursor)
                 if not chunk_ranges:
                     break
                 continue
-            # The cap counts a batch's payload: at most the limit, whatever the chunk's span.
-            if not self.budget.wait(self.stop, self._reserved_bytes(chunk_ranges)):  # sender/bandwidth_cap.py
+            if not self.budget.wait(self.stop, reserve):  # the bandwidth cap (sender/bandwidth_cap.py)
                 raise TransferStopped()
             with self._changed:
                 while not self._has_credit():
@@ -319,25 +318,23 @@ class TransferPool:
                 # Every chunk that credit and the cap allow now, each to the connection with
                 # the fewest outstanding; then one message per connection.
                 handed: dict[int, list[Chunk]] = {}
-                while (
-                    chunk_ranges and self._has_credit() and self.budget.delay(self._reserved_bytes(chunk_ranges)) == 0
-                ):
+                while chunk_ranges and self._has_credit() and self.budget.delay(reserve) == 0:
                     target = min(self._connections, key=lambda c: len(c.outstanding))
                     chunk_id = next(self._chunk_ids)
                     chunk = Chunk(chunk_id, chunk_ranges, zero_records, settled_below=self._settled_below(chunk_id))
-                    self.budget.reserve(self._reserved_bytes(chunk.ranges))
+                    self.budget.reserve(reserve)
                     target.outstanding[chunk.chunk_id] = chunk
                     handed.setdefault(target.index, []).append(chunk)
-                    chunk_ranges = self._next_chunk_ranges(cursor)
+                    chunk_ranges, reserve = self._next_chunk_ranges(cursor)
                 for index, chunks in handed.items():  # under the lock: a restart resends outstanding chunks
                     self._send_chunks(self._connections[index], chunks)
         if self.stop.is_set():
             raise TransferStopped()
 
-    def _next_chunk_ranges(self, cursor: RangeCursor) -> tuple[MemoryRange, ...]:
-        """The next chunk's ranges, of the span ChunkSpans gives it: what earlier batches
-        left of their chunks first, then the iteration's ranges in order (empty: none left
-        for now). No wider than an even share of what is left of the iteration over the
+    def _next_chunk_ranges(self, cursor: RangeCursor) -> tuple[tuple[MemoryRange, ...], int]:
+        """The next chunk's ranges and what the cap reserves for it (_reserved_bytes), of
+        the span ChunkSpans gives it: what earlier batches left of their chunks first,
+        then the iteration's ranges in order (empty: none left for now). No wider than an even share of what is left of the iteration over the
         connections (and never below the limit): a small pass over dirty pages, and the
         end of every pass, keep every connection busy, as chunks of the limit did; the
         downtime estimate and the final copy count on that."""
@@ -348,16 +345,18 @@ class TransferPool:
             share = -(-(cursor.remaining_bytes + left.remaining_bytes) // len(self._connections))
             span = max(spans.payload_bytes, min(spans.next_span(), align_down(share, spans.page_size)))
             piece = left.take(span) if left else ()
+            taken = sum(r.length for r in piece)  # a few ranges: what batches left
             self._remainders = list(left.take(left.remaining_bytes)) if left else []
-        room = span - sum(r.length for r in piece)
-        if room > 0 and cursor:
-            piece += cursor.take(room)
-        return piece
+        if taken < span and cursor:
+            before = cursor.remaining_bytes
+            piece += cursor.take(span - taken)
+            taken += before - cursor.remaining_bytes
+        return piece, self._reserved_bytes(taken)
 
-    def _reserved_bytes(self, chunk_ranges: tuple[MemoryRange, ...]) -> int:
-        """What the cap reserves for a chunk until its report settles it: its batch's most."""
-        span = sum(r.length for r in chunk_ranges)
-        return min(span, self._spans.payload_bytes) if self._spans is not None else span
+    def _reserved_bytes(self, span_bytes: int) -> int:
+        """What the cap reserves for a chunk of `span_bytes` until its report settles it:
+        its batch's most, the limit, whatever the chunk's span."""
+        return min(span_bytes, self._spans.payload_bytes) if self._spans is not None else span_bytes
 
     def first_error(self) -> BaseException | None:
         with self._changed:
