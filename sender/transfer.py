@@ -334,10 +334,11 @@ class TransferPool:
     def _next_chunk_ranges(self, cursor: RangeCursor) -> tuple[tuple[MemoryRange, ...], int]:
         """The next chunk's ranges and what the cap reserves for it (_reserved_bytes), of
         the span ChunkSpans gives it: what earlier batches left of their chunks first,
-        then the iteration's ranges in order (empty: none left for now). No wider than an even share of what is left of the iteration over the
-        connections (and never below the limit): a small pass over dirty pages, and the
-        end of every pass, keep every connection busy, as chunks of the limit did; the
-        downtime estimate and the final copy count on that."""
+        then the iteration's ranges in order (empty: none left for now). No wider than an
+        even share of what is left of the iteration over the connections (and never below
+        the limit): a small pass over dirty pages, and the end of every pass, keep every
+        connection busy, as chunks of the limit did; the downtime estimate and the final
+        copy count on that."""
         spans = self._spans
         assert spans is not None
         with self._changed:
