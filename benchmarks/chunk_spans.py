@@ -23,12 +23,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from livemig.cli.bench import GIB, memory_state, memory_state_line, warm_free_memory
-from livemig.cli.client import run_migration
+from livemig.cli.bench import GIB, measure_case, memory_state, memory_state_line, warm_free_memory
 from livemig.cli.images import make_image, tmpfs_dir
-from livemig.cli.processes import ServiceProcess, tree_cpu_seconds
+from livemig.cli.processes import ServiceProcess
 from livemig.cli.units import size_in_mib_by_default
-from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 
 PAIRS_PER_FACTOR = 2
@@ -47,22 +45,14 @@ class Pair:
     factor: int
     sender: ServiceProcess
     receiver: ServiceProcess
-    request: pb.StartMigrationRequest
 
-    def migrate(self, size: int) -> Run:
-        before = tree_cpu_seconds(self.sender.pid), tree_cpu_seconds(self.receiver.pid)
-        status = run_migration(self.sender.address, self.request)
-        after = tree_cpu_seconds(self.sender.pid), tree_cpu_seconds(self.receiver.pid)
-        assert status.state == pb.COMPLETED, status.error
-        for region in status.destination_regions:
-            shutil.rmtree(Path(region.path).parent, ignore_errors=True)
-        gib = size / GIB
-        return Run(
-            float(status.stats.duration_ms),
-            status.stats.batches,
-            (after[0] - before[0]) / gib,
-            (after[1] - before[1]) / gib,
+    def migrate(self, image: Path, size: int, touched: float, connections: int) -> Run:
+        case = measure_case(
+            self.sender, self.receiver, image, touched, connections, True, DEFAULT_MAX_BATCH_BYTES, peak_memory=False
         )
+        assert case.ok, f"migration with --chunk-span-factor {self.factor} did not complete"
+        gib = size / GIB
+        return Run(float(case.duration_ms), case.batches, case.sender_cpu / gib, case.receiver_cpu / gib)
 
 
 def measure(size: int, touched: float, connections: int, factors: list[int], rounds: int) -> dict[int, list[Run]]:
@@ -78,19 +68,13 @@ def measure(size: int, touched: float, connections: int, factors: list[int], rou
                     name = f"f{factor}-{copy}"
                     receiver = stack.enter_context(ServiceProcess("receiver", ["--memory-dir", str(workdir / name)]))
                     sender = stack.enter_context(ServiceProcess("sender", ["--chunk-span-factor", str(factor)]))
-                    request = pb.StartMigrationRequest(
-                        destination=receiver.address,
-                        regions=[pb.GuestMemoryRegion(gpa=0, path=str(image))],
-                        connections=connections,
-                        skip_zero_pages=True,
-                    )
-                    pairs.append(Pair(factor, sender, receiver, request))
+                    pairs.append(Pair(factor, sender, receiver))
             for pair in pairs:  # warm-up: pools started, the image read once
-                pair.migrate(size)
+                pair.migrate(image, size, touched, connections)
             for round_number in range(rounds):
                 for pair in pairs if round_number % 2 == 0 else pairs[::-1]:
                     warm_free_memory(tmpfs_dir(), size + GIB)
-                    run = pair.migrate(size)
+                    run = pair.migrate(image, size, touched, connections)
                     runs[pair.factor].append(run)
                     print(
                         f"{touched:.0%} touched, round {round_number + 1}, factor {pair.factor}: {run.ms:.0f} ms, "

@@ -47,6 +47,7 @@ class Case:
     ok: bool
     allocated_zeros: bool = False
     moved: int = 0  # guest bytes the migration covered (zero pages included)
+    batches: int = 0
 
 
 def measure_case(
@@ -102,6 +103,7 @@ def measure_case(
         allocated=allocated,
         ok=status.state == pb.COMPLETED,
         moved=stats.total_bytes,
+        batches=stats.batches,
     )
 
 
