@@ -15,7 +15,10 @@ streams:
   taken back costs up to 3 s per GiB, so back-to-back migrations right after a
   QEMU run were 10 % slower with the trim at session end (2 GiB, 100 % touched,
   2 connections, 8 rounds alternating: 4685 against 4217 ms, receiver 2.58
-  against 2.29 CPU s/GiB, the kept heap faster in every one of the 8 rounds).
+  against 2.29 CPU s/GiB, the kept heap faster in every one of the 8 rounds). The
+  two pairs read images of their own, which on this VM can differ by up to 10 % on
+  their own (docs/benchmarks.md, stop 20): the fault counts stand, the time may
+  carry some of that.
 - The streams of a failed or cancelled migration may still be receiving, and
   holding megabyte buffers, when its session ends; a trim at the end missed what
   they freed after it (a worker kept 0.6-0.9 GB after a failed 128-connection
