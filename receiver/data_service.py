@@ -23,10 +23,10 @@ import grpc
 
 from livemig.common.proto import livemig_pb2 as pb
 from livemig.common.read_ahead import ReadAhead
+from livemig.common.stream_activity import StreamActivity
 from livemig.common.transfer_rpc import SESSION_METADATA
 from livemig.common.wire import BatchDecodeError, decode_batch, is_heartbeat
 from livemig.receiver.errors import STATUS_OF_REASON, Reason, ReceiverError, check_owner
-from livemig.receiver.stream_activity import StreamActivity
 from livemig.receiver.writer import SessionWriter
 
 log = logging.getLogger("livemig.receiver")

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import grpc
 
-from livemig.common.allocator import free_heap_bytes, recycle_large_blocks, release_free_memory
+from livemig.common.allocator import recycle_large_blocks
 from livemig.common.proto import livemig_pb2 as pb
+from livemig.common.stream_activity import StreamActivity, give_back_if_grown, give_back_if_quiet
 from livemig.common.tls import Security
 from livemig.common.transfer_rpc import RECEIVER_SERVICE, TRANSFER_PAGES
 from livemig.common.transport import ServiceHost
@@ -29,7 +30,6 @@ from livemig.common.worker_processes import PipeSender, UnknownMessage, ignore_s
 from livemig.receiver.data_service import DataService
 from livemig.receiver.errors import Reason, ReceiverError, storage_error
 from livemig.receiver.session_record import SessionRecord, record_name
-from livemig.receiver.stream_activity import StreamActivity
 from livemig.receiver.worker_messages import (
     BatchApplied,
     BatchRejected,
@@ -51,9 +51,6 @@ log = logging.getLogger("livemig.receiver")
 
 PRELOAD = ["livemig.receiver.data_worker"]
 ENDED_WRITERS_KEPT = 1024
-# Free heap a worker may keep past a session's end for the next session: four streams'
-# worth at 8 MiB batches (gRPC's receive buffers and joined messages, ~65 MiB a stream).
-KEPT_BETWEEN_SESSIONS_BYTES = 256 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +172,7 @@ def run_data_worker(spec: WorkerSpec, pipe) -> None:
     while grace is None:
         try:
             if not pipe.poll(activity.seconds_until_due()):
-                if activity.due_for_trim():  # no stream for a while: the buffers go back
-                    release_free_memory()
-                    activity.trimmed()
+                give_back_if_quiet(activity)  # no stream for a while: the buffers go back
                 continue
             message: ToWorker = pipe.recv()
         except (EOFError, OSError):
@@ -197,11 +192,9 @@ def obey(message: ToWorker, writers: WorkerWriters, activity: StreamActivity, to
             if ended is not None:
                 ended.release()  # unmap and close off the control process's critical path
             # The session's buffers stay for the next one, and go back once no stream has been
-            # open for a while (receiver/stream_activity.py); a heap grown far past that (a
+            # open for a while (common/stream_activity.py); a heap grown far past that (a
             # session with many streams here) goes back now, busy or not.
-            if (free := free_heap_bytes()) is None or free > KEPT_BETWEEN_SESSIONS_BYTES:
-                release_free_memory()
-                activity.trimmed()  # counts only with no stream open, as before
+            give_back_if_grown(activity)
         case ReopenSession(session_id):  # a refused completion: the session is active again
             writers.forget(session_id)
             to_control.send(SessionReopened(session_id))

@@ -28,9 +28,10 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
-from livemig.common.allocator import recycle_large_blocks, release_free_memory
+from livemig.common.allocator import recycle_large_blocks
 from livemig.common.guest_memory import LayoutError, MemoryLayout, open_source_layout
 from livemig.common.ranges import ranges_from_array
+from livemig.common.stream_activity import StreamActivity, give_back_if_grown, give_back_if_quiet
 from livemig.common.transport import channel_options
 from livemig.common.worker_processes import PipeSender, UnknownMessage, ignore_stop_signals, log_through_parent
 from livemig.sender.batch_builder import BatchBuilder, TransferPlan
@@ -135,9 +136,11 @@ class _ConnectionRun:
     """One migration's connection inside a (reused) connection process: its thread runs
     the stream, the process's main loop feeds it messages."""
 
-    def __init__(self, spec: ConnectionSpec, to_parent: PipeSender) -> None:
+    def __init__(self, spec: ConnectionSpec, to_parent: PipeSender, activity: StreamActivity) -> None:
         self.spec = spec
         self.to_parent = to_parent
+        self.activity = activity
+        activity.opened()
         self.stop = threading.Event()
         self.inbox: queue.Queue[Chunk | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name=f"connection-{spec.index}", daemon=True)
@@ -195,10 +198,13 @@ class _ConnectionRun:
                 layout.close()
             wipe_text(spec.session_token)  # this process serves other migrations next
         self.to_parent.send(outcome)  # the last word of this migration: the pool may reuse us now
-        # gRPC calls and generators leave reference cycles holding frames: collect them and
-        # give the memory back (after the last word, off the migration's critical path).
+        # gRPC calls and generators leave reference cycles holding frames: collect them (after
+        # the last word, off the migration's critical path). The freed frames stay for the next
+        # migration and go back after a quiet spell (common/stream_activity.py), or now where
+        # the heap has grown past what one needs.
         gc.collect()
-        release_free_memory()
+        give_back_if_grown(self.activity)
+        self.activity.closed()
 
 
 def wipe_text(text: str) -> None:
@@ -233,29 +239,35 @@ def run_connection(log_level: int, pipe) -> None:
     """
     ignore_stop_signals()
     not_dumpable()
-    recycle_large_blocks()  # one heap, frames reused; trimmed after each migration
+    recycle_large_blocks()  # one heap, frames reused; trimmed once no migration has come for a while
     to_parent = PipeSender(pipe)
     log_through_parent(to_parent, log_level)
+    activity = StreamActivity()
     run: _ConnectionRun | None = None
     while True:
         try:
+            if not pipe.poll(activity.seconds_until_due()):
+                give_back_if_quiet(activity)  # no migration for a while: the frames go back
+                continue
             message: ToConnection = pipe.recv()
         except (EOFError, OSError):
             break  # the sender is gone
         if isinstance(message, Exit):
             break
-        run = serve(message, run, to_parent)
+        run = serve(message, run, to_parent, activity)
     if run is not None and run.running:
         run.stop.set()
         run.thread.join(10)
     pipe.close()
 
 
-def serve(message: ToConnection, run: _ConnectionRun | None, to_parent: PipeSender) -> _ConnectionRun | None:
+def serve(
+    message: ToConnection, run: _ConnectionRun | None, to_parent: PipeSender, activity: StreamActivity
+) -> _ConnectionRun | None:
     """Handle one message from the migration process; returns the migration run now served."""
     match message:
         case Begin(spec):
-            return _ConnectionRun(spec, to_parent)
+            return _ConnectionRun(spec, to_parent, activity)
         case SendChunks() | Close() | Stop():
             if run is not None and run.running:
                 run.handle(message)

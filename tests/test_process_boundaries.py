@@ -38,7 +38,6 @@ DATA_PLANE = {
         "livemig.receiver.errors",
         "livemig.receiver.session_record",
         "livemig.receiver.shared_batch_ids",
-        "livemig.receiver.stream_activity",
         "livemig.receiver.worker_messages",
         "livemig.receiver.write_mode",
         "livemig.receiver.write_turns",

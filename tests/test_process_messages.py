@@ -57,7 +57,7 @@ def test_an_unknown_message_is_caught_on_every_side(message):
     with pytest.raises(UnknownMessage):
         TransferPool._handle(object.__new__(TransferPool), None, message)
     with pytest.raises(UnknownMessage):
-        connection_process.serve(message, None, None)
+        connection_process.serve(message, None, None, None)
     with pytest.raises(UnknownMessage):
         object.__new__(connection_process._ConnectionRun).handle(message)
     with pytest.raises(UnknownMessage):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from livemig.receiver.stream_activity import StreamActivity
+from livemig.common.stream_activity import StreamActivity
 
 
 def test_due_once_all_streams_closed_for_the_quiet_time_and_once_per_spell():

@@ -1,11 +1,12 @@
-"""When a data worker's page streams have all closed for a while: the moment to give memory back.
+"""When a data-plane process's page streams have all closed for a while: the moment to give memory back.
 
 Trimming the heap is explicit in data-plane processes (common/allocator.py). A
-data worker trims once no stream has been open for QUIET_SECONDS, once per quiet
-spell, and at a session's end only where its free heap has grown past what a
-session needs (receiver/data_worker.py, KEPT_BETWEEN_SESSIONS_BYTES), so that a
-worker that is never quiet still gives back the peak of a session with many
-streams:
+data worker (its streams: a session's page streams) and a connection process (its
+stream: one migration's connection) trim once no stream has been open for
+QUIET_SECONDS, once per quiet spell, and at a stream's end only where the free heap
+has grown past what the next one needs (KEPT_BETWEEN_SESSIONS_BYTES,
+give_back_if_grown), so that a process that is never quiet still gives back the
+peak of a session with many streams:
 
 - What a session's streams freed is what the next session needs (gRPC's receive
   buffers and the joined message of every batch: about 65 MiB per stream at
@@ -19,6 +20,11 @@ streams:
   two pairs read images of their own, which on this VM can differ by up to 10 % on
   their own (docs/benchmarks.md, stop 20): the fault counts stand, the time may
   carry some of that.
+- A connection process's frames are the same story at the source: trimmed after
+  every migration, each of its processes faulted in about 64 MiB of heap again at
+  the next (33 000 against 16 000 page faults per process per 2 GiB migration at
+  50 % touched, the rest being the guest's pages mapped to be scanned); kept, the
+  sender spent 0.550 against 0.570 CPU s/GiB (docs/benchmarks.md, stop 21).
 - The streams of a failed or cancelled migration may still be receiving, and
   holding megabyte buffers, when its session ends; a trim at the end missed what
   they freed after it (a worker kept 0.6-0.9 GB after a failed 128-connection
@@ -26,7 +32,7 @@ streams:
 
 Ten seconds is jemalloc's default for giving back unused dirty pages: long
 enough for the next migration of a host being drained, short enough that an idle
-receiver holds nothing for long.
+service holds nothing for long.
 """
 
 from __future__ import annotations
@@ -34,7 +40,13 @@ from __future__ import annotations
 import threading
 import time
 
+from livemig.common.allocator import free_heap_bytes, release_free_memory
+
 QUIET_SECONDS = 10.0
+# Free heap a process may keep past a stream's end for the next: four data streams'
+# worth at 8 MiB batches (gRPC's receive buffers and joined messages, ~65 MiB a stream);
+# a connection process's frames and gRPC's send buffers take less.
+KEPT_BETWEEN_SESSIONS_BYTES = 256 << 20
 
 
 class StreamActivity:
@@ -82,3 +94,18 @@ class StreamActivity:
         with self._lock:
             if self._open == 0:
                 self._busy_since_trim = False
+
+
+def give_back_if_quiet(activity: StreamActivity) -> None:
+    """Trim the heap if the quiet spell is over (the process's idle wait timed out)."""
+    if activity.due_for_trim():
+        release_free_memory()
+        activity.trimmed()
+
+
+def give_back_if_grown(activity: StreamActivity) -> None:
+    """At a stream's end: a heap grown past KEPT_BETWEEN_SESSIONS_BYTES (many streams at
+    once) goes back now, busy or not; what is left is kept for the next stream."""
+    if (free := free_heap_bytes()) is None or free > KEPT_BETWEEN_SESSIONS_BYTES:
+        release_free_memory()
+        activity.trimmed()  # counts only with no stream open, as before
