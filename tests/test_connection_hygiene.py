@@ -6,6 +6,7 @@ import secrets
 import subprocess
 import sys
 
+from livemig.common.stream_activity import StreamActivity
 from livemig.common.tls import INSECURE
 from livemig.sender.connection_messages import ConnectionSpec, Failed
 from livemig.sender.connection_process import _ConnectionRun, wipe_text
@@ -24,10 +25,12 @@ def test_the_token_of_a_finished_migration_is_wiped_in_place():
     copy = "".join(token)  # an equal string elsewhere, to compare with
     spec = ConnectionSpec(0, "127.0.0.1:1", INSECURE, token, (), 4096, 65536, False)
     words = Words()
-    run = _ConnectionRun(spec, words)
+    activity = StreamActivity()
+    run = _ConnectionRun(spec, words, activity)
     run.thread.join(30)
     assert words.sent and isinstance(words.sent[-1], Failed)  # no guest files: it ends at once
     assert token != copy and set(token) == {"\0"}  # the very string this process held
+    assert activity.open_streams == 0  # its end counts: the quiet spell before the trim starts
 
 
 def test_wipe_leaves_other_strings_alone():
