@@ -16,9 +16,12 @@ after QEMU's took 39 % longer for livemig and 12 % for the floor (2 GiB, 100 %
 touched, 2 connections, 6 rounds each way; docs/benchmarks.md, stop 19).
 
 QEMU side: two `-S` guests (never started, so no guest OS is needed) whose RAM
-is a file on /dev/shm (`memory-backend-file`, share=on); the source's file is
-written beforehand with the image livemig migrates (cli/images.make_image, same
-seed). The destination waits with `-incoming defer`; over QMP both get the
+is a file on /dev/shm (`memory-backend-file`, share=on); the source's file is the
+very image livemig migrates. One file for both: on this VM two copies of the same
+bytes written one after the other read up to 10 % apart (the one written first
+slower; docs/benchmarks.md, stops 20 and 21), and this tool used to write
+livemig's copy first. An -S guest never runs, so QEMU only reads it: a digest of
+the image before and after each case checks that. The destination waits with `-incoming defer`; over QMP both get the
 multifd capability and N channels, the destination `migrate-incoming`, the
 source `migrate`, and `query-migrate` is polled until completed. A fresh pair
 runs each migration. Time: `migrate` to completed as seen by polling; CPU: both
@@ -59,6 +62,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import xxhash
 from rich.console import Console
 
 from livemig.cli.bench import GIB, cpu_per_gib, measure_case, memory_state_line, receiver_args, warm_free_memory
@@ -211,6 +215,15 @@ def files_equal_prefix(memory: Path, image: Path, size: int) -> bool:
     return True
 
 
+def file_digest(path: Path) -> bytes:
+    """xxh3-128 of a file's bytes."""
+    digest = xxhash.xxh3_128()
+    with path.open("rb") as file:
+        while block := file.read(8 << 20):
+            digest.update(block)
+    return digest.digest()
+
+
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[(len(ordered) - 1) // 2]
@@ -279,10 +292,9 @@ def main() -> None:
             Floor(max(connections), batch_bytes) as floor,
         ):
             for ratio in touched:
-                image = workdir / "guest.img"  # livemig's source
-                qemu_source = workdir / "qemu-source.mem"  # the same bytes, QEMU's source RAM
+                image = workdir / "guest.img"  # the source of every side: livemig's image, QEMU's RAM
                 make_image(image, size, ratio, seed=SEED)
-                make_image(qemu_source, size, ratio, seed=SEED)
+                image_digest = file_digest(image)
                 measure_case(tx, rx, image, ratio, connections[0], True, batch_bytes)  # warm-up
                 for repeat in range(args.repeat):
                     for count in connections:
@@ -301,9 +313,7 @@ def main() -> None:
                                     Run(payload / rate * 1000, client * streamed, server * streamed, True)
                                 )
                             elif side == "qemu":
-                                run = qemu_migrate(
-                                    binary, qemu_source, size, count, workdir, image if repeat == 0 else None
-                                )
+                                run = qemu_migrate(binary, image, size, count, workdir, image if repeat == 0 else None)
                                 qemu_runs.setdefault(key, []).append(run)
                                 if repeat == 0:
                                     notes[key] = run.note
@@ -320,8 +330,9 @@ def main() -> None:
                                 f"{cpu_per_gib(last.cpu_destination, size):.2f}",
                                 soft_wrap=True,
                             )
+                if file_digest(image) != image_digest:
+                    raise RuntimeError(f"{image} changed during the runs: QEMU's source guest wrote its RAM")
                 image.unlink()
-                qemu_source.unlink()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     _print(console, size, qemu_runs, livemig_runs, bare_runs, floor_runs, notes, args.repeat, args.markdown)
