@@ -13,9 +13,9 @@ So data-plane processes (connection processes, data workers) call
 recycle_large_blocks() once: one arena, blocks up to 32 MiB from the heap, and
 no trimming on free, so freed frames are reused as they are. The cost is that
 memory stays with the process until it is trimmed; release_free_memory() does
-that when a connection process's migration ends, and in a data worker once it has
-had no stream for a while (common/stream_activity.py: the next session reuses
-the buffers; free_heap_bytes() says when a session's end must trim anyway). With
+that in a connection process or a data worker once it has had no stream for a
+while (common/stream_activity.py: the next migration reuses the buffers;
+free_heap_bytes() says when a stream's end must trim anyway). With
 one arena malloc_trim(0) also returns the top of the heap (glibc trims only the
 main arena's top; a thread arena's top would stay resident): a data worker ended a 1 GiB session at 50 MiB
 private RSS this way, against 58-69 MiB with the defaults and 86-111 MiB with
