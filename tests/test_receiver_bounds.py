@@ -42,6 +42,7 @@ def test_a_layout_of_more_regions_than_the_sender_sends_is_refused(shm_dir: Path
         registry.prepare([MemoryRange(i * PAGE, PAGE) for i in range(MAX_REGIONS)], PAGE, "most")
     finally:
         registry.close()
+        registry.remove_state()  # its private folder on /dev/shm (the service does this at shutdown)
 
 
 @pytest.mark.parametrize("write_mode", ["pwrite", "mapped"])

@@ -39,6 +39,7 @@ def test_prepare_counts_a_session_whose_files_just_went_as_ending(shm_dir: Path)
         assert fresh.active
     finally:
         registry.close()
+        registry.remove_state()  # its private folder on /dev/shm (the service does this at shutdown)
 
 
 def test_prepares_beside_a_client_that_prepares_and_aborts_never_fail(shm_dir: Path):
@@ -68,6 +69,7 @@ def test_prepares_beside_a_client_that_prepares_and_aborts_never_fail(shm_dir: P
         stop.set()
         thread.join(30)
         registry.close()
+        registry.remove_state()  # its private folder on /dev/shm (the service does this at shutdown)
     assert churned[0] > 0
     assert not failures, failures[:3]
     assert not any(str(shm_dir) in failure for failure in failures)
