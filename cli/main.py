@@ -23,6 +23,7 @@ import grpc
 from livemig.cli.options import Host, HostPort, name_envvars, tls_options
 from livemig.cli.units import Duration, Size
 from livemig.common.proto import livemig_pb2 as pb
+from livemig.common.stream_activity import MAX_QUIET_SECONDS, MIN_QUIET_SECONDS, QUIET_SECONDS
 from livemig.receiver.limits import ReceiverLimits
 from livemig.sender import defaults as sender_defaults
 
@@ -121,6 +122,19 @@ def _metrics_options(command):
     )(command)
 
 
+def _keep_buffers_option(process: str, stream: str):
+    """--keep-buffers-seconds, of the sender (its connection processes) or the receiver (its data workers)."""
+    return click.option(
+        "--keep-buffers-seconds",
+        type=Duration("s", min_seconds=MIN_QUIET_SECONDS, max_seconds=MAX_QUIET_SECONDS),
+        default=f"{QUIET_SECONDS:g}s",
+        show_default=True,
+        help=f"A {process} keeps the buffers it freed for the next {stream}, and gives them back to the "
+        f"system after this long without one (bare number: s). Longer: a {stream} after a longer pause "
+        "does not fault them in again; shorter: an idle service holds less memory for less time.",
+    )
+
+
 @cli.command()
 @click.option(
     "--listen",
@@ -201,6 +215,7 @@ def _metrics_options(command):
     help="Batch ids a session may send ahead of the oldest one it has not settled (the receiver remembers "
     "those: 170 bytes an id, and 74 in each data worker); one more is refused (RESOURCE_EXHAUSTED).",
 )
+@_keep_buffers_option("data worker", "stream")
 @tls_options(server=True)
 def receiver(
     listen: str,
@@ -216,6 +231,7 @@ def receiver(
     max_streams_per_worker: int,
     write_mode: str,
     max_unsettled_batches: int,
+    keep_buffers_seconds: float,
     security,
 ) -> None:
     """Run the receiver service (destination host)."""
@@ -237,6 +253,7 @@ def receiver(
         max_streams_per_worker,
         write_mode,
         max_unsettled_batches,
+        keep_buffers_seconds,
     )
     try:
         service = Receiver(memory_dir, limits, security, listen.rpartition(":")[0], data_port)
@@ -330,6 +347,7 @@ def receiver(
     help="A chunk of sparse memory covers up to this many times the batch limit, so that its batch is "
     "fuller (fewer, fuller batches); 1: every chunk covers the batch limit.",
 )
+@_keep_buffers_option("connection process", "migration")
 @tls_options(server=True)
 def sender(
     listen: str,
@@ -348,6 +366,7 @@ def sender(
     max_migrations: int,
     max_connections: int,
     chunk_span_factor: int,
+    keep_buffers_seconds: float,
     security,
 ) -> None:
     """Run the sender service (source host).
@@ -371,6 +390,7 @@ def sender(
         max_migrations=max_migrations,
         max_connections=max_connections,
         chunk_span_factor=chunk_span_factor,
+        keep_buffers_seconds=keep_buffers_seconds,
     )
     host, registry = build_sender(config, security)
     _serve("sender", host, listen, metrics_address, metrics_port, security, on_stop=lambda: cancel_all(registry))

@@ -43,6 +43,10 @@ import time
 from livemig.common.allocator import free_heap_bytes, release_free_memory
 
 QUIET_SECONDS = 10.0
+# What an operator may choose (--keep-buffers-seconds). Not 0: with no stream open the
+# process's idle wait is a quiet spell long (seconds_until_due), and would spin.
+MIN_QUIET_SECONDS = 1.0
+MAX_QUIET_SECONDS = 3600.0
 # Free heap a process may keep past a stream's end for the next: four data streams'
 # worth at 8 MiB batches (gRPC's receive buffers and joined messages, ~65 MiB a stream);
 # a connection process's frames and gRPC's send buffers take less.
@@ -53,6 +57,8 @@ class StreamActivity:
     """Open page streams of one process, and whether memory was given back since."""
 
     def __init__(self, quiet_seconds: float = QUIET_SECONDS) -> None:
+        if quiet_seconds <= 0:
+            raise ValueError("a quiet spell lasts a while: its length must be positive")
         self.quiet_seconds = quiet_seconds
         self._open = 0
         self._last_closed = time.monotonic()

@@ -22,7 +22,7 @@ import grpc
 
 from livemig.common.allocator import recycle_large_blocks
 from livemig.common.proto import livemig_pb2 as pb
-from livemig.common.stream_activity import StreamActivity, give_back_if_grown, give_back_if_quiet
+from livemig.common.stream_activity import QUIET_SECONDS, StreamActivity, give_back_if_grown, give_back_if_quiet
 from livemig.common.tls import Security
 from livemig.common.transfer_rpc import RECEIVER_SERVICE, TRANSFER_PAGES
 from livemig.common.transport import ServiceHost
@@ -64,6 +64,7 @@ class WorkerSpec:
     max_message_bytes: int
     log_level: int
     unbound_stream_seconds: float = 60.0  # a stream must name its session within this (--idle-timeout)
+    keep_buffers_seconds: float = QUIET_SECONDS  # freed buffers go back after this long without a stream
 
 
 class WorkerWriters:
@@ -160,7 +161,7 @@ def run_data_worker(spec: WorkerSpec, pipe) -> None:
         max_message_bytes=spec.max_message_bytes,
         maximum_concurrent_rpcs=spec.max_streams,
     )
-    activity = StreamActivity()
+    activity = StreamActivity(spec.keep_buffers_seconds)
     add_data_service(DataService(writers, PipeReports(to_control), spec.unbound_stream_seconds, activity), host.server)
     try:
         port = host.start(f"{spec.host}:{spec.port}", spec.security.server_credentials())

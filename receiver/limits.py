@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from livemig.common.stream_activity import QUIET_SECONDS
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 from livemig.receiver.batch_ids import DEFAULT_MAX_UNSETTLED_BATCHES
 
@@ -23,3 +24,6 @@ class ReceiverLimits:
     max_streams_per_worker: int = 128
     write_mode: str = "auto"  # receiver/write_mode.WriteMode: auto, pwrite or mapped
     max_unsettled_batches: int = DEFAULT_MAX_UNSETTLED_BATCHES  # receiver/batch_ids.py
+    # A data worker gives its freed buffers back after this long without a stream
+    # (common/stream_activity.py); until then the next session reuses them.
+    keep_buffers_seconds: float = QUIET_SECONDS

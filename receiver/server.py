@@ -65,6 +65,7 @@ class Receiver:
                 max_message_bytes=message_limit(self.limits.max_batch_bytes),
                 log_level=logging.getLogger().getEffectiveLevel(),
                 unbound_stream_seconds=self.limits.idle_timeout_seconds,
+                keep_buffers_seconds=self.limits.keep_buffers_seconds,
             )
             for index in range(workers)
         ]

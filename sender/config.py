@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from livemig.common.stream_activity import QUIET_SECONDS
 from livemig.sender.defaults import (
     DEFAULT_CHUNK_SPAN_FACTOR,
     DEFAULT_MAX_MIGRATIONS,
@@ -39,3 +40,6 @@ class SenderConfig:
     max_connections: int = 0
     # A chunk of sparse memory covers up to this many times the batch limit (sender/chunk_spans.py).
     chunk_span_factor: int = DEFAULT_CHUNK_SPAN_FACTOR
+    # A connection process gives the buffers it freed back after this long without a
+    # migration (common/stream_activity.py); until then the next migration reuses them.
+    keep_buffers_seconds: float = QUIET_SECONDS

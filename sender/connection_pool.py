@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from livemig.common.stream_activity import QUIET_SECONDS
 from livemig.common.worker_processes import usable_cores, worker_context
 from livemig.sender.connection_messages import Exit
 from livemig.sender.connection_process import PRELOAD, run_connection
@@ -77,10 +78,14 @@ class ConnectionProcessPool:
         max_idle: int | None = None,
         idle_seconds: float = IDLE_SECONDS,
         surplus_idle_seconds: float = SURPLUS_IDLE_SECONDS,
+        keep_buffers_seconds: float = QUIET_SECONDS,
     ) -> None:
         self.max_idle = max_idle if max_idle is not None else max(2, usable_cores())
         self.idle_seconds = idle_seconds
         self.surplus_idle_seconds = surplus_idle_seconds
+        # Each process started from now on gives its freed buffers back after this long
+        # without a migration (SenderConfig.keep_buffers_seconds).
+        self.keep_buffers_seconds = keep_buffers_seconds
         self._context = worker_context(PRELOAD)
         self._idle: list[PooledProcess] = []
         self._lock = threading.Lock()
@@ -107,7 +112,7 @@ class ConnectionProcessPool:
             parent_end, child_end = self._context.Pipe(duplex=True)
             process = self._context.Process(
                 target=run_connection,
-                args=(logging.getLogger().getEffectiveLevel(), child_end),
+                args=(logging.getLogger().getEffectiveLevel(), child_end, self.keep_buffers_seconds),
                 name="livemig-connection",
                 daemon=True,
             )
@@ -174,10 +179,13 @@ _default: ConnectionProcessPool | None = None
 _default_lock = threading.Lock()
 
 
-def default_pool() -> ConnectionProcessPool:
-    """The sender's pool (one per sender process)."""
+def default_pool(keep_buffers_seconds: float | None = None) -> ConnectionProcessPool:
+    """The sender's pool (one per sender process); `keep_buffers_seconds`, where given, for
+    the processes it starts from now on."""
     global _default
     with _default_lock:
         if _default is None:
             _default = ConnectionProcessPool()
+        if keep_buffers_seconds is not None:
+            _default.keep_buffers_seconds = keep_buffers_seconds
         return _default

@@ -31,7 +31,7 @@ import numpy as np
 from livemig.common.allocator import recycle_large_blocks
 from livemig.common.guest_memory import LayoutError, MemoryLayout, open_source_layout
 from livemig.common.ranges import ranges_from_array
-from livemig.common.stream_activity import StreamActivity, give_back_if_grown, give_back_if_quiet
+from livemig.common.stream_activity import QUIET_SECONDS, StreamActivity, give_back_if_grown, give_back_if_quiet
 from livemig.common.transport import channel_options
 from livemig.common.worker_processes import PipeSender, UnknownMessage, ignore_stop_signals, log_through_parent
 from livemig.sender.batch_builder import BatchBuilder, TransferPlan
@@ -230,19 +230,21 @@ def not_dumpable() -> None:
 PR_SET_DUMPABLE = 4
 
 
-def run_connection(log_level: int, pipe) -> None:
+def run_connection(log_level: int, pipe, keep_buffers_seconds: float = QUIET_SECONDS) -> None:
     """Process entry point (started by the connection pool through the fork server).
 
     A connection process serves one migration's connection at a time and then waits
     for the next Begin; messages that arrive between migrations (a late Stop or
-    Close) are ignored. Exit or a closed pipe ends it.
+    Close) are ignored. Exit or a closed pipe ends it. The frames it freed are kept for
+    the next migration and go back after `keep_buffers_seconds` without one
+    (--keep-buffers-seconds, common/stream_activity.py).
     """
     ignore_stop_signals()
     not_dumpable()
     recycle_large_blocks()  # one heap, frames reused; trimmed once no migration has come for a while
     to_parent = PipeSender(pipe)
     log_through_parent(to_parent, log_level)
-    activity = StreamActivity()
+    activity = StreamActivity(keep_buffers_seconds)
     run: _ConnectionRun | None = None
     while True:
         try:

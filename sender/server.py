@@ -31,7 +31,7 @@ def build_sender(
         )
     registry = MigrationRegistry()
     start_fork_server(CONNECTION_PRELOAD)  # connection processes fork from it in milliseconds
-    default_pool()  # and are kept between migrations
+    default_pool(config.keep_buffers_seconds)  # and are kept between migrations
     host = ServiceHost([SERVICE_NAME], max_workers=CONTROL_WORKERS, max_message_bytes=16 << 20)
     pb_grpc.add_SenderServicer_to_server(SenderService(registry, config, security), host.server)
     return host, registry

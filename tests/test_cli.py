@@ -98,6 +98,11 @@ USAGE_ERRORS = [
     ["sender", "--listen", "127.0.0.1:0", "--metrics-port", "-1", "--insecure"],
     ["sender", "--listen", "127.0.0.1:0", "--metrics-address", "no-such-host.invalid", "--insecure"],
     ["--log-level", "LOUD", "sender", "--insecure"],
+    *(
+        [*service, "--listen", "127.0.0.1:0", "--insecure", "--keep-buffers-seconds", value]
+        for service in (["sender"], ["receiver", "--memory-dir", "/tmp/x"])
+        for value in ("0", "-1", "x", "3601", "1e9")
+    ),
 ]
 
 

@@ -186,6 +186,21 @@ def test_soak_slope_tells_the_arena_leak_from_allocator_noise():
         assert theil_sen_slope(list(window + growth * 1024)) > MAX_GROWTH_KIB_PER_MIGRATION, start
 
 
+def data_plane_processes(tx: ServiceProcess, rx: ServiceProcess) -> dict[int, int]:
+    """Data-plane processes (children of a fork server, not of a service) and their parents."""
+    roots = {tx.pid, rx.pid}
+    return {
+        pid: parent
+        for root in roots
+        for pid in process_tree(root)[1:]
+        if (parent := int(_status(pid)["PPid"])) not in roots
+    }
+
+
+def private_mib(pid: int) -> int:
+    return rss_without_shmem_bytes(pid) // MIB
+
+
 def test_every_data_plane_process_gives_its_buffers_back_after_a_migration(services, shm_dir):
     """Connection processes and data workers keep freed megabyte blocks for reuse while a
     migration runs (common/allocator.py) and return them when it ends. Each is forked
@@ -210,17 +225,7 @@ def test_every_data_plane_process_gives_its_buffers_back_after_a_migration(servi
             Path(region.path).unlink()
 
     def forked() -> dict[int, int]:
-        """Data-plane processes (children of a fork server, not of a service) and their parents."""
-        roots = {tx.pid, rx.pid}
-        return {
-            pid: parent
-            for root in roots
-            for pid in process_tree(root)[1:]
-            if (parent := int(_status(pid)["PPid"])) not in roots
-        }
-
-    def private_mib(pid: int) -> int:
-        return rss_without_shmem_bytes(pid) // MIB
+        return data_plane_processes(tx, rx)
 
     run()  # warm-up: pools, threads and imports reach their working size
     peaks: dict[int, int] = {}
@@ -261,6 +266,32 @@ def test_every_data_plane_process_gives_its_buffers_back_after_a_migration(servi
     assert max(peaks.values()) >= 51 + 32, "nothing was held during the migration?"
     for pid, (mib, server) in after.items():
         assert mib <= server + 24, f"process {pid} holds {mib} MiB after the migration (its fork server {server})"
+
+
+def test_keep_buffers_seconds_reaches_every_data_plane_process(shm_dir):
+    """--keep-buffers-seconds 1 on both services: connection processes and data workers
+    give their buffers back a second after the migration, well before the default
+    QUIET_SECONDS (with that they still hold 40-100 MiB each at QUIET_SECONDS / 2)."""
+    image = shm_dir / "guest.img"
+    make_image(image, 256 * MIB, 1.0, seed=5)
+    receiver_args = ["--memory-dir", str(shm_dir / "dst"), "--keep-buffers-seconds", "1"]
+    with (
+        ServiceProcess("receiver", receiver_args) as rx,
+        ServiceProcess("sender", ["--keep-buffers-seconds", "1"]) as tx,
+    ):
+        status = migrate(tx.address, rx.address, [(0, image)], connections=2)
+        ended = time.monotonic()
+        assert status.state == pb.COMPLETED, status.error
+        while True:
+            forked = data_plane_processes(tx, rx)
+            after = {pid: (private_mib(pid), private_mib(parent)) for pid, parent in forked.items()}
+            back = all(mib <= server + 24 for mib, server in after.values())
+            if back or time.monotonic() - ended > QUIET_SECONDS / 2:
+                break
+            time.sleep(0.2)
+        assert len(after) >= 2 + 2, "two connection processes and the data workers"
+        for pid, (mib, server) in after.items():
+            assert mib <= server + 24, f"process {pid} still holds {mib} MiB (its fork server {server}): {after}"
 
 
 def test_a_data_worker_gives_back_what_streams_still_held_when_their_session_ended(shm_dir):

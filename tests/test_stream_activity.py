@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from livemig.common.stream_activity import StreamActivity
 
 
@@ -41,3 +43,10 @@ def test_the_worker_sleeps_until_the_quiet_spell_can_end_and_no_longer():
     assert activity.seconds_until_due() == 0.0 and activity.due_for_trim()
     activity.trimmed()
     assert activity.seconds_until_due() == 10.0  # given back: nothing until a stream comes
+
+
+def test_a_quiet_spell_has_a_length():
+    """0 would make an idle process's wait (a spell long, seconds_until_due) a spin."""
+    for seconds in (0.0, -1.0):
+        with pytest.raises(ValueError):
+            StreamActivity(quiet_seconds=seconds)
