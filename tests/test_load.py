@@ -201,6 +201,17 @@ def private_mib(pid: int) -> int:
     return rss_without_shmem_bytes(pid) // MIB
 
 
+def wait_until_given_back(tx: ServiceProcess, rx: ServiceProcess, deadline: float) -> dict[int, tuple[int, int]]:
+    """Every data-plane process's (private MiB, its fork server's) once each is within
+    24 MiB of its fork server (its buffers given back), or as they are at `deadline`."""
+    while True:
+        forked = data_plane_processes(tx, rx)
+        after = {pid: (private_mib(pid), private_mib(parent)) for pid, parent in forked.items()}
+        if all(mib <= server + 24 for mib, server in after.values()) or time.monotonic() > deadline:
+            return after
+        time.sleep(0.2)
+
+
 def test_every_data_plane_process_gives_its_buffers_back_after_a_migration(services, shm_dir):
     """Connection processes and data workers keep freed megabyte blocks for reuse while a
     migration runs (common/allocator.py) and return them when it ends. Each is forked
@@ -224,16 +235,13 @@ def test_every_data_plane_process_gives_its_buffers_back_after_a_migration(servi
         for region in status.destination_regions:
             Path(region.path).unlink()
 
-    def forked() -> dict[int, int]:
-        return data_plane_processes(tx, rx)
-
     run()  # warm-up: pools, threads and imports reach their working size
     peaks: dict[int, int] = {}
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.05):
-            for pid in forked():
+            for pid in data_plane_processes(tx, rx):
                 peaks[pid] = max(peaks.get(pid, 0), private_mib(pid))
 
     sampler = threading.Thread(target=sample)
@@ -246,7 +254,7 @@ def test_every_data_plane_process_gives_its_buffers_back_after_a_migration(servi
     # Data workers and connection processes keep their buffers for the next migration for
     # QUIET_SECONDS after their last stream closed (common/stream_activity.py).
     data_workers = set(process_tree(rx.pid)[1:])
-    kept = {pid: private_mib(pid) - private_mib(parent) for pid, parent in forked().items()}
+    kept = {pid: private_mib(pid) - private_mib(parent) for pid, parent in data_plane_processes(tx, rx).items()}
     print(f"\nkept after the migration, MiB: {kept} (data workers {sorted(data_workers)})")
     if time.monotonic() - completed[0] < QUIET_SECONDS / 2:  # read well inside the spell
         kept_by_workers = [mib for pid, mib in kept.items() if pid in data_workers]
@@ -255,12 +263,7 @@ def test_every_data_plane_process_gives_its_buffers_back_after_a_migration(servi
         assert max(kept_by_connections, default=0) >= 16, f"the connection processes gave their frames back: {kept}"
     # Both trim once they have had no stream (a connection process: no migration) for
     # QUIET_SECONDS: wait for them (a loaded host may take a while), then judge.
-    deadline = time.monotonic() + TRIM_WAIT_SECONDS
-    while True:
-        after = {pid: (private_mib(pid), private_mib(parent)) for pid, parent in forked().items()}
-        if all(mib <= server + 24 for mib, server in after.values()) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    after = wait_until_given_back(tx, rx, time.monotonic() + TRIM_WAIT_SECONDS)
     print(f"\nRSS without shmem, MiB (peak, after, fork server): { {p: (peaks.get(p), *a) for p, a in after.items()} }")
     assert len(after) >= 4 + 2, "four connection processes and the data workers"
     assert max(peaks.values()) >= 51 + 32, "nothing was held during the migration?"
@@ -282,13 +285,7 @@ def test_keep_buffers_seconds_reaches_every_data_plane_process(shm_dir):
         status = migrate(tx.address, rx.address, [(0, image)], connections=2)
         ended = time.monotonic()
         assert status.state == pb.COMPLETED, status.error
-        while True:
-            forked = data_plane_processes(tx, rx)
-            after = {pid: (private_mib(pid), private_mib(parent)) for pid, parent in forked.items()}
-            back = all(mib <= server + 24 for mib, server in after.values())
-            if back or time.monotonic() - ended > QUIET_SECONDS / 2:
-                break
-            time.sleep(0.2)
+        after = wait_until_given_back(tx, rx, ended + QUIET_SECONDS / 2)
         assert len(after) >= 2 + 2, "two connection processes and the data workers"
         for pid, (mib, server) in after.items():
             assert mib <= server + 24, f"process {pid} still holds {mib} MiB (its fork server {server}): {after}"
