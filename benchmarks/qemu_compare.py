@@ -84,7 +84,7 @@ from livemig.cli.processes import ServiceProcess, tree_cpu_seconds
 from livemig.cli.report import human_bytes, print_table
 from livemig.cli.units import size_in_mib_by_default
 from livemig.common.qmp import QmpConnection, QmpFailure, wait_for_qmp
-from livemig.common.stream_activity import MAX_QUIET_SECONDS
+from livemig.common.stream_activity import MAX_QUIET_SECONDS, MIN_QUIET_SECONDS
 from livemig.common.transport import DEFAULT_MAX_BATCH_BYTES
 
 QEMU = "qemu-system-x86_64"
@@ -274,6 +274,8 @@ def main() -> None:
         "between back-to-back migrations (see the module docstring); 10 is the services' own default",
     )
     args = parser.parse_args()
+    if not MIN_QUIET_SECONDS <= args.keep_buffers <= MAX_QUIET_SECONDS:
+        parser.error(f"--keep-buffers: from {MIN_QUIET_SECONDS:g} to {MAX_QUIET_SECONDS:g} seconds")
     keep = ["--keep-buffers-seconds", f"{args.keep_buffers:g}"]
     unknown = sorted(set(args.sides.split(",")) - set(SIDES))
     if unknown:
